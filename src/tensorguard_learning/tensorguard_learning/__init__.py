@@ -1,0 +1,1 @@
+"""TensorGuard learning: demonstrations, MoE adapter policy, training, compression, evaluation. Never imports rclpy."""
