@@ -1,0 +1,28 @@
+"""Packaging for tensorguard_edge (ament_python)."""
+from glob import glob
+
+from setuptools import find_packages, setup
+
+PACKAGE = 'tensorguard_edge'
+
+setup(
+    name=PACKAGE,
+    version='0.1.0',
+    packages=find_packages(exclude=['test']),
+    data_files=[
+        ('share/ament_index/resource_index/packages', [f'resource/{PACKAGE}']),
+        (f'share/{PACKAGE}', ['package.xml']),
+        (f'share/{PACKAGE}/launch', glob('launch/*.launch.py')),
+        (f'share/{PACKAGE}/config', glob('config/*.yaml')),
+    ],
+    install_requires=['setuptools'],
+    zip_safe=True,
+    maintainer='TensorGuard developers',
+    maintainer_email='dev@tensorguard.invalid',
+    description='Edge node and simulated robot of TensorGuard.',
+    license='Apache-2.0',
+    extras_require={'test': ['pytest']},
+    entry_points={
+        'console_scripts': [],
+    },
+)

@@ -1,0 +1,98 @@
+"""Shared-seed random-k sparsification with error feedback.
+
+Every robot derives the same k coordinates from the public round seed (SHAKE-128, so the choice
+is reproducible on any platform and needs no communication), sends only the values there, and
+keeps the rest as a residual. Because all robots send the same coordinates, the compressed
+vectors still add up coordinate-wise, which is what the secure sum needs; top-k does not have
+this property (its indices differ per robot and would leak which coordinates mattered).
+
+Error feedback (Seide et al. 2014; Karimireddy et al. 2019, "Error Feedback Fixes SignSGD"): the
+robot's next local training starts from global + residual, and the delta it reports is measured
+from the global model, so the residual is carried into the next report instead of being lost.
+"""
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+
+from tensorguard_learning.errors import ConfigError, UpdateFormatError
+from tensorguard_learning.policy import MoEPolicy
+
+_DOMAIN = b'tensorguard/random-k/v1'
+
+
+def select_coordinates(round_seed: bytes, total: int, k: int) -> np.ndarray:
+    """k distinct coordinates of [0, total), sorted, derived from `round_seed` with SHAKE-128.
+
+    Partial Fisher-Yates shuffle driven by 64-bit words of the SHAKE-128 stream, with rejection
+    sampling so each draw is exactly uniform.
+    """
+    if not isinstance(round_seed, bytes | bytearray) or len(round_seed) < 16:
+        raise ConfigError('round_seed must be at least 16 bytes')
+    if not 0 < k <= total:
+        raise ConfigError(f'need 0 < k <= total, got k={k}, total={total}')
+    stream = hashlib.shake_128(_DOMAIN + len(round_seed).to_bytes(2, 'big') + bytes(round_seed)
+                               + total.to_bytes(8, 'big') + k.to_bytes(8, 'big'))
+    words = np.frombuffer(stream.digest(8 * (k + 64)), dtype='<u8').tolist()
+    chosen: dict[int, int] = {}
+    out = np.empty(k, dtype=np.int64)
+    w = 0
+    for i in range(k):
+        span = total - i
+        limit = (1 << 64) - ((1 << 64) % span)
+        while True:
+            if w == len(words):
+                words += np.frombuffer(stream.digest(16 * len(words))[8 * len(words):], dtype='<u8').tolist()
+            r = words[w]
+            w += 1
+            if r < limit:
+                break
+        j = i + r % span
+        out[i] = chosen.get(j, j)
+        chosen[j] = chosen.get(i, i)
+    return np.sort(out)
+
+
+def sparsify(dense: np.ndarray, indices: np.ndarray) -> np.ndarray:
+    """Values of `dense` at `indices` (float32)."""
+    return np.asarray(dense, dtype=np.float32)[indices]
+
+
+def reconstruct(values: np.ndarray, indices: np.ndarray, total: int) -> np.ndarray:
+    """Server side: a dense float32 vector of length `total`, `values` at `indices`, zeros elsewhere."""
+    values = np.asarray(values, dtype=np.float32)
+    if values.shape != indices.shape:
+        raise UpdateFormatError(f'{values.shape[0]} values for {indices.shape[0]} coordinates')
+    if indices.size and (indices.min() < 0 or indices.max() >= total):
+        raise UpdateFormatError(f'coordinates out of range [0, {total})')
+    dense = np.zeros(total, dtype=np.float32)
+    dense[indices] = values
+    return dense
+
+
+class ErrorFeedback:
+    """Robot-side residual of coordinates not yet sent; never leaves the robot."""
+
+    def __init__(self, total: int) -> None:
+        self.residual = np.zeros(total, dtype=np.float32)
+
+    def start_from(self, policy: MoEPolicy) -> list[np.ndarray]:
+        """Move `policy` (holding the global model) to global + residual; return the global segments."""
+        global_segments = policy.flatten_segments()
+        sizes = [s.size for s in global_segments]
+        if sum(sizes) != self.residual.size:
+            raise UpdateFormatError(f'residual has {self.residual.size} coordinates, policy {sum(sizes)}')
+        parts = np.split(self.residual, np.cumsum(sizes)[:-1])
+        policy.load_segments([g + r for g, r in zip(global_segments, parts)])
+        return global_segments
+
+    def compress(self, dense_delta: np.ndarray, indices: np.ndarray) -> np.ndarray:
+        """Return the delta's values at `indices`; keep everything else as the new residual."""
+        dense_delta = np.asarray(dense_delta, dtype=np.float32)
+        if dense_delta.shape != self.residual.shape:
+            raise UpdateFormatError(f'delta has shape {dense_delta.shape}, residual {self.residual.shape}')
+        values = dense_delta[indices].copy()
+        self.residual = dense_delta.copy()
+        self.residual[indices] = 0.0
+        return values

@@ -1,0 +1,44 @@
+"""QoS profiles for TensorGuard streams, chosen per stream (see docs/ros-interfaces.md).
+
+- Round configurations and models are state: a robot that starts late must still get the current
+  one, so they are reliable + transient_local with depth 1 ("latched").
+- Updates are events addressed to whoever aggregates now: reliable, volatile, a small queue; a
+  robot that missed a round simply waits for the next one.
+- Status streams are telemetry: best effort, volatile, depth 1; a lost sample is replaced by the next.
+"""
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+
+LATCHED = QoSProfile(
+    history=HistoryPolicy.KEEP_LAST,
+    depth=1,
+    reliability=ReliabilityPolicy.RELIABLE,
+    durability=DurabilityPolicy.TRANSIENT_LOCAL,
+)
+
+UPDATES = QoSProfile(
+    history=HistoryPolicy.KEEP_LAST,
+    depth=16,
+    reliability=ReliabilityPolicy.RELIABLE,
+    durability=DurabilityPolicy.VOLATILE,
+)
+
+DEMONSTRATIONS = QoSProfile(
+    history=HistoryPolicy.KEEP_LAST,
+    depth=32,
+    reliability=ReliabilityPolicy.RELIABLE,
+    durability=DurabilityPolicy.VOLATILE,
+)
+
+SENSOR_STREAM = QoSProfile(
+    history=HistoryPolicy.KEEP_LAST,
+    depth=50,
+    reliability=ReliabilityPolicy.RELIABLE,
+    durability=DurabilityPolicy.VOLATILE,
+)
+
+STATUS = QoSProfile(
+    history=HistoryPolicy.KEEP_LAST,
+    depth=1,
+    reliability=ReliabilityPolicy.BEST_EFFORT,
+    durability=DurabilityPolicy.VOLATILE,
+)

@@ -1,0 +1,81 @@
+"""The workspace itself: package manifests, library boundaries, bootstrap and test command."""
+import ast
+import os
+import subprocess
+import time
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = sorted(p.parent for p in (ROOT / 'src').glob('*/package.xml'))
+PYTHON_PACKAGES = [p for p in PACKAGES if (p / 'setup.py').exists()]
+LIBRARIES = ['tensorguard_crypto', 'tensorguard_learning']
+ROS_MODULES = {'rclpy', 'rosidl_runtime_py', 'launch', 'launch_ros', 'tensorguard_msgs',
+               'tensorguard_ros', 'std_msgs', 'sensor_msgs', 'diagnostic_msgs'}
+
+
+def test_every_package_is_format_3_with_matching_build_type():
+    names = {p.name for p in PACKAGES}
+    assert {'tensorguard_msgs', 'tensorguard_crypto', 'tensorguard_learning',
+            'tensorguard_edge', 'tensorguard_aggregator', 'tensorguard_ros'} <= names
+    for pkg in PACKAGES:
+        root = ET.parse(pkg / 'package.xml').getroot()
+        assert root.get('format') == '3', pkg.name
+        assert root.findtext('name') == pkg.name
+        build_type = root.find('export/build_type').text
+        assert build_type == ('ament_python' if (pkg / 'setup.py').exists() else 'ament_cmake'), pkg.name
+
+
+def test_python_packages_install_scripts_where_ros_looks_and_declare_tests():
+    for pkg in PYTHON_PACKAGES:
+        cfg = (pkg / 'setup.cfg').read_text()
+        assert f'script_dir=$base/lib/{pkg.name}' in cfg, pkg.name
+        assert f'install_scripts=$base/lib/{pkg.name}' in cfg, pkg.name
+        assert (pkg / 'resource' / pkg.name).exists(), pkg.name
+        assert "extras_require={'test':" in (pkg / 'setup.py').read_text(), pkg.name
+
+
+@pytest.mark.parametrize('library', LIBRARIES)
+def test_libraries_never_import_ros(library):
+    offenders = []
+    for source in (ROOT / 'src' / library).rglob('*.py'):
+        for node in ast.walk(ast.parse(source.read_text(), str(source))):
+            if isinstance(node, ast.Import):
+                modules = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                modules = [node.module]
+            else:
+                continue
+            offenders += [f'{source.relative_to(ROOT)}: {m}' for m in modules
+                          if m.split('.')[0] in ROS_MODULES]
+    assert not offenders
+
+
+def test_second_bootstrap_run_is_fast():
+    subprocess.run([str(ROOT / 'scripts' / 'bootstrap')], check=True,
+                   env={**os.environ, 'TG_BOOTSTRAP_QUIET': '1'})
+    started = time.monotonic()
+    subprocess.run([str(ROOT / 'scripts' / 'bootstrap')], check=True,
+                   env={**os.environ, 'TG_BOOTSTRAP_QUIET': '1'})
+    assert time.monotonic() - started < 20
+
+
+def _run_test_command(*args):
+    return subprocess.run([str(ROOT / 'scripts' / 'test'), *args, '-q'],
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_test_command_fails_when_no_test_ran(tmp_path):
+    result = _run_test_command(str(tmp_path))
+    assert result.returncode != 0
+    assert 'no test ran' in result.stderr
+
+
+def test_test_command_fails_when_a_test_fails(tmp_path):
+    (tmp_path / 'test_failing.py').write_text('def test_fails():\n    assert 1 == 2\n')
+    (tmp_path / 'test_passing.py').write_text('def test_passes():\n    assert 1 == 1\n')
+    result = _run_test_command(str(tmp_path))
+    assert result.returncode == 1
+    assert '1 failed, 1 passed' in result.stdout
