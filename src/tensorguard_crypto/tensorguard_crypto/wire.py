@@ -45,7 +45,7 @@ MAX_PARAMETERS_BYTES = 1024 * 1024 * 1024
 _MAX_WIRE_STR = 4 * MAX_ID_CHARS
 _MAX_WIRE_ARRAY = MAX_CONTRIBUTIONS
 _MAX_WIRE_MAP = 32
-_ID_PATTERN = re.compile(r'[A-Za-z0-9][A-Za-z0-9_.:@/-]*')
+ID_PATTERN = re.compile(r'[A-Za-z0-9][A-Za-z0-9_.:@/-]*')
 _WORD_PATTERN = re.compile(r'[a-z][a-z0-9_]*')
 _ENVELOPE_KEYS = ['schema', 'kind', 'record']
 
@@ -184,7 +184,7 @@ class _Bytes:
 @dataclass(frozen=True)
 class _Str:
     max_chars: int = MAX_ID_CHARS
-    pattern: re.Pattern[str] = _ID_PATTERN
+    pattern: re.Pattern[str] = ID_PATTERN
 
     def check(self, path: str, value: Any) -> str:
         if type(value) is not str:

@@ -1,0 +1,275 @@
+"""Verification of incoming signed records: updates at the aggregator, manifests at the key service,
+round configs and models at the edge.
+
+Every refusal is a `VerificationError` subclass with a machine-readable `reason`, so a node can
+count rejections by reason and keep running; nothing else escapes `verify()`. Cheap checks run
+before the signature check; the duplicate check runs after it, so a forged package can never
+block an honest robot's slot in a round.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable, Iterable, Protocol, TypeVar
+
+from .identity import IdentityError, Role
+from .kms import KeyRevoked, KMSError, UnknownKey
+from .wire import (DEFAULT_MAX_PACKAGE_BYTES, AggregateRequest, ContributionRecord, FieldTooLarge,
+                   ModelPackage, PackageTooLarge, RoundConfigPackage, SignedRecord, UpdatePackage,
+                   WireFormatError)
+
+
+class VerificationError(Exception):
+    """Base of all refusals; `reason` is a stable code for counting rejections."""
+
+    reason = 'verification_error'
+
+
+class OversizedPackage(VerificationError):
+    """The package or one of its fields exceeds its size limit."""
+
+    reason = 'oversized'
+
+
+class MalformedPackage(VerificationError):
+    """The bytes are not a valid record; `wire_reason` holds the decoder's specific code."""
+
+    reason = 'malformed'
+
+    def __init__(self, message: str, wire_reason: str) -> None:
+        super().__init__(message)
+        self.wire_reason = wire_reason
+
+
+class UnknownSigner(VerificationError):
+    """The signer is not enrolled in the KMS (or not in the role this record needs)."""
+
+    reason = 'unknown_signer'
+
+
+class RevokedSigner(VerificationError):
+    """The signer's key was revoked."""
+
+    reason = 'revoked_signer'
+
+
+class KeyServiceUnavailable(VerificationError):
+    """The KMS could not answer (e.g. its audit log failed verification)."""
+
+    reason = 'kms_error'
+
+
+class BadSignature(VerificationError):
+    """The signature does not verify under the signer's enrolled key."""
+
+    reason = 'bad_signature'
+
+
+class ReplayedPackage(VerificationError):
+    """The package belongs to an earlier round."""
+
+    reason = 'replayed_round'
+
+
+class WrongRound(VerificationError):
+    """The package names a round that has not started."""
+
+    reason = 'wrong_round'
+
+
+class WrongRoundSeed(VerificationError):
+    """The package's round seed differs from the round config's."""
+
+    reason = 'wrong_round_seed'
+
+
+class WrongConfigDigest(VerificationError):
+    """The package binds a different round-config digest."""
+
+    reason = 'wrong_config_digest'
+
+
+class WrongModelVersion(VerificationError):
+    """The package was trained from a different model version than the round's."""
+
+    reason = 'wrong_model_version'
+
+
+class DeadlinePassed(VerificationError):
+    """The package arrived after the round's deadline."""
+
+    reason = 'deadline_passed'
+
+
+class PayloadSizeMismatch(VerificationError):
+    """Bodies or key ciphertext do not have the size the round's parameters imply."""
+
+    reason = 'payload_size_mismatch'
+
+
+class DuplicateRobot(VerificationError):
+    """The robot already contributed to this round."""
+
+    reason = 'duplicate_robot'
+
+
+class QuorumNotMet(VerificationError):
+    """A manifest names fewer distinct valid contributors than the round's quorum."""
+
+    reason = 'quorum_not_met'
+
+
+class StaleModel(VerificationError):
+    """A model package does not advance the current model version (rollback attempt)."""
+
+    reason = 'stale_model'
+
+
+class KeyResolver(Protocol):
+    """Where public keys come from: the `KeyManagementSystem`, or `PinnedKeys` on an edge node."""
+
+    def public_key_for(self, key_id: str, role: Role | None = None) -> bytes:
+        """Active public key of `key_id`; raises kms.UnknownKey / kms.KeyRevoked."""
+
+
+@dataclass(frozen=True)
+class PinnedKeys:
+    """A fixed set of trusted public keys (e.g. the server key pinned on a robot)."""
+
+    keys: dict[str, tuple[Role, bytes]]
+
+    def public_key_for(self, key_id: str, role: Role | None = None) -> bytes:
+        """Pinned public key of `key_id` in `role`; raises kms.UnknownKey otherwise."""
+        entry = self.keys.get(key_id)
+        if entry is None or (role is not None and entry[0] != Role(role)):
+            raise UnknownKey(f'no pinned key {key_id!r} in role {role}')
+        return entry[1]
+
+
+R = TypeVar('R', bound=SignedRecord)
+
+
+def decode(record_type: type[R], data: bytes, max_bytes: int | None = None) -> R:
+    """Deserialize, turning wire errors into `OversizedPackage` or `MalformedPackage`."""
+    try:
+        return record_type.deserialize(data, max_bytes)
+    except (PackageTooLarge, FieldTooLarge) as error:
+        raise OversizedPackage(str(error)) from None
+    except WireFormatError as error:
+        raise MalformedPackage(str(error), error.reason) from None
+
+
+def check_signature(record: SignedRecord | ContributionRecord, keys: KeyResolver, signer: str,
+                    roles: Iterable[Role]) -> None:
+    """Signer enrolled and active in one of `roles`, and the record's signature verifies."""
+    public_key = None
+    for role in roles:
+        try:
+            public_key = keys.public_key_for(signer, role)
+            break
+        except KeyRevoked:
+            raise RevokedSigner(f'{signer!r} is revoked') from None
+        except UnknownKey:
+            continue
+        except KMSError as error:
+            raise KeyServiceUnavailable(f'key lookup failed: {error.reason}') from None
+    if public_key is None:
+        raise UnknownSigner(f'{signer!r} is not enrolled in a permitted role')
+    try:
+        record.verify_signature(public_key)
+    except IdentityError as error:
+        raise BadSignature(f'{signer!r}: {error}') from None
+
+
+def _check_binding(record: UpdatePackage | ContributionRecord, config: RoundConfigPackage,
+                   config_digest: bytes) -> None:
+    if record.round_id < config.round_id:
+        raise ReplayedPackage(f'package for round {record.round_id}, current round is {config.round_id}')
+    if record.round_id != config.round_id:
+        raise WrongRound(f'package for round {record.round_id}, current round is {config.round_id}')
+    if record.round_seed != config.round_seed:
+        raise WrongRoundSeed(f'round {config.round_id}: round seed differs')
+    if record.config_digest != config_digest:
+        raise WrongConfigDigest(f'round {config.round_id}: round-config digest differs')
+    if record.model_version != config.model_version:
+        raise WrongModelVersion(f'model version {record.model_version}, round uses {config.model_version}')
+
+
+class RoundVerifier:
+    """Aggregator-side gate for one round: every update is checked before its ciphertexts are summed."""
+
+    def __init__(self, keys: KeyResolver, round_config: RoundConfigPackage, *,
+                 max_package_bytes: int = DEFAULT_MAX_PACKAGE_BYTES,
+                 expected_bodies_bytes: int | None = None, expected_key_ciphertext_bytes: int | None = None,
+                 clock: Callable[[], float] | None = time.time) -> None:
+        self.keys = keys
+        self.round_config = round_config
+        self.config_digest = round_config.config_digest()
+        self.max_package_bytes = max_package_bytes
+        self.expected_bodies_bytes = expected_bodies_bytes
+        self.expected_key_ciphertext_bytes = expected_key_ciphertext_bytes
+        self.clock = clock
+        self._accepted: dict[str, ContributionRecord] = {}
+
+    def verify(self, data: bytes) -> UpdatePackage:
+        """Decode and check one update; on success the robot is recorded as having contributed."""
+        package = decode(UpdatePackage, data, self.max_package_bytes)
+        _check_binding(package, self.round_config, self.config_digest)
+        if self.clock is not None and self.clock() > self.round_config.deadline:
+            raise DeadlinePassed(f'round {self.round_config.round_id} closed at {self.round_config.deadline}')
+        if self.expected_bodies_bytes is not None and len(package.bodies) != self.expected_bodies_bytes:
+            raise PayloadSizeMismatch(f'bodies are {len(package.bodies)} bytes, expected {self.expected_bodies_bytes}')
+        if (self.expected_key_ciphertext_bytes is not None
+                and len(package.key_ciphertext) != self.expected_key_ciphertext_bytes):
+            raise PayloadSizeMismatch(f'key ciphertext is {len(package.key_ciphertext)} bytes, '
+                                      f'expected {self.expected_key_ciphertext_bytes}')
+        check_signature(package, self.keys, package.robot_id, (Role.ROBOT,))
+        if package.robot_id in self._accepted:
+            raise DuplicateRobot(f'{package.robot_id!r} already contributed to round {self.round_config.round_id}')
+        self._accepted[package.robot_id] = package.contribution()
+        return package
+
+    def contributions(self) -> list[ContributionRecord]:
+        """Signed records (without bodies) of every accepted update, for the key service's manifest."""
+        return list(self._accepted.values())
+
+
+def verify_round_config(data: bytes, keys: KeyResolver, max_bytes: int | None = None) -> RoundConfigPackage:
+    """Decode a round config and check it is signed by an enrolled server or aggregator key."""
+    config = decode(RoundConfigPackage, data, max_bytes)
+    check_signature(config, keys, config.signer_key_id, (Role.SERVER, Role.AGGREGATOR))
+    return config
+
+
+def verify_model_package(data: bytes, keys: KeyResolver, current_version: int | None = None,
+                         max_bytes: int | None = None) -> ModelPackage:
+    """Decode a model package, check the server's signature and that it advances `current_version`."""
+    model = decode(ModelPackage, data, max_bytes)
+    check_signature(model, keys, model.signer_key_id, (Role.SERVER,))
+    if current_version is not None and model.model_version <= current_version:
+        raise StaleModel(f'model version {model.model_version} does not advance {current_version}')
+    return model
+
+
+def verify_aggregate_request(data: bytes, keys: KeyResolver, round_config: RoundConfigPackage,
+                             max_bytes: int | None = None) -> AggregateRequest:
+    """Key-service check of a manifest: aggregator-signed, bound to the round, and at least `quorum`
+    distinct robots, each enrolled, not revoked, with a valid update signature for this round."""
+    request = decode(AggregateRequest, data, max_bytes)
+    check_signature(request, keys, request.signer_key_id, (Role.AGGREGATOR,))
+    digest = round_config.config_digest()
+    if request.round_id != round_config.round_id:
+        raise (ReplayedPackage if request.round_id < round_config.round_id else WrongRound)(
+            f'request for round {request.round_id}, current round is {round_config.round_id}')
+    if request.config_digest != digest:
+        raise WrongConfigDigest('aggregate request binds a different round-config digest')
+    robots = set()
+    for contribution in request.contributions:
+        if contribution.robot_id in robots:
+            raise DuplicateRobot(f'{contribution.robot_id!r} appears twice in the manifest')
+        _check_binding(contribution, round_config, digest)
+        check_signature(contribution, keys, contribution.robot_id, (Role.ROBOT,))
+        robots.add(contribution.robot_id)
+    if len(robots) < round_config.quorum:
+        raise QuorumNotMet(f'{len(robots)} contributors, quorum is {round_config.quorum}')
+    return request
