@@ -97,7 +97,7 @@ class MoEAdapter(nn.Module):
                 ) -> tuple[torch.Tensor, torch.Tensor]:
         gates = self.routing_weights(task_ids)
         x = torch.cat([features, obs_norm, self.task_embedding[task_ids]], dim=-1)
-        used = torch.flatnonzero(gates.sum(0) > 0).tolist()
+        used = torch.nonzero(gates.sum(0) > 0).flatten().tolist()
         out = torch.zeros(x.shape[0], self.cfg.action_dim)
         for e in used:
             out = out + gates[:, e:e + 1] * self.experts[e](x)
