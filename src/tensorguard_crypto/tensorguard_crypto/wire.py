@@ -310,7 +310,8 @@ _CONTAINER_MIN = {0xdc: (2, 1, 16), 0xdd: (4, 1, 1 << 16), 0xde: (2, 2, 16), 0xd
 def _scan(data: memoryview, max_bytes: int) -> None:
     """Walk the msgpack headers without decoding: canonical (minimal) encodings only, no ext or
     float32, every declared count backed by enough remaining bytes, bounded depth, and an upper
-    estimate of the decoded footprint within `max_bytes`. Raises before the unpacker allocates."""
+    estimate of the decoded footprint (payload bytes + 256 bytes per object) within `max_bytes`,
+    checked as it goes so the walk itself is bounded too. Raises before the unpacker allocates."""
     size, pos, objects, payload = len(data), 0, 0, 0
     pending = [1]
     while pending:
@@ -323,6 +324,8 @@ def _scan(data: memoryview, max_bytes: int) -> None:
         tag = data[pos]
         pos += 1
         objects += 1
+        if payload + _OBJECT_OVERHEAD_BYTES * objects > max_bytes:
+            raise PackageTooLarge(f'decoded size would exceed the cap of {max_bytes} bytes')
         items = 0
         if tag <= 0x7f or tag >= 0xe0 or tag in (0xc0, 0xc2, 0xc3):
             continue
@@ -361,14 +364,14 @@ def _scan(data: memoryview, max_bytes: int) -> None:
             raise MalformedEncoding(f'msgpack type 0x{tag:02x} is not allowed')
         if pos > size or items > size - pos:
             raise MalformedEncoding('declared length runs past the end of the data')
+        if payload > max_bytes:
+            raise PackageTooLarge(f'decoded size would exceed the cap of {max_bytes} bytes')
         if items:
             if len(pending) > _MAX_DEPTH:
                 raise MalformedEncoding(f'nesting deeper than {_MAX_DEPTH}')
             pending.append(items)
     if pos != size:
         raise MalformedEncoding('trailing bytes after the record')
-    if payload + _OBJECT_OVERHEAD_BYTES * objects > max_bytes:
-        raise PackageTooLarge(f'decoded size would exceed the cap of {max_bytes} bytes')
 
 
 def _unpack(data: Any, max_bytes: int) -> Any:
