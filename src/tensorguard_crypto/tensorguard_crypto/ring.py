@@ -197,9 +197,11 @@ class NegacyclicRing:
     def from_signed(self, values: np.ndarray) -> np.ndarray:
         """Map small signed integers (|v| < q) to residues in [0, q)."""
         v = np.asarray(values, dtype=np.int64)
-        if v.size and int(np.max(np.abs(v))) >= self.q:
+        if v.size and (int(v.min()) <= -self.q or int(v.max()) >= self.q):
             raise RingError("signed values must have absolute value below q")
-        return np.where(v < 0, v + self.q, v).astype(U64)
+        out = (v + self.q).view(U64)
+        self._reduce_below_2q(out, np.empty_like(out))
+        return out
 
     def centered(self, residues: np.ndarray) -> np.ndarray:
         """Centred lift of residues to signed int64 in (-q/2, q/2]."""
