@@ -1,0 +1,78 @@
+"""Policy layout, serialisation, routing; OperatingEnvelope enforcement."""
+import numpy as np
+import pytest
+import torch
+
+from tensorguard_learning.envelope import OperatingEnvelope
+from tensorguard_learning.errors import ConfigError, EnvelopeViolation, UpdateFormatError
+from tensorguard_learning.policy import MoEPolicy, PolicyConfig, build_policy
+from tensorguard_learning.training import TrainingBudget, train_local
+
+
+def test_segments_roundtrip(tiny_policy):
+    segs = tiny_policy.flatten_segments()
+    assert [s.size for s in segs] == tiny_policy.segment_sizes()
+    assert all(s.dtype == np.float32 for s in segs)
+    shifted = [s + 1.0 for s in segs]
+    tiny_policy.load_segments(shifted)
+    for a, b in zip(tiny_policy.flatten_segments(), shifted):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(UpdateFormatError, match='segments'):
+        tiny_policy.load_segments(segs[:-1])
+
+
+def test_state_bytes_roundtrip_and_tamper(tiny_policy):
+    obs = torch.randn(5, 39)
+    blob = tiny_policy.state_bytes()
+    other = MoEPolicy.from_bytes(blob)
+    ids = tiny_policy.task_ids(['push-v3'] * 5)
+    torch.testing.assert_close(other(obs, ids)[0], tiny_policy(obs, ids)[0])
+    assert other.base_version == tiny_policy.base_version
+    with pytest.raises(UpdateFormatError, match='magic'):
+        MoEPolicy.from_bytes(b'junk' + blob)
+    with pytest.raises(UpdateFormatError):
+        MoEPolicy.from_bytes(blob[:200])
+
+
+def test_routing_is_task_aware_top_k(tiny_policy):
+    weights = tiny_policy.routing_weights(['push-v3', 'door-open-v3'])
+    assert weights.shape == (2, 4)
+    np.testing.assert_allclose(weights.sum(1), 1.0, rtol=1e-6)
+    assert ((weights > 0).sum(1) == 2).all()
+    with pytest.raises(ConfigError, match='not in the policy config'):
+        tiny_policy.routing_weights(['reach-v3'])
+
+
+def test_build_policy_from_dict_and_bad_config():
+    policy = build_policy({'tasks': ['push-v3'], 'expert_hidden': 8, 'num_experts': 2, 'top_k': 1})
+    assert policy.cfg.tasks == ('push-v3',)
+    with pytest.raises(ConfigError, match='top_k'):
+        PolicyConfig(tasks=('a',), num_experts=2, top_k=3)
+
+
+def test_envelope_refuses_forbidden_module_and_too_many_params(tiny_policy, demos):
+    budget = TrainingBudget(max_steps=1)
+    with pytest.raises(EnvelopeViolation, match="'base'"):
+        train_local(tiny_policy, demos, budget, OperatingEnvelope(), modules=('experts', 'base'))
+    with pytest.raises(EnvelopeViolation, match='max_trainable_params'):
+        train_local(tiny_policy, demos, budget, OperatingEnvelope(max_trainable_params=100))
+    with pytest.raises(EnvelopeViolation, match="'router'"):
+        train_local(tiny_policy, demos, budget, OperatingEnvelope(trainable_modules=('experts',)))
+    with pytest.raises(ConfigError, match='unknown trainable_modules'):
+        OperatingEnvelope(trainable_modules=('vision_adapter',))
+
+
+def test_envelope_refuses_oversized_update():
+    envelope = OperatingEnvelope(target_update_size_kb=1)
+    envelope.check_update_size(1024)
+    with pytest.raises(EnvelopeViolation, match='target_update_size_kb'):
+        envelope.check_update_size(1025)
+
+
+def test_experts_only_training_leaves_router_untouched(tiny_policy, demos):
+    before = tiny_policy.flatten_segments()
+    update = train_local(tiny_policy, demos, TrainingBudget(max_steps=3),
+                         OperatingEnvelope(trainable_modules=('experts',)), modules=('experts',))
+    assert all(np.all(d == 0) for d in update.task_deltas.values())
+    after = tiny_policy.flatten_segments()
+    np.testing.assert_array_equal(after[-1], before[-1])
