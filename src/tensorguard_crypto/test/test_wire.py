@@ -17,7 +17,7 @@ from tensorguard_crypto.wire import (AggregateRequest, AggregateResult, ExpertSl
                                      WireFormatError, WrongRecordKind, model_package)
 
 sys.path.insert(0, str(Path(__file__).parent))
-from crypto_wire_samples import make_round_config, make_update  # noqa: E402
+from crypto_test_support import make_round_config, make_update  # noqa: E402
 
 
 @pytest.fixture(scope='module')

@@ -13,7 +13,7 @@ from tensorguard_crypto.identity import Identity, Role
 from tensorguard_crypto.wire import UpdatePackage, WireFormatError
 
 sys.path.insert(0, str(Path(__file__).parent))
-from crypto_wire_samples import make_round_config, make_update  # noqa: E402
+from crypto_test_support import make_round_config, make_update  # noqa: E402
 
 SERVER = Identity.generate('server', Role.SERVER)
 ROBOT = Identity.generate('robot_1', Role.ROBOT)
