@@ -1,0 +1,218 @@
+"""`tensorguard` operator command line: info, keygen and the KMS (register, revoke, rotate, list, verify-log).
+
+Exit codes: 0 success, 2 usage error, 3 key file error, 4 KMS refusal, 5 audit log or state
+tampered, 6 HSM error.
+"""
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import os
+import sys
+from datetime import datetime, timezone
+from importlib import metadata as importlib_metadata
+from pathlib import Path
+from typing import Sequence
+
+from . import keystore, wire
+from .hsm import DEFAULT_MODULE, MODULE_ENV, HsmError, HsmSession
+from .identity import Role, fingerprint
+from .kms import AuditLogTampered, KeyManagementSystem, KeyMetadata, KMSError, StateMismatch
+
+AUDIT_LOG_ENV = 'TENSORGUARD_KMS_AUDIT_LOG'
+EXIT_OK, EXIT_USAGE, EXIT_KEY_FILE, EXIT_KMS, EXIT_TAMPERED, EXIT_HSM = 0, 2, 3, 4, 5, 6
+
+
+class CliError(Exception):
+    """An operator-facing failure with its exit code."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def _version(distribution: str) -> str:
+    try:
+        return importlib_metadata.version(distribution)
+    except importlib_metadata.PackageNotFoundError:
+        return 'not installed'
+
+
+def _info(_: argparse.Namespace) -> None:
+    module = os.environ.get(MODULE_ENV, DEFAULT_MODULE)
+    rows = [
+        ('tensorguard_crypto', _version('tensorguard_crypto')),
+        ('wire schema version', str(wire.SCHEMA_VERSION)),
+        ('update package cap', f'{wire.DEFAULT_MAX_PACKAGE_BYTES} bytes'),
+        ('identity keys', 'Ed25519 (RFC 8032), 128-bit classical security'),
+        ('key files', f'scrypt N=2^{keystore.DEFAULT_SCRYPT_LOG2_N} r={keystore.SCRYPT_R} '
+                      f'p={keystore.SCRYPT_P} + AES-256-GCM, mode 0600'),
+        ('passphrase variable', keystore.PASSPHRASE_ENV),
+        ('PKCS#11 module', f'{module} ({"present" if Path(module).is_file() else "missing"})'),
+        ('cryptography', _version('cryptography')),
+        ('msgpack', _version('msgpack')),
+        ('python-pkcs11', _version('python-pkcs11')),
+    ]
+    width = max(len(name) for name, _ in rows)
+    for name, value in rows:
+        print(f'{name:<{width}}  {value}')
+
+
+def _passphrase_for_new_key() -> str:
+    if os.environ.get(keystore.PASSPHRASE_ENV):
+        return os.environ[keystore.PASSPHRASE_ENV]
+    if not sys.stdin.isatty():
+        raise CliError(f'set {keystore.PASSPHRASE_ENV} or run interactively to enter a passphrase', EXIT_KEY_FILE)
+    first = getpass.getpass('New key passphrase: ')
+    if first != getpass.getpass('Repeat passphrase: '):
+        raise CliError('passphrases differ', EXIT_KEY_FILE)
+    return first
+
+
+def _print_public(key_id: str, role: Role, public_key: bytes, where: str) -> None:
+    print(f'key_id       {key_id}\nrole         {role.value}\nlocation     {where}\n'
+          f'public_key   {public_key.hex()}\nfingerprint  {fingerprint(public_key)}')
+
+
+def _keygen(args: argparse.Namespace) -> None:
+    role = Role(args.role)
+    if args.path.startswith('hsm://'):
+        with HsmSession(args.path) as session:
+            signer = session.generate_signer(args.key_id, role)
+            _print_public(args.key_id, role, signer.public_key_bytes(), args.path)
+        return
+    identity = keystore.generate_key(args.path, args.security_level, _passphrase_for_new_key(),
+                                     key_id=args.key_id, role=role)
+    _print_public(identity.key_id, role, identity.public_key_bytes(), args.path)
+
+
+def _public_key_from(args: argparse.Namespace, key_id: str) -> bytes:
+    if args.public_key:
+        try:
+            return bytes.fromhex(args.public_key)
+        except ValueError:
+            raise CliError('--public-key must be hex', EXIT_USAGE) from None
+    if args.key_file:
+        if args.key_file.startswith('hsm://'):
+            with HsmSession(args.key_file) as session:
+                return session.signer(key_id, Role(args.role)).public_key_bytes()
+        info = keystore.read_key_info(args.key_file)
+        if info.key_id != key_id:
+            raise CliError(f'{args.key_file} holds key {info.key_id!r}, not {key_id!r}', EXIT_KEY_FILE)
+        return info.public_key
+    return b''
+
+
+def _kms(args: argparse.Namespace) -> KeyManagementSystem:
+    audit_log = args.audit_log or os.environ.get(AUDIT_LOG_ENV)
+    if not audit_log:
+        raise CliError(f'give --audit-log or set {AUDIT_LOG_ENV}', EXIT_USAGE)
+    return KeyManagementSystem(audit_log_path=audit_log, state_path=args.state)
+
+
+def _record_line(record) -> str:
+    key = record.metadata.public_key
+    return (f'{record.metadata.key_id:<24} {record.metadata.role.value:<12} {record.status.value:<8} '
+            f'v{record.version:<3} {record.metadata.owner:<20} {fingerprint(key) if key else "-"}')
+
+
+def _register(args: argparse.Namespace) -> None:
+    metadata = KeyMetadata(key_id=args.key_id, created_at=datetime.now(timezone.utc), owner=args.owner,
+                            security_level=args.security_level, role=Role(args.role),
+                            public_key=_public_key_from(args, args.key_id))
+    print(_record_line(_kms(args).register_key(args.key_id, metadata)))
+
+
+def _rotate(args: argparse.Namespace) -> None:
+    kms = _kms(args)
+    args.role = kms.get(args.key_id).metadata.role.value
+    public_key = _public_key_from(args, args.key_id)
+    if not public_key:
+        raise CliError('rotate needs --key-file or --public-key', EXIT_USAGE)
+    print(_record_line(kms.rotate_key(args.key_id, public_key, args.reason)))
+
+
+def _revoke(args: argparse.Namespace) -> None:
+    print(_record_line(_kms(args).revoke_key(args.key_id, args.reason)))
+
+
+def _list(args: argparse.Namespace) -> None:
+    records = _kms(args).list_keys()
+    if args.json:
+        print(json.dumps([record.to_json() for record in records], indent=1))
+    else:
+        for record in records:
+            print(_record_line(record))
+
+
+def _verify_log(args: argparse.Namespace) -> None:
+    report = _kms(args).verify_log()
+    print(f'audit log OK: {report.entries} entries, head {report.head_hash}')
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the `tensorguard` command."""
+    parser = argparse.ArgumentParser(prog='tensorguard', description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest='command', required=True)
+    commands.add_parser('info', help='versions, formats and parameters').set_defaults(handler=_info)
+
+    keygen = commands.add_parser('keygen', help='create an Ed25519 identity key (file or hsm:// path)')
+    keygen.add_argument('path', help='key file to create, or hsm://slot/N/LABEL / hsm://token/T/LABEL')
+    keygen.add_argument('--key-id', required=True)
+    keygen.add_argument('--role', choices=[role.value for role in Role], default=Role.ROBOT.value)
+    keygen.add_argument('--security-level', type=int, default=128)
+    keygen.set_defaults(handler=_keygen)
+
+    kms = commands.add_parser('kms', help='key management system')
+    kms.add_argument('--audit-log', help=f'audit log path (default ${AUDIT_LOG_ENV})')
+    kms.add_argument('--state', help='state snapshot path (default: <audit log>.state.json)')
+    actions = kms.add_subparsers(dest='action', required=True)
+    for name, handler in (('register', _register), ('rotate', _rotate)):
+        action = actions.add_parser(name)
+        action.add_argument('key_id')
+        action.add_argument('--key-file', help='key file (public header only is read) or hsm:// path')
+        action.add_argument('--public-key', help='raw Ed25519 public key in hex')
+        action.set_defaults(handler=handler)
+        if name == 'register':
+            action.add_argument('--owner', required=True)
+            action.add_argument('--role', choices=[role.value for role in Role], default=Role.ROBOT.value)
+            action.add_argument('--security-level', type=int, default=128)
+        else:
+            action.add_argument('--reason', default='')
+    revoke = actions.add_parser('revoke')
+    revoke.add_argument('key_id')
+    revoke.add_argument('--reason', default='')
+    revoke.set_defaults(handler=_revoke)
+    listing = actions.add_parser('list')
+    listing.add_argument('--json', action='store_true')
+    listing.set_defaults(handler=_list)
+    actions.add_parser('verify-log').set_defaults(handler=_verify_log)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `tensorguard` console script; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    try:
+        args.handler(args)
+    except CliError as error:
+        print(f'error: {error}', file=sys.stderr)
+        return error.exit_code
+    except keystore.KeyStoreError as error:
+        print(f'error: {error}', file=sys.stderr)
+        return EXIT_KEY_FILE
+    except (AuditLogTampered, StateMismatch) as error:
+        print(f'error: audit log verification FAILED: {error}', file=sys.stderr)
+        return EXIT_TAMPERED
+    except KMSError as error:
+        print(f'error: {error}', file=sys.stderr)
+        return EXIT_KMS
+    except HsmError as error:
+        print(f'error: {error}', file=sys.stderr)
+        return EXIT_HSM
+    return EXIT_OK
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,117 @@
+"""The `tensorguard` operator CLI: commands, clear errors and exit codes."""
+import json
+import os
+import secrets
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tensorguard_crypto.cli import (EXIT_HSM, EXIT_KEY_FILE, EXIT_KMS, EXIT_OK, EXIT_TAMPERED, EXIT_USAGE,
+                                    main)
+from tensorguard_crypto.keystore import PASSPHRASE_ENV, load_key
+from tensorguard_crypto.kms import KeyManagementSystem
+
+sys.path.insert(0, str(Path(__file__).parent))
+from crypto_test_support import softhsm_token  # noqa: E402
+
+PASSPHRASE = 'operator passphrase 42'
+
+
+@pytest.fixture
+def operator(tmp_path, monkeypatch):
+    monkeypatch.setenv(PASSPHRASE_ENV, PASSPHRASE)
+    monkeypatch.setenv('TENSORGUARD_KMS_AUDIT_LOG', str(tmp_path / 'kms' / 'audit.log'))
+    return tmp_path
+
+
+def run(capsys, *argv):
+    code = main(list(argv))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_info(capsys):
+    code, out, _ = run(capsys, 'info')
+    assert code == EXIT_OK and 'wire schema version' in out and 'scrypt N=2^17' in out
+
+
+def test_keygen_register_rotate_revoke_list_verify(operator, capsys):
+    key = operator / 'keys' / 'robot_1.key'
+    code, out, _ = run(capsys, 'keygen', str(key), '--key-id', 'robot_1')
+    assert code == EXIT_OK and load_key(key, PASSPHRASE).public_key_bytes().hex() in out
+    assert run(capsys, 'kms', 'register', 'robot_1', '--key-file', str(key), '--owner', 'fleet')[0] == EXIT_OK
+    new_key = operator / 'keys' / 'robot_1.v2.key'
+    assert run(capsys, 'keygen', str(new_key), '--key-id', 'robot_1')[0] == EXIT_OK
+    code, out, _ = run(capsys, 'kms', 'rotate', 'robot_1', '--key-file', str(new_key), '--reason', 'yearly')
+    assert code == EXIT_OK and 'v2' in out
+    code, out, _ = run(capsys, 'kms', 'revoke', 'robot_1', '--reason', 'stolen')
+    assert code == EXIT_OK and 'revoked' in out
+    code, out, _ = run(capsys, 'kms', 'list', '--json')
+    listing = json.loads(out)
+    assert listing[0]['status'] == 'revoked' and listing[0]['metadata']['public_key'] == \
+        load_key(new_key, PASSPHRASE).public_key_bytes().hex()
+    code, out, _ = run(capsys, 'kms', 'verify-log')
+    assert code == EXIT_OK and '3 entries' in out
+    assert KeyManagementSystem(operator / 'kms' / 'audit.log').is_revoked('robot_1')
+
+
+def test_errors_and_exit_codes(operator, capsys, monkeypatch):
+    key = operator / 'robot_2.key'
+    assert run(capsys, 'keygen', str(key), '--key-id', 'robot_2')[0] == EXIT_OK
+    code, _, err = run(capsys, 'keygen', str(key), '--key-id', 'robot_2')
+    assert code == EXIT_KEY_FILE and 'already exists' in err
+    code, _, err = run(capsys, 'keygen', str(operator / 'x.key'), '--key-id', 'x', '--security-level', '256')
+    assert code == EXIT_KEY_FILE and '128-bit' in err
+    os.chmod(key, 0o644)
+    code, _, err = run(capsys, 'kms', 'register', 'robot_2', '--key-file', str(key), '--owner', 'o')
+    assert code == EXIT_KEY_FILE and 'chmod 600' in err
+    os.chmod(key, 0o600)
+    code, _, err = run(capsys, 'kms', 'register', 'robot_3', '--key-file', str(key), '--owner', 'o')
+    assert code == EXIT_KEY_FILE and "holds key 'robot_2'" in err
+    assert run(capsys, 'kms', 'register', 'robot_2', '--key-file', str(key), '--owner', 'o')[0] == EXIT_OK
+    code, _, err = run(capsys, 'kms', 'register', 'robot_2', '--key-file', str(key), '--owner', 'o')
+    assert code == EXIT_KMS and 'already registered' in err
+    code, _, err = run(capsys, 'kms', 'revoke', 'nobody')
+    assert code == EXIT_KMS and 'nobody' in err
+    code, _, err = run(capsys, 'kms', 'register', 'r', '--public-key', 'zz', '--owner', 'o')
+    assert code == EXIT_USAGE
+    with pytest.raises(SystemExit) as info:
+        main(['kms', 'frobnicate'])
+    assert info.value.code == EXIT_USAGE
+    monkeypatch.delenv('TENSORGUARD_KMS_AUDIT_LOG')
+    assert run(capsys, 'kms', 'list')[0] == EXIT_USAGE
+
+
+def test_verify_log_reports_tampering(operator, capsys):
+    for robot in ('robot_a', 'robot_b'):
+        assert run(capsys, 'keygen', str(operator / f'{robot}.key'), '--key-id', robot)[0] == EXIT_OK
+        assert run(capsys, 'kms', 'register', robot, '--key-file', str(operator / f'{robot}.key'),
+                   '--owner', 'fleet')[0] == EXIT_OK
+    log = operator / 'kms' / 'audit.log'
+    lines = log.read_text().splitlines(keepends=True)
+    log.write_text(lines[1] + lines[0])
+    code, _, err = run(capsys, 'kms', 'verify-log')
+    assert code == EXIT_TAMPERED and 'FAILED' in err
+
+
+def test_hsm_keygen_and_register(operator, capsys, monkeypatch):
+    token = softhsm_token()
+    monkeypatch.setenv('TENSORGUARD_HSM_PIN', token.pin)
+    uri = f'hsm://token/{token.label}/cli-{secrets.token_hex(3)}'
+    code, out, _ = run(capsys, 'keygen', uri, '--key-id', 'server', '--role', 'server')
+    assert code == EXIT_OK and 'public_key' in out
+    code, _, _ = run(capsys, 'kms', 'register', 'server', '--key-file', uri, '--owner', 'ops', '--role', 'server')
+    assert code == EXIT_OK
+    assert KeyManagementSystem(operator / 'kms' / 'audit.log').get('server').metadata.public_key.hex() in out
+    monkeypatch.setenv('TENSORGUARD_HSM_PIN', 'wrong-pin-0000')
+    code, _, err = run(capsys, 'keygen', uri + 'x', '--key-id', 'server', '--role', 'server')
+    assert code == EXIT_HSM and 'refused the PIN' in err
+
+
+def test_console_entry_point_runs_as_a_process():
+    environment = {**os.environ, 'PYTHONPATH': str(Path(__file__).parents[1])}
+    result = subprocess.run([sys.executable, '-m', 'tensorguard_crypto.cli', 'info'], capture_output=True,
+                            text=True, env=environment, timeout=60)
+    assert result.returncode == 0 and 'PKCS#11 module' in result.stdout
