@@ -1,0 +1,155 @@
+"""Per-robot privacy accounting for the distributed Skellam mechanism, with a hard budget stop.
+
+Per round (Agarwal, Kairouz, Liu, "The Skellam Mechanism for Differentially Private Federated
+Learning", NeurIPS 2021, arXiv:2110.04995, Theorem 3.5, the multi-dimensional Skellam RDP bound):
+adding Skellam noise of variance mu per coordinate to an integer query with L1 sensitivity D1
+and L2 sensitivity D2 is (alpha, eps(alpha))-RDP for integer alpha > 1 with
+
+    eps(alpha) = alpha D2^2 / (2 mu) + min( ((2 alpha - 1) D2^2 + 6 D1) / (4 mu^2), 3 D1 / (2 mu) ).
+
+Here D2 is the conditional-rounding bound on one robot's scaled contribution, D1 the matching
+integer-vector bound and mu the aggregate variance over `min_clients` honest robots (see
+`skellam.SkellamConfig`); replacing one robot's contribution is covered by D2, D1 because every
+contribution lies in the ball they bound. Rounds compose by adding RDP (Mironov, "Renyi
+Differential Privacy", CSF 2017, Proposition 1). Conversion to (epsilon, delta) uses Canonne,
+Kamath, Steinke, "The Discrete Gaussian for Differential Privacy", NeurIPS 2020, Proposition 12:
+
+    epsilon = min_alpha [ eps_total(alpha) + log(1 - 1/alpha) - (log(delta) + log(alpha)) / (alpha - 1) ].
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+
+from .skellam import SkellamConfig
+
+RDP_ORDERS: tuple[int, ...] = tuple(range(2, 129)) + (160, 192, 256, 384, 512, 768, 1024)
+"""Integer Renyi orders evaluated (the Skellam bound is stated for integer alpha > 1)."""
+
+
+class AccountantError(ValueError):
+    """Raised for invalid accounting inputs."""
+
+
+class PrivacyBudgetExceeded(RuntimeError):
+    """Raised by the hard stop: the requested round would push epsilon past the budget."""
+
+
+def skellam_rdp(orders: Sequence[int], l2_sensitivity: float, l1_sensitivity: float,
+                variance: float) -> np.ndarray:
+    """Skellam RDP eps(alpha) per order for one release (Agarwal-Kairouz-Liu 2021, Theorem 3.5)."""
+    if variance <= 0 or l2_sensitivity < 0 or l1_sensitivity < 0:
+        raise AccountantError("variance must be positive and sensitivities non-negative")
+    alpha = np.asarray(orders, dtype=np.float64)
+    if np.any(alpha <= 1) or np.any(alpha != np.floor(alpha)):
+        raise AccountantError("orders must be integers greater than 1")
+    d1, d2sq, mu = l1_sensitivity, l2_sensitivity**2, variance
+    return alpha * d2sq / (2 * mu) + np.minimum(((2 * alpha - 1) * d2sq + 6 * d1) / (4 * mu**2), 3 * d1 / (2 * mu))
+
+
+def rdp_to_epsilon(orders: Sequence[int], rdp: np.ndarray, delta: float) -> tuple[float, int]:
+    """(epsilon, best order) from an RDP curve (Canonne-Kamath-Steinke 2020, Proposition 12)."""
+    if not 0 < delta < 1:
+        raise AccountantError(f"delta must be in (0, 1), got {delta}")
+    alpha = np.asarray(orders, dtype=np.float64)
+    eps = np.asarray(rdp) + np.log1p(-1 / alpha) - (math.log(delta) + np.log(alpha)) / (alpha - 1)
+    best = int(np.argmin(eps))
+    return max(0.0, float(eps[best])), int(orders[best])
+
+
+def round_rdp(config: SkellamConfig, orders: Sequence[int] = RDP_ORDERS) -> np.ndarray:
+    """RDP curve of one round encoded with `config`, for one robot."""
+    return skellam_rdp(orders, config.l2_sensitivity, config.l1_sensitivity, config.aggregate_variance)
+
+
+@dataclass(frozen=True)
+class DPPolicyProfile:
+    """A robot's DP policy: clipping, noise, budget and whether exceeding it is refused."""
+
+    clipping_norm: float
+    epsilon_budget: float
+    hard_stop_enabled: bool = True
+    delta: float = 1e-5
+    noise_multiplier: float = 1.0
+    min_clients: int = 16
+    bits: int = 20
+    beta: float = math.exp(-0.5)
+    rotate: bool = True
+
+    def __post_init__(self) -> None:
+        if not (self.epsilon_budget > 0 and math.isfinite(self.epsilon_budget)):
+            raise AccountantError(f"epsilon_budget must be positive and finite, got {self.epsilon_budget}")
+        if not 0 < self.delta < 1:
+            raise AccountantError(f"delta must be in (0, 1), got {self.delta}")
+
+    def skellam_config(self, dim: int, max_clients: int) -> SkellamConfig:
+        """The encoder configuration this policy implies for a `dim`-vector round."""
+        return SkellamConfig(dim=dim, clipping_norm=self.clipping_norm, noise_multiplier=self.noise_multiplier,
+                             min_clients=self.min_clients, max_clients=max_clients, bits=self.bits,
+                             beta=self.beta, rotate=self.rotate)
+
+
+@dataclass
+class PrivacyLedger:
+    """One robot's running privacy spend: composed RDP over the rounds it contributed to."""
+
+    profile: DPPolicyProfile
+    orders: tuple[int, ...] = RDP_ORDERS
+    rounds: list[str] = field(default_factory=list)
+    rdp: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        if self.rdp is None:
+            self.rdp = np.zeros(len(self.orders))
+        self.rdp = np.asarray(self.rdp, dtype=np.float64)
+        if self.rdp.shape != (len(self.orders),):
+            raise AccountantError("rdp curve does not match the orders")
+
+    def epsilon(self) -> float:
+        """(epsilon at the profile's delta) spent so far."""
+        if not self.rounds:
+            return 0.0
+        return rdp_to_epsilon(self.orders, self.rdp, self.profile.delta)[0]
+
+    def epsilon_after(self, config: SkellamConfig) -> float:
+        """Epsilon the ledger would show after one more round with `config`."""
+        return rdp_to_epsilon(self.orders, self.rdp + round_rdp(config, self.orders), self.profile.delta)[0]
+
+    def charge(self, round_id: str, config: SkellamConfig) -> float:
+        """Record a round and return the new epsilon; the hard stop refuses a round that would exceed the budget.
+
+        Call before the update leaves the robot. With the hard stop disabled the round is
+        recorded even past the budget (check `exceeded()`).
+        """
+        if round_id in self.rounds:
+            raise AccountantError(f"round {round_id!r} already charged")
+        if config.clipping_norm != self.profile.clipping_norm:
+            raise AccountantError("round config uses a different clipping norm than the policy")
+        after = self.epsilon_after(config)
+        if self.profile.hard_stop_enabled and after > self.profile.epsilon_budget:
+            raise PrivacyBudgetExceeded(
+                f"round {round_id!r} would raise epsilon from {self.epsilon():.4f} to {after:.4f}, "
+                f"over the budget {self.profile.epsilon_budget} (delta={self.profile.delta})")
+        self.rdp = self.rdp + round_rdp(config, self.orders)
+        self.rounds.append(round_id)
+        return after
+
+    def exceeded(self) -> bool:
+        """True if the spend is over the budget (only possible with the hard stop disabled)."""
+        return self.epsilon() > self.profile.epsilon_budget
+
+    def to_dict(self) -> dict:
+        """JSON-ready state for persisting the ledger across restarts."""
+        return {"orders": list(self.orders), "rounds": list(self.rounds), "rdp": [float(v) for v in self.rdp]}
+
+    @classmethod
+    def from_dict(cls, profile: DPPolicyProfile, state: dict) -> "PrivacyLedger":
+        """Restore a ledger saved with `to_dict`."""
+        try:
+            return cls(profile, tuple(int(a) for a in state["orders"]), [str(r) for r in state["rounds"]],
+                       np.asarray(state["rdp"], dtype=np.float64))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise AccountantError(f"invalid ledger state: {exc}") from exc
