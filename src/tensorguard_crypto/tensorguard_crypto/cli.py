@@ -1,4 +1,4 @@
-"""`tensorguard` operator command line: info, keygen and the KMS (register, revoke, rotate, list, verify-log).
+"""`tensorguard` operator command line: info, keygen, bench and the KMS (register, revoke, rotate, list, verify-log).
 
 Exit codes: 0 success, 2 usage error, 3 key file error, 4 KMS refusal, 5 audit log or state
 tampered, 6 HSM error.
@@ -10,6 +10,8 @@ import getpass
 import json
 import os
 import sys
+import tempfile
+import time
 from datetime import datetime, timezone
 from importlib import metadata as importlib_metadata
 from pathlib import Path
@@ -151,6 +153,53 @@ def _verify_log(args: argparse.Namespace) -> None:
     print(f'audit log OK: {report.entries} entries, head {report.head_hash}')
 
 
+def _timed(action, repeats: int) -> float:
+    start = time.perf_counter()
+    for _ in range(repeats):
+        action()
+    return (time.perf_counter() - start) / repeats
+
+
+def _bench(args: argparse.Namespace) -> None:
+    from .identity import Identity
+    from .verify import RoundVerifier
+    from .wire import ExpertSlice, RoundConfigPackage, SafetyStats, UpdatePackage
+    server, robots = Identity.generate('server', Role.SERVER), [
+        Identity.generate(f'robot_{i}') for i in range(args.packages)]
+    now = time.time()
+    config = RoundConfigPackage(
+        round_id=1, round_seed=os.urandom(32), model_version=1, num_coordinates=1, total_coordinates=1,
+        num_experts=1, clipping_norm=1.0, noise_mu=1.0, scale=1.0, plaintext_bits=16, min_clients=1,
+        security_level=128, ring_degree=1024, modulus_bits=27, deadline=now + 3600, quorum=1,
+        key_service_public_key=b'', key_service_key_id='ks', aggregator_key_id='agg', signer_key_id='server',
+        created_at=now).signed_by(server)
+    packages = [UpdatePackage(
+        robot_id=robot.key_id, round_id=1, round_seed=config.round_seed, config_digest=config.config_digest(),
+        model_version=1, created_at=now, body_chunks=1, expert_metadata=(ExpertSlice(0, 1, 0),),
+        safety_stats=SafetyStats(0.1, 1e-6, 0.0, 1.0, 1, 1), bodies=os.urandom(args.body_bytes),
+        key_ciphertext=os.urandom(4096)).signed_by(robot).serialize() for robot in robots]
+    with tempfile.TemporaryDirectory() as directory:
+        kms = KeyManagementSystem(Path(directory) / 'audit.log')
+        for robot in robots:
+            kms.register_key(robot.key_id, KeyMetadata(robot.key_id, datetime.now(timezone.utc), 'bench',
+                                                       public_key=robot.public_key_bytes()))
+        verifier = RoundVerifier(kms, config)
+        verify_seconds = _timed(lambda: [verifier.verify(data) for data in packages], 1) / len(packages)
+    identity, cost = robots[0], keystore.DEFAULT_SCRYPT_LOG2_N
+    rows = [
+        ('package size', f'{len(packages[0])} bytes'),
+        ('UpdatePackage.deserialize', f'{_timed(lambda: UpdatePackage.deserialize(packages[0]), 20) * 1e3:.3f} ms'),
+        ('RoundVerifier.verify (decode, KMS lookup, signature)', f'{verify_seconds * 1e3:.3f} ms'),
+        ('Ed25519 sign (software)', f'{_timed(lambda: identity.sign(b"bench", b"m"), 200) * 1e6:.1f} us'),
+        (f'scrypt key derivation N=2^{cost}',
+         f'{_timed(lambda: keystore.derive_file_key(b"bench passphrase", bytes(16), cost), 3):.3f} s'),
+    ]
+    width = max(len(name) for name, _ in rows)
+    print(f'tensorguard bench: {args.packages} packages, {args.body_bytes} body bytes each')
+    for name, value in rows:
+        print(f'{name:<{width}}  {value}')
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the `tensorguard` command."""
     parser = argparse.ArgumentParser(prog='tensorguard', description=__doc__.splitlines()[0])
@@ -163,6 +212,11 @@ def build_parser() -> argparse.ArgumentParser:
     keygen.add_argument('--role', choices=[role.value for role in Role], default=Role.ROBOT.value)
     keygen.add_argument('--security-level', type=int, default=128)
     keygen.set_defaults(handler=_keygen)
+
+    bench = commands.add_parser('bench', help='time wire decoding, verification, signing and the key-file KDF')
+    bench.add_argument('--packages', type=int, default=20)
+    bench.add_argument('--body-bytes', type=int, default=1024 * 1024)
+    bench.set_defaults(handler=_bench)
 
     kms = commands.add_parser('kms', help='key management system')
     kms.add_argument('--audit-log', help=f'audit log path (default ${AUDIT_LOG_ENV})')

@@ -117,7 +117,8 @@ def _passphrase(passphrase: str | bytes | None) -> bytes:
     return data
 
 
-def _derive(passphrase: bytes, salt: bytes, log2_n: int) -> bytes:
+def derive_file_key(passphrase: bytes, salt: bytes, log2_n: int) -> bytes:
+    """The AES-256 key that encrypts a key file: scrypt(passphrase, salt, N=2^log2_n, r=8, p=1)."""
     return Scrypt(salt=salt, length=32, n=2 ** log2_n, r=SCRYPT_R, p=SCRYPT_P).derive(passphrase)
 
 
@@ -209,7 +210,7 @@ def generate_key(path: str | os.PathLike, security_level: int = 128, passphrase:
     header = _header(key_id, identity.role, scrypt_log2_n, salt, nonce, identity.public_key_bytes())
     seed = identity.private_key.private_bytes(
         serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption())
-    ciphertext = AESGCM(_derive(secret, salt, scrypt_log2_n)).encrypt(nonce, seed, header)
+    ciphertext = AESGCM(derive_file_key(secret, salt, scrypt_log2_n)).encrypt(nonce, seed, header)
     _write_new_private_file(path, header + ciphertext)
     logger.info('generated %s key %r at %s (public key fingerprint %s)', identity.role.value, key_id, path,
                 fingerprint(identity.public_key_bytes()))
@@ -239,7 +240,7 @@ def load_key(path: str | os.PathLike, passphrase: str | bytes | None = None) -> 
     parsed = _parse(path, _read_private_file(path))
     secret = _passphrase(passphrase)
     try:
-        seed = AESGCM(_derive(secret, parsed.salt, parsed.info.scrypt_log2_n)).decrypt(
+        seed = AESGCM(derive_file_key(secret, parsed.salt, parsed.info.scrypt_log2_n)).decrypt(
             parsed.nonce, parsed.ciphertext, parsed.header)
     except InvalidTag:
         raise WrongPassphrase(f'{path}: wrong passphrase, or the key file was modified') from None

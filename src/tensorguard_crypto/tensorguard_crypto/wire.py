@@ -1,4 +1,4 @@
-"""Signed msgpack wire records: UpdatePackage, RoundConfigPackage, ModelPackage and the aggregator <-> key service exchange.
+"""Signed msgpack wire records: updates, round configs, models and the aggregator <-> key service exchange.
 
 Every record is a frozen dataclass whose fields each carry a type check and a limit. On the wire a
 record is the msgpack map {"schema": SCHEMA_VERSION, "kind": <record name>, "record": {fields in
@@ -6,7 +6,8 @@ declaration order}}. Decoding is strict: the total size is checked first, then a
 (no allocation) admits only canonical, minimal msgpack encodings whose declared lengths are backed
 by real bytes and whose decoded footprint fits the cap, and only then does the msgpack unpacker run
 (with hard per-object limits as a second fence). The field set and order must match exactly and
-every value is checked, so two different byte strings never decode to the same record. Any failure raises a subclass of `WireFormatError` with a `reason` code.
+every value is checked, so two different byte strings never decode to the same record. Any failure
+raises a subclass of `WireFormatError` with a `reason` code.
 
 Signatures (Ed25519, see identity.py) cover the canonical bytes: the same map without the signature.
 For updates, the bodies and key ciphertext enter the signed bytes as SHA-256 digests, so the key
@@ -269,7 +270,8 @@ class WireRecord:
         if [key for key, _ in obj] != list(specs):
             missing = sorted(set(specs) - {key for key, _ in obj})
             raise FieldSetMismatch(f'{path}: field set differs (missing {missing[:5]}, {len(obj)} present)')
-        return cls(**{name: spec.decode(f'{path}.{name}', value) for (name, spec), (_, value) in zip(specs.items(), obj)})
+        values = (value for _, value in obj)
+        return cls(**{name: spec.decode(f'{path}.{name}', value) for (name, spec), value in zip(specs.items(), values)})
 
 
 @dataclass(frozen=True)

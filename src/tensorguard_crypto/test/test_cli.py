@@ -115,3 +115,8 @@ def test_console_entry_point_runs_as_a_process():
     result = subprocess.run([sys.executable, '-m', 'tensorguard_crypto.cli', 'info'], capture_output=True,
                             text=True, env=environment, timeout=60)
     assert result.returncode == 0 and 'PKCS#11 module' in result.stdout
+
+
+def test_bench_prints_measurements(capsys):
+    code, out, _ = run(capsys, 'bench', '--packages', '2', '--body-bytes', '1000')
+    assert code == EXIT_OK and 'RoundVerifier.verify' in out and 'scrypt key derivation' in out

@@ -124,7 +124,8 @@ def test_no_key_bytes_in_logs_or_exception_messages(tmp_path, caplog):
     for action in (lambda: load_key(path, 'wrong passphrase!'),
                    lambda: generate_key(path, passphrase=PASSPHRASE),
                    lambda: (os.chmod(path, 0o644), load_key(path, PASSPHRASE)),
-                   lambda: (os.chmod(path, 0o600), path.write_bytes(path.read_bytes()[:-3]), load_key(path, PASSPHRASE))):
+                   lambda: (os.chmod(path, 0o600), path.write_bytes(path.read_bytes()[:-3]),
+                            load_key(path, PASSPHRASE))):
         with pytest.raises(KeyStoreError) as info:
             action()
         messages += [str(info.value), repr(info.value), repr(info.value.__cause__), repr(info.value.__context__)]
