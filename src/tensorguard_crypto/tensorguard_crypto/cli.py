@@ -85,7 +85,7 @@ def _keygen(args: argparse.Namespace) -> None:
             _print_public(args.key_id, role, signer.public_key_bytes(), args.path)
         return
     identity = keystore.generate_key(args.path, args.security_level, _passphrase_for_new_key(),
-                                     key_id=args.key_id, role=role)
+                                     key_id=args.key_id, role=role, scrypt_log2_n=args.scrypt_log2_n)
     _print_public(identity.key_id, role, identity.public_key_bytes(), args.path)
 
 
@@ -211,6 +211,8 @@ def build_parser() -> argparse.ArgumentParser:
     keygen.add_argument('--key-id', required=True)
     keygen.add_argument('--role', choices=[role.value for role in Role], default=Role.ROBOT.value)
     keygen.add_argument('--security-level', type=int, default=128)
+    keygen.add_argument('--scrypt-log2-n', type=int, default=keystore.DEFAULT_SCRYPT_LOG2_N,
+                        help=f'key-file KDF cost, {keystore.MIN_SCRYPT_LOG2_N}..{keystore.MAX_SCRYPT_LOG2_N}')
     keygen.set_defaults(handler=_keygen)
 
     bench = commands.add_parser('bench', help='time wire decoding, verification, signing and the key-file KDF')

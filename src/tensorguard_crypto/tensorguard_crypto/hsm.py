@@ -130,9 +130,15 @@ class HsmSession:
             self.session = token.open(rw=True, user_pin=pin)
         except (pkcs11.exceptions.PinIncorrect, pkcs11.exceptions.PinLenRange, pkcs11.exceptions.PinLocked):
             raise HsmLoginFailed(f'token {token.label!r} refused the PIN') from None
+        except pkcs11.exceptions.PKCS11Error as error:
+            raise HsmError(f'cannot open a session on token {token.label!r}: {type(error).__name__}') from None
 
     def _find_token(self) -> Any:
-        for slot in self._lib.get_slots(token_present=True):
+        try:
+            slots = self._lib.get_slots(token_present=True)
+        except pkcs11.exceptions.PKCS11Error as error:
+            raise HsmUnavailable(f'PKCS#11 module cannot list slots: {type(error).__name__}') from None
+        for slot in slots:
             token = slot.get_token()
             if not TokenFlag.TOKEN_INITIALIZED & token.flags:
                 continue

@@ -7,8 +7,9 @@ associated data, so editing the header, e.g. the public key or the KDF cost, fai
     | scrypt log2 N (1) | r (1) | p (1) | salt (16) | nonce (12) | public key (32)
     | AES-256-GCM(private key seed, 32 bytes) + tag (16)
 
-KDF: scrypt (Percival 2009; RFC 7914) with N = 2^17, r = 8, p = 1 by default, the minimum the OWASP
-Password Storage Cheat Sheet recommends for scrypt; files claiming less than 2^15 or more than 2^22
+KDF: scrypt (Percival 2009; RFC 7914) with N = 2^17, r = 8, p = 1 by default (128 MiB, the minimum
+the OWASP Password Storage Cheat Sheet gives for scrypt); callers may raise N up to 2^22 (Percival's
+2009 slides suggest 2^20 for sensitive storage). Files claiming less than 2^15 or more than 2^22
 are refused on load (no silent downgrade, no memory blow-up).
 """
 from __future__ import annotations

@@ -10,7 +10,7 @@ import pytest
 
 from tensorguard_crypto.cli import (EXIT_HSM, EXIT_KEY_FILE, EXIT_KMS, EXIT_OK, EXIT_TAMPERED, EXIT_USAGE,
                                     main)
-from tensorguard_crypto.keystore import PASSPHRASE_ENV, load_key
+from tensorguard_crypto.keystore import PASSPHRASE_ENV, load_key, read_key_info
 from tensorguard_crypto.kms import KeyManagementSystem
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -39,8 +39,9 @@ def test_info(capsys):
 
 def test_keygen_register_rotate_revoke_list_verify(operator, capsys):
     key = operator / 'keys' / 'robot_1.key'
-    code, out, _ = run(capsys, 'keygen', str(key), '--key-id', 'robot_1')
+    code, out, _ = run(capsys, 'keygen', str(key), '--key-id', 'robot_1', '--scrypt-log2-n', '15')
     assert code == EXIT_OK and load_key(key, PASSPHRASE).public_key_bytes().hex() in out
+    assert read_key_info(key).scrypt_log2_n == 15
     assert run(capsys, 'kms', 'register', 'robot_1', '--key-file', str(key), '--owner', 'fleet')[0] == EXIT_OK
     new_key = operator / 'keys' / 'robot_1.v2.key'
     assert run(capsys, 'keygen', str(new_key), '--key-id', 'robot_1')[0] == EXIT_OK
