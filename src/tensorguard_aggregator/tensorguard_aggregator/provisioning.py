@@ -1,0 +1,156 @@
+"""Fleet provisioning (ROS-free): server identities, the key service's lattice keys, robot enrolment.
+
+Layout of a fleet directory (the fleet server's ``server/`` and each robot's ``robots/<id>/``
+would live on different machines in production; a simulated fleet keeps them side by side):
+
+    server/kms/audit.log            KMS hash-chained audit log (+ .state.json)
+    server/aggregator.key           Ed25519, role aggregator: signs round configs and manifests
+    server/server.key               Ed25519, role server: signs models
+    server/key_service.key          Ed25519, role key_service: signs decrypted aggregates
+    server/key_service_lattice.sealed   the key service's ring-LWE secret, scrypt + AES-256-GCM
+    server/key_service_lattice.pub      its public key (robots pin its SHA-256)
+    robots/<id>/identity.key        the robot's Ed25519 key
+    robots/<id>/trust.json          pinned server keys + key-service lattice key digest
+
+Every private file is written 0600 and encrypted under the passphrase (``TENSORGUARD_KEY_PASSPHRASE``).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import secrets
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from tensorguard_crypto.identity import Role
+from tensorguard_crypto.keystore import DEFAULT_SCRYPT_LOG2_N, derive_file_key, generate_key, load_key
+from tensorguard_crypto.kms import KeyManagementSystem, KeyMetadata
+from tensorguard_crypto.params import SecAggParams
+from tensorguard_crypto.secagg import KeyService, KeyServiceSecretKey, generate_key_service_keys
+
+_SEALED_MAGIC = b'TGSEAL1'
+_SALT_BYTES = 16
+_NONCE_BYTES = 12
+
+AGGREGATOR_ID = 'aggregator'
+SERVER_ID = 'server'
+KEY_SERVICE_ID = 'key_service'
+
+
+class ProvisioningError(Exception):
+    """A fleet directory is missing something, or a sealed secret does not open."""
+
+
+@dataclass(frozen=True)
+class FleetPaths:
+    """Where every provisioned file of a fleet directory lives."""
+
+    root: Path
+
+    @property
+    def server(self) -> Path:
+        """The fleet server's directory."""
+        return self.root / 'server'
+
+    @property
+    def kms_log(self) -> Path:
+        """The KMS audit log."""
+        return self.server / 'kms' / 'audit.log'
+
+    def server_key(self, key_id: str) -> Path:
+        """Identity key file of one server component."""
+        return self.server / f'{key_id}.key'
+
+    @property
+    def lattice_secret(self) -> Path:
+        """The key service's sealed ring-LWE secret."""
+        return self.server / 'key_service_lattice.sealed'
+
+    @property
+    def lattice_public(self) -> Path:
+        """The key service's ring-LWE public key."""
+        return self.server / 'key_service_lattice.pub'
+
+    def robot_dir(self, robot_id: str) -> Path:
+        """A robot's directory."""
+        return self.root / 'robots' / robot_id
+
+    def kms(self) -> KeyManagementSystem:
+        """The fleet's KMS."""
+        return KeyManagementSystem(audit_log_path=self.kms_log)
+
+
+def seal(path: Path, secret: bytes, passphrase: bytes, context: bytes) -> None:
+    """Write `secret` encrypted under `passphrase` (scrypt -> AES-256-GCM, `context` authenticated), 0600."""
+    salt, nonce = secrets.token_bytes(_SALT_BYTES), secrets.token_bytes(_NONCE_BYTES)
+    header = _SEALED_MAGIC + bytes([DEFAULT_SCRYPT_LOG2_N]) + salt + nonce
+    blob = header + AESGCM(derive_file_key(passphrase, salt, DEFAULT_SCRYPT_LOG2_N)).encrypt(nonce, secret, header + context)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, 'wb') as f:
+        f.write(blob)
+
+
+def unseal(path: Path, passphrase: bytes, context: bytes) -> bytes:
+    """Inverse of `seal`; refuses loose permissions, a wrong passphrase and modified files."""
+    if path.stat().st_mode & 0o077:
+        raise ProvisioningError(f'{path}: permissions are looser than 0600')
+    blob = path.read_bytes()
+    head = len(_SEALED_MAGIC) + 1 + _SALT_BYTES + _NONCE_BYTES
+    if len(blob) <= head or not blob.startswith(_SEALED_MAGIC):
+        raise ProvisioningError(f'{path}: not a sealed TensorGuard secret')
+    log2_n = blob[len(_SEALED_MAGIC)]
+    salt = blob[len(_SEALED_MAGIC) + 1:len(_SEALED_MAGIC) + 1 + _SALT_BYTES]
+    nonce = blob[head - _NONCE_BYTES:head]
+    try:
+        return AESGCM(derive_file_key(passphrase, salt, log2_n)).decrypt(nonce, blob[head:], blob[:head] + context)
+    except InvalidTag:
+        raise ProvisioningError(f'{path}: wrong passphrase, or the file was modified') from None
+
+
+def _register(kms: KeyManagementSystem, key_id: str, role: Role, public_key: bytes, owner: str) -> None:
+    kms.register_key(key_id, KeyMetadata(key_id=key_id, created_at=datetime.now(timezone.utc), owner=owner,
+                                         role=role, public_key=public_key))
+
+
+def provision_server(paths: FleetPaths, passphrase: bytes, params: SecAggParams, owner: str = 'fleet') -> None:
+    """Create the server's three identities and the key service's lattice key pair; enrol them."""
+    kms = paths.kms()
+    for key_id, role in ((AGGREGATOR_ID, Role.AGGREGATOR), (SERVER_ID, Role.SERVER),
+                         (KEY_SERVICE_ID, Role.KEY_SERVICE)):
+        identity = generate_key(paths.server_key(key_id), passphrase=passphrase, key_id=key_id, role=role)
+        _register(kms, key_id, role, identity.public_key_bytes(), owner)
+    secret, public = generate_key_service_keys(params)
+    seal(paths.lattice_secret, secret.to_bytes(), passphrase, KEY_SERVICE_ID.encode())
+    paths.lattice_public.write_bytes(public.to_bytes())
+
+
+def enroll_robot(paths: FleetPaths, robot_id: str, passphrase: bytes, owner: str = 'fleet') -> Path:
+    """Create a robot's identity, enrol it, and write its trust file; returns the robot directory."""
+    robot_dir = paths.robot_dir(robot_id)
+    identity = generate_key(robot_dir / 'identity.key', passphrase=passphrase, key_id=robot_id, role=Role.ROBOT)
+    kms = paths.kms()
+    _register(kms, robot_id, Role.ROBOT, identity.public_key_bytes(), owner)
+    pinned = {key_id: {'role': kms.get(key_id).metadata.role.value,
+                       'public_key': kms.public_key_for(key_id).hex()}
+              for key_id in (AGGREGATOR_ID, SERVER_ID)}
+    trust = {'keys': pinned,
+             'key_service_public_key_sha256': hashlib.sha256(paths.lattice_public.read_bytes()).hexdigest()}
+    (robot_dir / 'trust.json').write_text(json.dumps(trust, indent=2))
+    return robot_dir
+
+
+def load_key_service(paths: FleetPaths, passphrase: bytes, params: SecAggParams) -> KeyService:
+    """Open the sealed lattice secret into this process's memory only."""
+    secret = unseal(paths.lattice_secret, passphrase, KEY_SERVICE_ID.encode())
+    return KeyService(KeyServiceSecretKey.from_bytes(secret, params))
+
+
+def load_server_identity(paths: FleetPaths, key_id: str, passphrase: bytes):
+    """Load one server component's identity key."""
+    return load_key(paths.server_key(key_id), passphrase)

@@ -1,0 +1,52 @@
+"""The round codec end to end: robots encode and encrypt, the server sums, the key service decrypts."""
+import os
+
+import numpy as np
+import pytest
+
+from tensorguard_crypto import update_codec
+from tensorguard_crypto.accountant import DPPolicyProfile
+from tensorguard_crypto.secagg import KeyService, generate_key_service_keys
+from tensorguard_crypto.wire import RoundConfigPackage
+
+DIM = 300
+MAX_CLIENTS = 16
+PROFILE = DPPolicyProfile(clipping_norm=1.0, epsilon_budget=10.0, noise_multiplier=0.5, min_clients=3, bits=20)
+
+
+def _config(codec, **overrides):
+    fields = dict(round_id=1, round_seed=codec.round_seed, model_version=1, num_coordinates=DIM,
+                  total_coordinates=DIM, num_experts=4, deadline=2e9, quorum=3, key_service_public_key=b'',
+                  key_service_key_id='key_service', aggregator_key_id='aggregator', signer_key_id='aggregator',
+                  created_at=1.8e9, **update_codec.announce(codec))
+    fields.update(overrides)
+    return RoundConfigPackage(**fields)
+
+
+def test_three_robots_sum_decodes_within_predicted_noise():
+    seed = os.urandom(32)
+    codec = update_codec.build_codec(PROFILE, DIM, MAX_CLIENTS, 128, seed)
+    secret, public = generate_key_service_keys(codec.secagg)
+    vectors = [np.random.default_rng(i).normal(size=DIM) * 0.02 for i in range(3)]
+    parts = [update_codec.encrypt_update(codec, public.to_bytes(), v) for v in vectors]
+    assert all(len(p.bodies) == codec.body_bytes and len(p.key_ciphertext) == codec.key_ciphertext_bytes
+               for p in parts)
+    total = update_codec.BodySum(codec)
+    for p in parts:
+        total.add(total.parse(p.bodies))
+    aggregate = update_codec.decrypt_aggregate(codec.secagg, codec.round_seed, KeyService(secret), total.to_bytes(),
+                                               [p.key_ciphertext for p in parts])
+    decoded = update_codec.decode_aggregate(codec, aggregate)
+    error = decoded - np.sum(vectors, axis=0)
+    predicted = codec.skellam.aggregate_stddev(3)
+    assert 0.3 * predicted < np.std(error) < 3 * predicted
+
+
+def test_robot_refuses_a_round_announcing_weaker_noise():
+    codec = update_codec.build_codec(PROFILE, DIM, MAX_CLIENTS, 128, os.urandom(32))
+    weaker = update_codec.announce(codec)['noise_mu'] / 4
+    with pytest.raises(update_codec.RoundMismatch, match='noise_mu'):
+        update_codec.codec_for_round(_config(codec, noise_mu=weaker), PROFILE, DIM, MAX_CLIENTS)
+    with pytest.raises(update_codec.RoundMismatch, match='min_clients'):
+        update_codec.codec_for_round(_config(codec, min_clients=2), PROFILE, DIM, MAX_CLIENTS)
+    assert update_codec.codec_for_round(_config(codec), PROFILE, DIM, MAX_CLIENTS) == codec

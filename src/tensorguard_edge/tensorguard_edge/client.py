@@ -1,0 +1,316 @@
+"""`EdgeClient`: everything a robot does for TensorGuard, without ROS.
+
+The edge node only feeds it topics; tests and scripts drive it directly. It owns the robot's
+state directory:
+
+    <state_dir>/demos/          crash-safe demonstration store (tensorguard_learning)
+    <state_dir>/model.tgm       the signed ModelPackage the robot runs (verified on load)
+    <state_dir>/privacy.json    privacy ledger: rounds contributed and epsilon spent (hard stop)
+    <state_dir>/residual.npy    error-feedback residual of coordinates not yet sent
+
+One round (`process_round`): verify the server-signed RoundConfig against the pinned server keys;
+refuse stale, replayed, expired or over-budget rounds; train the adapter on the store; keep the
+round's shared random-k coordinates (error feedback keeps the rest); clip, scale, round and add
+Skellam noise (`tensorguard_crypto.skellam`); encrypt under a fresh per-round key
+(`tensorguard_crypto.secagg`); sign; return the `UpdatePackage`. The privacy ledger is written
+before the package is returned, so a crash can only over-count spent privacy, never under-count.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from tensorguard_crypto import update_codec
+from tensorguard_crypto.accountant import DPPolicyProfile, PrivacyLedger
+from tensorguard_crypto.identity import Role
+from tensorguard_crypto.keystore import load_key
+from tensorguard_crypto.verify import PinnedKeys, VerificationError, verify_model_package, verify_round_config
+from tensorguard_crypto.wire import RoundConfigPackage, SafetyStats, UpdatePackage
+from tensorguard_learning.aggregation import ExpertDrivenStrategy
+from tensorguard_learning.compression import ErrorFeedback, select_coordinates
+from tensorguard_learning.demonstrations import Demonstration, DemonstrationStore
+from tensorguard_learning.envelope import OperatingEnvelope
+from tensorguard_learning.errors import LearningError
+from tensorguard_learning.policy import MoEPolicy
+from tensorguard_learning.training import TrainingBudget, train_local
+
+
+def _param(description: str, default=None, default_factory=None):
+    """A config field whose description becomes the ROS parameter descriptor."""
+    if default_factory is not None:
+        return field(default_factory=default_factory, metadata={'description': description})
+    return field(default=default, metadata={'description': description})
+
+
+@dataclass
+class EdgeConfig:
+    """Everything an edge node is configured with (each field becomes a ROS parameter)."""
+
+    robot_id: str = _param('Enrolled robot identity (KMS key id).', 'robot_1')
+    state_dir: str = _param('Directory for the store, model, privacy ledger and residual.', '')
+    key_path: str = _param('Encrypted Ed25519 identity key file (passphrase: TENSORGUARD_KEY_PASSPHRASE).', '')
+    trust_path: str = _param('JSON file pinning the server keys this robot trusts.', '')
+    state_dim: int = _param('Length of observation.state.', 39)
+    action_dim: int = _param('Length of action.', 4)
+    store_max_mb: int = _param('Cap on the demonstration store (oldest episodes dropped beyond it).', 256)
+    train_steps: int = _param('Behaviour-cloning steps per round.', 200)
+    train_max_seconds: float = _param('Wall-clock cap on local training per round.', 60.0)
+    batch_size: int = _param('Behaviour-cloning batch size.', 256)
+    learning_rate: float = _param('Adam learning rate of local training.', 1e-3)
+    trainable_modules: list[str] = _param('Adapter modules this robot may train (OperatingEnvelope).',
+                                          default_factory=lambda: ['experts', 'router'])
+    max_trainable_params: int = _param('OperatingEnvelope: most parameters local training may touch.', 5_000_000)
+    target_update_size_kb: int = _param('OperatingEnvelope: largest update package this robot sends.', 4096)
+    epsilon_budget: float = _param('Hard privacy budget of this robot (epsilon at privacy_delta).', 10.0)
+    privacy_delta: float = _param('delta of the (epsilon, delta) guarantee.', 1e-5)
+    hard_stop: bool = _param('Refuse any round that would exceed epsilon_budget.', True)
+    clipping_norm: float = _param('DP: L2 norm every update is clipped to.', 1.0)
+    noise_multiplier: float = _param('DP: Skellam noise std of the sum over min_clients robots, in units of '
+                                     'clipping_norm.', 1.0)
+    min_clients: int = _param('DP: the noise is sized for a sum over at least this many robots; rounds '
+                              'announcing fewer are refused.', 2)
+    max_clients: int = _param('Largest number of robots a round may sum (sets the modular headroom).', 16)
+    plaintext_bits: int = _param('Bits b of the summed integers (updates are summed mod 2^b).', 20)
+
+class RoundRefused(Exception):
+    """The robot will not contribute to this round; `reason` is a stable code."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+
+
+class ModelRefused(Exception):
+    """A model package was not applied; `reason` is a stable code."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+
+
+@dataclass
+class EdgeStatus:
+    """A snapshot for RobotStatus and diagnostics."""
+
+    episodes: int
+    frames: int
+    store_bytes: int
+    model_version: int
+    last_round_id: int
+    last_update_bytes: int
+    epsilon_spent: float
+    epsilon_budget: float
+    budget_exhausted: bool
+
+
+@dataclass(frozen=True)
+class TrustAnchors:
+    """What a robot is provisioned with at enrolment: the server keys it trusts and the pinned
+    SHA-256 of the key service's lattice public key (so no aggregator can substitute its own)."""
+
+    keys: PinnedKeys
+    key_service_public_key_sha256: bytes
+
+    @classmethod
+    def load(cls, path: str) -> TrustAnchors:
+        """Read ``{"keys": {id: {"role", "public_key"}}, "key_service_public_key_sha256": hex}``."""
+        try:
+            data = json.loads(Path(path).read_text())
+            keys = PinnedKeys({key_id: (Role(e['role']), bytes.fromhex(e['public_key']))
+                               for key_id, e in data['keys'].items()})
+            return cls(keys, bytes.fromhex(data['key_service_public_key_sha256']))
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise ValueError(f'trust file {path!r} is unreadable or malformed ({type(exc).__name__})') from None
+
+
+class EdgeClient:
+    """One robot's store, model, privacy ledger and round pipeline (see module docstring)."""
+
+    def __init__(self, config: EdgeConfig) -> None:
+        if not config.state_dir or not config.key_path or not config.trust_path:
+            raise ValueError('state_dir, key_path and trust_path must be set')
+        self.config = config
+        self.state_dir = Path(config.state_dir)
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.identity = load_key(config.key_path)
+        if self.identity.key_id != config.robot_id:
+            raise ValueError(f'key file belongs to {self.identity.key_id!r}, not robot {config.robot_id!r}')
+        self.trust = TrustAnchors.load(config.trust_path)
+        self.store = DemonstrationStore(self.state_dir / 'demos', config.store_max_mb * 1024 * 1024)
+        self.profile = DPPolicyProfile(
+            clipping_norm=config.clipping_norm, epsilon_budget=config.epsilon_budget,
+            hard_stop_enabled=config.hard_stop, delta=config.privacy_delta,
+            noise_multiplier=config.noise_multiplier, min_clients=config.min_clients, bits=config.plaintext_bits)
+        self.ledger_path = self.state_dir / 'privacy.json'
+        self.ledger = (PrivacyLedger.from_dict(self.profile, json.loads(self.ledger_path.read_text()))
+                       if self.ledger_path.exists() else PrivacyLedger(self.profile))
+        self.envelope = OperatingEnvelope(
+            trainable_modules=list(config.trainable_modules), max_trainable_params=config.max_trainable_params,
+            target_update_size_kb=config.target_update_size_kb,
+            round_interval_seconds=max(config.train_max_seconds, 1.0))
+        self.budget = TrainingBudget(max_steps=config.train_steps, max_seconds=config.train_max_seconds,
+                                     batch_size=config.batch_size, learning_rate=config.learning_rate)
+        self.strategy = ExpertDrivenStrategy()
+        self.policy: MoEPolicy | None = None
+        self.model_version = 0
+        self.error_feedback: ErrorFeedback | None = None
+        self.last_update_bytes = 0
+        self._load_model()
+
+    # Demonstrations.
+    def add_demonstration(self, demo: Demonstration) -> int:
+        """Store one completed episode durably; returns its index in the store."""
+        if demo.observation_state.shape[1] != self.config.state_dim or demo.action.shape[1] != self.config.action_dim:
+            raise ValueError(f'episode dims {demo.observation_state.shape[1]}/{demo.action.shape[1]} differ '
+                             f'from this robot ({self.config.state_dim}/{self.config.action_dim})')
+        try:
+            return self.store.append_episode(demo)
+        except LearningError as exc:
+            raise ValueError(str(exc)) from exc
+
+    # Models.
+    def _model_path(self) -> Path:
+        return self.state_dir / 'model.tgm'
+
+    def _load_model(self) -> None:
+        path = self._model_path()
+        if path.exists():
+            self._install_model(path.read_bytes(), current_version=None)
+
+    def _install_model(self, blob: bytes, current_version: int | None) -> int:
+        try:
+            model = verify_model_package(blob, self.trust.keys, current_version=current_version)
+        except VerificationError as exc:
+            reason = 'not_newer' if exc.reason == 'stale_model' else exc.reason
+            raise ModelRefused(reason, str(exc)) from None
+        try:
+            policy = MoEPolicy.from_bytes(model.parameters)
+        except (LearningError, ValueError) as exc:
+            raise ModelRefused('malformed_model', f'parameters do not load: {exc}') from None
+        self.policy, self.model_version = policy, model.model_version
+        residual = self.state_dir / 'residual.npy'
+        total = sum(policy.segment_sizes())
+        self.error_feedback = ErrorFeedback(total)
+        if residual.exists():
+            saved = np.load(residual)
+            if saved.shape == (total,):
+                self.error_feedback.residual = saved
+        return model.model_version
+
+    def apply_model(self, blob: bytes) -> int:
+        """Verify a server-signed ModelPackage that advances our version, persist it, run it."""
+        version = self._install_model(blob, current_version=self.model_version)
+        tmp = self._model_path().with_suffix('.tmp')
+        tmp.write_bytes(blob)
+        os.replace(tmp, self._model_path())
+        return version
+
+    # Rounds.
+    def process_round(self, config_blob: bytes,
+                      progress: Callable[[str], None] = lambda _activity: None) -> UpdatePackage:
+        """Build this robot's signed, encrypted update for one round (see module docstring)."""
+        try:
+            cfg = verify_round_config(config_blob, self.trust.keys)
+        except VerificationError as exc:
+            raise RoundRefused(exc.reason, str(exc)) from None
+        self._check_round(cfg)
+        num_segments = len(self.policy.segment_sizes())
+        try:
+            codec = update_codec.codec_for_round(cfg, self.profile, cfg.num_coordinates + num_segments,
+                                                 self.config.max_clients)
+        except (update_codec.RoundMismatch, ValueError) as exc:
+            raise RoundRefused(update_codec.RoundMismatch.reason, str(exc)) from None
+        epsilon_after = self.ledger.epsilon_after(codec.skellam)
+        if self.config.hard_stop and epsilon_after > self.config.epsilon_budget:
+            raise RoundRefused('budget_exhausted', f'round {cfg.round_id} would raise epsilon to '
+                               f'{epsilon_after:.3f}, over the budget {self.config.epsilon_budget:.3f}')
+
+        progress('training')
+        global_segments = self.error_feedback.start_from(self.policy)
+        try:
+            update = train_local(self.policy, self.store, self.budget, self.envelope,
+                                 modules=tuple(self.config.trainable_modules), reference=global_segments)
+        finally:
+            self.policy.load_segments(global_segments)
+        indices = select_coordinates(cfg.round_seed, cfg.total_coordinates, cfg.num_coordinates)
+        values = self.error_feedback.compress(update.dense_delta(), indices)
+        vector = self.strategy.flatten_update(update, values, indices)
+
+        progress('encrypting')
+        parts = update_codec.encrypt_update(codec, cfg.key_service_public_key, vector)
+        self.ledger.charge(str(cfg.round_id), codec.skellam)
+        self._save_ledger()
+        np.save(self.state_dir / 'residual.npy', self.error_feedback.residual)
+        package = UpdatePackage(
+            robot_id=self.config.robot_id, round_id=cfg.round_id, round_seed=cfg.round_seed,
+            config_digest=cfg.config_digest(), model_version=cfg.model_version, created_at=time.time(),
+            body_chunks=parts.body_chunks, expert_metadata=(),
+            # Only privacy accounting leaves the robot: the update's norm or the size of its data
+            # would describe this robot outside the DP guarantee, so those fields stay zero.
+            safety_stats=SafetyStats(dp_epsilon_consumed=epsilon_after, dp_delta=self.config.privacy_delta),
+            bodies=parts.bodies, key_ciphertext=parts.key_ciphertext).signed_by(self.identity)
+        size = len(package.serialize())
+        try:
+            self.envelope.check_update_size(size)
+        except LearningError as exc:
+            raise RoundRefused('update_too_large', str(exc)) from None
+        self.last_update_bytes = size
+        progress('publishing')
+        return package
+
+    def _save_ledger(self) -> None:
+        tmp = self.ledger_path.with_suffix('.tmp')
+        tmp.write_text(json.dumps(self.ledger.to_dict()))
+        os.replace(tmp, self.ledger_path)
+
+    @property
+    def last_round_id(self) -> int:
+        """Newest round this robot contributed to (0: none)."""
+        return max((int(r) for r in self.ledger.rounds), default=0)
+
+    def _check_round(self, cfg: RoundConfigPackage) -> None:
+        last = self.last_round_id
+        if cfg.round_id == last:
+            raise RoundRefused('already_contributed', f'round {cfg.round_id} already contributed')
+        if cfg.round_id < last:
+            raise RoundRefused('replayed_round', f'round {cfg.round_id} is older than {last}')
+        if cfg.deadline < time.time():
+            raise RoundRefused('deadline_passed', f'round {cfg.round_id} closed already')
+        if hashlib.sha256(cfg.key_service_public_key).digest() != self.trust.key_service_public_key_sha256:
+            raise RoundRefused('untrusted_key_service', 'the round names a key-service key this robot does not pin')
+        if self.policy is None:
+            raise RoundRefused('no_model', 'no verified model yet')
+        if cfg.model_version != self.model_version:
+            raise RoundRefused('model_mismatch', f'round trains model {cfg.model_version}, '
+                               f'this robot runs {self.model_version}')
+        if cfg.total_coordinates != sum(self.policy.segment_sizes()):
+            raise RoundRefused('shape_mismatch', 'round coordinates do not match the model')
+        if self.store.count() == 0:
+            raise RoundRefused('no_demonstrations', 'the store holds no episodes yet')
+
+    def status(self) -> EdgeStatus:
+        """Snapshot for status messages."""
+        spent = self.ledger.epsilon()
+        return EdgeStatus(
+            episodes=self.store.count(), frames=self.store.total_frames(), store_bytes=self.store.size_bytes(),
+            model_version=self.model_version, last_round_id=self.last_round_id,
+            last_update_bytes=self.last_update_bytes, epsilon_spent=spent, epsilon_budget=self.config.epsilon_budget,
+            budget_exhausted=self.config.hard_stop and spent >= self.config.epsilon_budget)
+
+    def close(self) -> None:
+        """Release the store."""
+        self.store.close()
+
+
+def create_client(config: EdgeConfig | None = None, **overrides) -> EdgeClient:
+    """Build an `EdgeClient` from a config (or keyword overrides of the defaults), as in the brief."""
+    base = config or EdgeConfig()
+    values = {**{f: getattr(base, f) for f in base.__dataclass_fields__}, **overrides}
+    return EdgeClient(EdgeConfig(**values))
