@@ -219,6 +219,11 @@ def read_audit_log(path: Path) -> tuple[list[dict], str]:
     return entries, previous
 
 
+def _snapshot_matches(snapshot: dict, keys: dict[str, KeyRecord], entries: int, head_hash: str) -> bool:
+    return (snapshot.get('log_head') == {'entries': entries, 'hash': head_hash}
+            and snapshot.get('keys') == {key_id: record.to_json() for key_id, record in keys.items()})
+
+
 class KeyManagementSystem:
     """Enrolment, rotation and revocation of keys, persisted on disk with a hash-chained audit log."""
 
@@ -250,25 +255,31 @@ class KeyManagementSystem:
             return None
         return status.st_ino, status.st_size, status.st_mtime_ns
 
-    def _load(self) -> None:
-        entries, head_hash = read_audit_log(self.audit_log_path)
+    def _replay(self, entries: list[dict]) -> dict[str, KeyRecord]:
         keys: dict[str, KeyRecord] = {}
         for entry in entries:
             try:
                 _apply(keys, entry)
             except (KeyError, ValueError, TypeError, AttributeError):
                 raise AuditLogTampered(f'{self.audit_log_path}: entry {entry["seq"]} cannot be replayed') from None
-        head = (len(entries), head_hash)
+        return keys
+
+    def _load(self) -> None:
+        entries, head_hash = read_audit_log(self.audit_log_path)
+        keys = self._replay(entries)
         snapshot = self._read_state()
-        if snapshot is None:
-            if entries:
-                raise StateMismatch(f'{self.state_path}: state file missing while the audit log has '
-                                    f'{len(entries)} entries')
-        elif (snapshot.get('log_head') != {'entries': head[0], 'hash': head[1]}
-              or snapshot.get('keys') != {key_id: record.to_json() for key_id, record in keys.items()}):
-            raise StateMismatch(f'{self.state_path}: state snapshot disagrees with the audit log '
-                                '(log truncated or state edited)')
-        self._keys, self._head, self._log_stamp = keys, head, self._stamp()
+        state = snapshot if snapshot is not None else {'log_head': {'entries': 0, 'hash': GENESIS_HASH}, 'keys': {}}
+        if not _snapshot_matches(state, keys, len(entries), head_hash):
+            previous_hash = entries[-2]['hash'] if len(entries) > 1 else GENESIS_HASH
+            if not (entries and _snapshot_matches(state, self._replay(entries[:-1]), len(entries) - 1,
+                                                  previous_hash)):
+                raise StateMismatch(
+                    f'{self.state_path}: state file missing while the audit log has {len(entries)} entries'
+                    if snapshot is None else
+                    f'{self.state_path}: state snapshot disagrees with the audit log (log truncated or state edited)')
+            logger.warning('kms: state snapshot is one entry behind the audit log (interrupted write); '
+                           'using the verified log, the snapshot is rewritten at the next change')
+        self._keys, self._head, self._log_stamp = keys, (len(entries), head_hash), self._stamp()
 
     def _read_state(self) -> dict | None:
         try:

@@ -152,3 +152,15 @@ def test_log_entries_chain(populated):
     assert all(b['prev'] == a['hash'] for a, b in zip(entries, entries[1:]))
     assert kms.verify_log().head_hash == entries[-1]['hash']
     assert [e['action'] for e in entries] == ['register'] * 3 + ['rotate', 'revoke', 'register']
+
+
+def test_interrupted_write_rolls_forward_one_entry(populated, caplog):
+    log, kms, _ = populated
+    state = log.with_name(log.name + '.state.json')
+    before = state.read_text()
+    kms.revoke_key('robot_0', 'lost')
+    state.write_text(before)  # as if the process died between the log append and the state write
+    reopened = KeyManagementSystem(audit_log_path=log)
+    assert reopened.is_revoked('robot_0') and 'interrupted write' in caplog.text
+    reopened.revoke_key('robot_1')
+    assert KeyManagementSystem(audit_log_path=log).verify_log().entries == 8

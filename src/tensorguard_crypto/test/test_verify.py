@@ -8,6 +8,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tensorguard_crypto.identity import Identity, Role
 from tensorguard_crypto.kms import KeyManagementSystem, KeyMetadata
@@ -213,3 +215,33 @@ def test_key_service_manifest_checks(fleet, tmp_path):
     kms.revoke_key('robot_2')
     with pytest.raises(RevokedSigner):
         verify_aggregate_request(_request(aggregator, config, contributions), kms, config)
+
+
+@st.composite
+def _corrupted(draw, data: bytes) -> bytes:
+    mutated = bytearray(data)
+    for _ in range(draw(st.integers(1, 3))):
+        position = draw(st.integers(0, len(mutated) - 1))
+        mutated[position] = draw(st.integers(0, 255))
+    if draw(st.booleans()):
+        del mutated[draw(st.integers(0, len(mutated) - 1)):]
+    return bytes(mutated)
+
+
+def test_verifier_only_raises_verification_errors(tmp_path):
+    kms = KeyManagementSystem(audit_log_path=tmp_path / 'audit.log')
+    server, robot = Identity.generate('server', Role.SERVER), Identity.generate('robot_0', Role.ROBOT)
+    _enrol(kms, robot)
+    config = make_round_config(server)
+    data = make_update(robot, config, bodies_bytes=200).serialize()
+
+    @settings(max_examples=1500, derandomize=False, deadline=None, database=None)
+    @given(st.one_of(_corrupted(data), st.binary(max_size=300)))
+    def check(candidate):
+        try:
+            RoundVerifier(kms, config).verify(candidate)
+        except VerificationError:
+            return
+        assert candidate == data
+
+    check()
