@@ -28,6 +28,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
 from .identity import PUBLIC_KEY_BYTES, Identity, Role, fingerprint
+from .wire import ID_PATTERN, MAX_ID_CHARS
 
 PASSPHRASE_ENV = 'TENSORGUARD_KEY_PASSPHRASE'
 MAGIC = b'TGKEY\x00'
@@ -42,7 +43,6 @@ NONCE_BYTES = 12
 SEED_BYTES = 32
 TAG_BYTES = 16
 MIN_PASSPHRASE_CHARS = 8
-MAX_KEY_ID_BYTES = 128
 SUPPORTED_SECURITY_LEVELS = (128,)
 _ROLES = list(Role)
 
@@ -201,8 +201,8 @@ def generate_key(path: str | os.PathLike, security_level: int = 128, passphrase:
         raise KeyStoreError(f'scrypt_log2_n must be in [{MIN_SCRYPT_LOG2_N}, {MAX_SCRYPT_LOG2_N}]')
     path = Path(path)
     key_id = path.stem if key_id is None else key_id
-    if not key_id or len(key_id.encode()) > MAX_KEY_ID_BYTES:
-        raise KeyStoreError(f'key_id must be 1..{MAX_KEY_ID_BYTES} bytes of UTF-8')
+    if len(key_id) > MAX_ID_CHARS or not ID_PATTERN.fullmatch(key_id):
+        raise KeyStoreError(f'key_id must match {ID_PATTERN.pattern} and be at most {MAX_ID_CHARS} characters')
     secret = _passphrase(passphrase)
     if path.exists():
         raise KeyFileExists(f'{path}: already exists; refusing to overwrite a key file')

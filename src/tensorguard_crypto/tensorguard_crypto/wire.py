@@ -270,8 +270,7 @@ class WireRecord:
         if [key for key, _ in obj] != list(specs):
             missing = sorted(set(specs) - {key for key, _ in obj})
             raise FieldSetMismatch(f'{path}: field set differs (missing {missing[:5]}, {len(obj)} present)')
-        values = (value for _, value in obj)
-        return cls(**{name: spec.decode(f'{path}.{name}', value) for (name, spec), value in zip(specs.items(), values)})
+        return cls(**{name: specs[name].decode(f'{path}.{name}', value) for name, value in obj})
 
 
 @dataclass(frozen=True)
@@ -301,7 +300,7 @@ def _digest(data: bytes) -> bytes:
 
 _OBJECT_OVERHEAD_BYTES = 256
 _MAX_DEPTH = 8
-_FIXED_WIDTH = {0xca: 4, 0xcb: 8}
+_FLOAT64 = 0xcb
 _UINT_MIN = {0xcc: (1, 128), 0xcd: (2, 1 << 8), 0xce: (4, 1 << 16), 0xcf: (8, 1 << 32)}
 _INT_MAX = {0xd0: (1, -33), 0xd1: (2, -129), 0xd2: (4, -(1 << 15) - 1), 0xd3: (8, -(1 << 31) - 1)}
 _LENGTH_MIN = {0xc4: (1, 0), 0xc5: (2, 1 << 8), 0xc6: (4, 1 << 16),
@@ -338,9 +337,7 @@ def _scan(data: memoryview, max_bytes: int) -> None:
         elif tag <= 0xbf:
             payload += tag & 0x1f
             pos += tag & 0x1f
-        elif tag in _FIXED_WIDTH:
-            if tag != 0xcb:
-                raise MalformedEncoding('float32 is not canonical')
+        elif tag == _FLOAT64:
             pos += 8
         elif tag in _UINT_MIN or tag in _INT_MAX:
             width, bound = _UINT_MIN.get(tag) or _INT_MAX[tag]

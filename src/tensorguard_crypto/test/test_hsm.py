@@ -92,8 +92,9 @@ def test_envelope_seals_lattice_secret_under_token_key(token):
 
 
 def test_clear_errors(token, tmp_path):
-    with pytest.raises(HsmLoginFailed):
+    with pytest.raises(HsmLoginFailed) as info:
         HsmSession(_uri(token, 'x'), pin='0' * 16)
+    assert '0' * 16 not in str(info.value) and token.pin not in str(info.value)
     with pytest.raises(HsmTokenNotFound):
         HsmSession('hsm://token/no-such-token/x', pin=token.pin)
     with pytest.raises(HsmUnavailable):

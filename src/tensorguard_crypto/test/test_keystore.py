@@ -108,6 +108,8 @@ def test_no_overwrite_missing_file_and_security_level(tmp_path):
         generate_key(path, passphrase=PASSPHRASE, scrypt_log2_n=FAST)
     with pytest.raises(KeyFileNotFound):
         load_key(tmp_path / 'absent.key', PASSPHRASE)
+    with pytest.raises(KeyStoreError, match='key_id'):
+        generate_key(tmp_path / 'c.key', passphrase=PASSPHRASE, key_id='bad id', scrypt_log2_n=FAST)
     with pytest.raises(UnsupportedSecurityLevel, match='128-bit'):
         generate_key(tmp_path / 'b.key', security_level=192, passphrase=PASSPHRASE)
     os.symlink(path, tmp_path / 'link.key')
