@@ -6,9 +6,10 @@ q = 1 (mod 2N), so a product of two residues fits in 64 bits and a primitive 2N-
 unity psi exists. The forward transform is the Cooley-Tukey negacyclic NTT with psi powers in
 bit-reversed order and the inverse is the Gentleman-Sande one (Longa and Naehrig, "Speeding up
 the Number Theoretic Transform for Faster Ideal Lattice-Based Cryptography", CANS 2016,
-Algorithms 1 and 2), each evaluated in constant-geometry (Pease) form: every stage pairs
-element k with element k + N/2 and writes the pair to positions 2k, 2k + 1, so numpy works on
-long runs instead of short butterfly groups. The NTT output is in bit-reversed order, which
+Algorithms 1 and 2), each evaluated in constant-geometry (Pease) form: every forward stage
+pairs element k with element k + N/2 and writes the pair to positions 2k, 2k + 1 (the inverse
+reads 2k, 2k + 1 and writes k, k + N/2), so numpy works on long runs instead of short
+butterfly groups. The NTT output is in bit-reversed order, which
 pointwise products do not care about. Modular reduction divides by the scalar q, which numpy
 turns into a multiply-and-shift (libdivide), and every step writes into preallocated buffers.
 """

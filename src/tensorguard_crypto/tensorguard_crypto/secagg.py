@@ -270,7 +270,7 @@ def sum_bodies(bodies: Sequence[BodyCiphertext]) -> BodyCiphertext:
     first = bodies[0]
     acc = np.zeros_like(first.values)
     for body in bodies:
-        if body.params != first.params or body.values.shape != first.values.shape:
+        if body.values.shape != acc.shape or (body.params is not first.params and body.params != first.params):
             raise SecAggError("bodies differ in parameters or length")
         acc += body.values
     return BodyCiphertext(first.params, _reduce_sum(acc, first.params.q))
