@@ -12,7 +12,7 @@ import pytest
 from tensorguard_crypto.identity import Identity, Role, SignatureInvalid
 from tensorguard_crypto.wire import (AggregateRequest, AggregateResult, ExpertSlice, FieldSetMismatch,
                                      FieldTooLarge, FieldTypeError, FieldValueError, MalformedEncoding,
-                                     ModelPackage, PackageTooLarge, RoundConfigPackage, SafetyStats,
+                                     ModelPackage, PackageTooLarge, RoundConfigPackage,
                                      UnsignedRecord, UnsupportedSchemaVersion, UpdatePackage,
                                      WireFormatError, WrongRecordKind, model_package)
 
