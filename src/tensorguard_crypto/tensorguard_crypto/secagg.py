@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Sequence
 
 import numpy as np
@@ -176,8 +177,11 @@ class KeyServiceSecretKey:
         return cls(params, raw.astype(np.int8) - 1)
 
 
+@lru_cache(maxsize=16)
 def _public_key_element(params: SecAggParams, seed: bytes) -> np.ndarray:
-    return public_uniform_mod(params.q, params.n, _DOMAIN_PK, params.domain(), seed)
+    a = public_uniform_mod(params.q, params.n, _DOMAIN_PK, params.domain(), seed)
+    a.flags.writeable = False
+    return a
 
 
 def generate_key_service_keys(params: SecAggParams) -> tuple[KeyServiceSecretKey, KeyServicePublicKey]:
@@ -204,20 +208,14 @@ class RoundEncryptor:
         self.params = params
         self.round_seed = bytes(round_seed)
         self._rng = SecretRandom()
-        self._ring = params.ring()
-        key = self._rng.ternary(params.n)
-        self._key_ntt = self._ring.ntt(self._ring.from_signed(key))
-        self._key_ciphertext = self._encrypt_key(key, key_service_pk)
+        self._ring = ring = params.ring()
+        key, u = self._rng.ternary((2, params.n))
+        e1, e2 = self._rng.centered_binomial(ERROR_ETA, (2, params.n))
+        signed = np.stack([key, u, e1 + params.key_scale * key, e2])
+        self._key_ntt, u_ntt, message_ntt, e2_ntt = ring.ntt(ring.from_signed(signed))
+        self._key_ciphertext = KeyCiphertext(params, ring.add(ring.pointwise(key_service_pk.p0, u_ntt), message_ntt),
+                                             ring.add(ring.pointwise(key_service_pk.a(), u_ntt), e2_ntt))
         self._labels: set[str] = set()
-
-    def _encrypt_key(self, key: np.ndarray, pk: KeyServicePublicKey) -> KeyCiphertext:
-        ring, n = self._ring, self.params.n
-        u = ring.ntt(ring.from_signed(self._rng.ternary(n)))
-        e1, e2 = self._rng.centered_binomial(ERROR_ETA, (2, n))
-        message = ring.from_signed(e1 + self.params.key_scale * key)
-        c0 = ring.add(ring.pointwise(pk.p0, u), ring.ntt(message))
-        c1 = ring.add(ring.pointwise(pk.a(), u), ring.ntt(ring.from_signed(e2)))
-        return KeyCiphertext(self.params, c0, c1)
 
     def key_ciphertext(self) -> KeyCiphertext:
         """k_i encrypted under the key service's public key (send with the bodies)."""
