@@ -124,6 +124,12 @@ class NegacyclicRing:
         np.subtract(x, U64(self.q), out=scratch)
         np.minimum(x, scratch, out=x)
 
+    def _sub_into(self, x: np.ndarray, y: np.ndarray, out: np.ndarray, scratch: np.ndarray) -> None:
+        """out <- x - y mod q for residues: the wrapped difference or it plus q, whichever is smaller."""
+        np.subtract(x, y, out=out)
+        np.add(out, U64(self.q), out=scratch)
+        np.minimum(out, scratch, out=out)
+
     def _mulmod_into(self, x: np.ndarray, y: np.ndarray, out: np.ndarray, scratch: np.ndarray) -> None:
         """out <- x * y mod q for residues x, y < q (broadcasting), via floor division by q."""
         np.multiply(x, y, out=out)
@@ -144,9 +150,7 @@ class NegacyclicRing:
             even, odd = dst[:, 0::2], dst[:, 1::2]
             np.add(upper, prod, out=even)
             self._reduce_below_2q(even, scratch)
-            np.subtract(upper, prod, out=odd)
-            odd += U64(self.q)
-            self._reduce_below_2q(odd, scratch)
+            self._sub_into(upper, prod, odd, scratch)
             src, dst = dst, src
         return src.reshape(a.shape)
 
@@ -162,9 +166,7 @@ class NegacyclicRing:
             upper, lower = dst[:, :half], dst[:, half:]
             np.add(even, odd, out=upper)
             self._reduce_below_2q(upper, scratch)
-            np.subtract(even, odd, out=diff)
-            diff += U64(self.q)
-            self._reduce_below_2q(diff, scratch)
+            self._sub_into(even, odd, diff, scratch)
             self._mulmod_into(diff, twiddles, lower, scratch)
             src, dst = dst, src
         flat = src.reshape(-1)
@@ -190,9 +192,9 @@ class NegacyclicRing:
 
     def sub(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
         """Coefficient-wise difference mod q."""
-        out = np.subtract(self._check(x), self._check(y))
-        out += U64(self.q)
-        self._reduce_below_2q(out, np.empty_like(out))
+        shape = np.broadcast_shapes(self._check(x).shape, self._check(y).shape)
+        out = np.empty(shape, dtype=U64)
+        self._sub_into(x, y, out, np.empty(shape, dtype=U64))
         return out
 
     def from_signed(self, values: np.ndarray) -> np.ndarray:
