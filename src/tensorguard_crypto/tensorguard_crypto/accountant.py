@@ -1,7 +1,8 @@
 """Per-robot privacy accounting for the distributed Skellam mechanism, with a hard budget stop.
 
 Per round (Agarwal, Kairouz, Liu, "The Skellam Mechanism for Differentially Private Federated
-Learning", NeurIPS 2021, arXiv:2110.04995, Theorem 3.5, the multi-dimensional Skellam RDP bound):
+Learning", NeurIPS 2021, arXiv:2110.04995, the multi-dimensional Skellam RDP bound, cited as
+Theorem 3.5 / Corollary 3.6 depending on the version):
 adding Skellam noise of variance mu per coordinate to an integer query with L1 sensitivity D1
 and L2 sensitivity D2 is (alpha, eps(alpha))-RDP for integer alpha > 1 with
 
@@ -40,7 +41,7 @@ class PrivacyBudgetExceeded(RuntimeError):
 
 def skellam_rdp(orders: Sequence[int], l2_sensitivity: float, l1_sensitivity: float,
                 variance: float) -> np.ndarray:
-    """Skellam RDP eps(alpha) per order for one release (Agarwal-Kairouz-Liu 2021, Theorem 3.5)."""
+    """Skellam RDP eps(alpha) per order for one release (Agarwal-Kairouz-Liu 2021, formula above)."""
     if variance <= 0 or l2_sensitivity < 0 or l1_sensitivity < 0:
         raise AccountantError("variance must be positive and sensitivities non-negative")
     alpha = np.asarray(orders, dtype=np.float64)
