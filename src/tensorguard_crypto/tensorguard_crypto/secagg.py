@@ -78,7 +78,7 @@ def public_body_elements(params: SecAggParams, round_seed: bytes, label: str, fi
                      for j in range(first_chunk, first_chunk + count)])
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class BodyCiphertext:
     """Bodies of one vector (chunks x n residues, NTT form); a sum of bodies has the same type."""
 
@@ -108,7 +108,7 @@ class BodyCiphertext:
         return cls(params, _checked_residues(data, (params.chunks(num_values), params.n), params, "body"))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class KeyCiphertext:
     """A key-layer ciphertext (c0, c1) in NTT form; sums of key ciphertexts have the same type."""
 
@@ -129,7 +129,7 @@ class KeyCiphertext:
         return cls(params, c0, c1)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class KeyServicePublicKey:
     """pk = (p0, a) of the key service; a is expanded from a public 32-byte seed."""
 
@@ -154,7 +154,7 @@ class KeyServicePublicKey:
         return cls(params, data[:32], _checked_residues(data[32:], (1, params.n), params, "public key")[0])
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class KeyServiceSecretKey:
     """The key service's ternary secret s (coefficient form, int8)."""
 
@@ -286,7 +286,7 @@ def sum_key_ciphertexts(ciphertexts: Sequence[KeyCiphertext]) -> KeyCiphertext:
     return KeyCiphertext(params, c0, c1)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class SummedKey:
     """K_S = sum of the contributors' ternary keys (NTT form), as recovered by the key service."""
 
@@ -322,6 +322,8 @@ class KeyService:
                     label: str, num_values: int) -> np.ndarray:
         """Decrypt summed bodies with the matching summed key: sum of plaintexts mod 2^b (uint64)."""
         params, ring = self.params, self._ring
+        if len(round_seed) != 32:
+            raise SecAggError(f"round_seed must be 32 bytes, got {len(round_seed)}")
         if summed_body.params != params or summed_key.params != params:
             raise SecAggError("ciphertexts were made for different parameters")
         if summed_body.chunks != params.chunks(num_values):
