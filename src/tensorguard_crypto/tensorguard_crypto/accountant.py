@@ -10,8 +10,10 @@ and L2 sensitivity D2 is (alpha, eps(alpha))-RDP for integer alpha > 1 with
 
 Here D2 is the conditional-rounding bound on one robot's scaled contribution, D1 the matching
 integer-vector bound and mu the aggregate variance over `min_clients` honest robots (see
-`skellam.SkellamConfig`); replacing one robot's contribution is covered by D2, D1 because every
-contribution lies in the ball they bound. Rounds compose by adding RDP (Mironov, "Renyi
+`skellam.SkellamConfig`). Neighbouring inputs differ in one robot's contribution being zeroed
+out (add/remove user-level adjacency, with the robot's noise share still present), so the sum
+moves by at most that contribution, whose norms D2 and D1 bound; replace-one adjacency would
+double both. Rounds compose by adding RDP (Mironov, "Renyi
 Differential Privacy", CSF 2017, Proposition 1). Conversion to (epsilon, delta) uses Canonne,
 Kamath, Steinke, "The Discrete Gaussian for Differential Privacy", NeurIPS 2020, Proposition 12:
 
