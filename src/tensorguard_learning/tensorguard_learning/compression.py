@@ -13,6 +13,7 @@ from the global model, so the residual is carried into the next report instead o
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -52,6 +53,25 @@ def select_coordinates(round_seed: bytes, total: int, k: int) -> np.ndarray:
         out[i] = chosen.get(j, j)
         chosen[j] = chosen.get(i, i)
     return np.sort(out)
+
+
+def round_coordinates(round_seed: bytes, segment_sizes: Sequence[int], k: int,
+                      always_send: Sequence[int] = ()) -> np.ndarray:
+    """The round's coordinates: all of the `always_send` segments plus k random-k of the others.
+
+    Small segments that every robot must keep consistent (task embeddings and router rows) are
+    cheap to send whole; the random-k is drawn over the remaining coordinates only. Depends only
+    on public data (seed, layout), so it is the same on every robot.
+    """
+    bounds = np.concatenate([[0], np.cumsum(segment_sizes)]).astype(np.int64)
+    if any(not 0 <= s < len(segment_sizes) for s in always_send):
+        raise ConfigError(f'always_send segments {list(always_send)} out of range 0..{len(segment_sizes) - 1}')
+    fixed_mask = np.zeros(int(bounds[-1]), dtype=bool)
+    for s in always_send:
+        fixed_mask[bounds[s]:bounds[s + 1]] = True
+    rest = np.flatnonzero(~fixed_mask)
+    chosen = rest[select_coordinates(round_seed, rest.size, k)] if k else np.empty(0, np.int64)
+    return np.union1d(np.flatnonzero(fixed_mask), chosen).astype(np.int64)
 
 
 def sparsify(dense: np.ndarray, indices: np.ndarray) -> np.ndarray:

@@ -20,7 +20,7 @@ from tensorguard_learning.envelope import OperatingEnvelope, module_parameters
 from tensorguard_learning.errors import ConfigError
 from tensorguard_learning.policy import MoEPolicy
 
-_LOSS_PROBE = 4096
+_LOSS_PROBE = 1024
 
 
 @dataclass(frozen=True)
@@ -47,9 +47,17 @@ class BCData:
     states: torch.Tensor
     actions: torch.Tensor
     task_ids: torch.Tensor
+    _features: tuple[str, torch.Tensor] | None = None
 
     def __len__(self) -> int:
         return int(self.states.shape[0])
+
+    def frozen_features(self, policy: MoEPolicy) -> torch.Tensor:
+        """Base features of all states, cached per frozen base version."""
+        if self._features is None or self._features[0] != policy.base_version:
+            with torch.no_grad():
+                self._features = (policy.base_version, policy.base(self.states))
+        return self._features[1]
 
     @classmethod
     def from_demonstrations(cls, policy: MoEPolicy, demos: Iterable[Demonstration]) -> BCData:
@@ -119,10 +127,7 @@ def _fit(policy: MoEPolicy, data: BCData, params: list, budget: TrainingBudget, 
          deadline: float) -> tuple[int, np.ndarray, np.ndarray]:
     gen = torch.Generator().manual_seed(budget.seed)
     optimiser = torch.optim.Adam(params, lr=budget.learning_rate)
-    features = None
-    if frozen_base:
-        with torch.no_grad():
-            features = policy.base(data.states)
+    features = data.frozen_features(policy) if frozen_base else None
     gate_sum = torch.zeros(policy.cfg.num_experts)
     task_count = torch.zeros(len(policy.cfg.tasks))
     steps = 0

@@ -7,7 +7,7 @@ from hypothesis import given, settings, strategies as st
 
 from tensorguard_learning.aggregation import (ExpertDrivenStrategy, FedAvgStrategy, apply_update,
                                               split_update_vector)
-from tensorguard_learning.compression import ErrorFeedback, reconstruct, select_coordinates
+from tensorguard_learning.compression import ErrorFeedback, reconstruct, round_coordinates, select_coordinates
 from tensorguard_learning.errors import ConfigError, UpdateFormatError
 from tensorguard_learning.training import LocalUpdate
 
@@ -38,6 +38,17 @@ def test_coordinates_depend_on_seed_and_are_roughly_uniform():
         select_coordinates(b'short', 10, 2)
     with pytest.raises(ConfigError, match='k <= total'):
         select_coordinates(b'\x00' * 16, 10, 11)
+
+
+def test_round_coordinates_always_send_small_segments():
+    sizes = [100, 100, 5, 5]
+    seed = os.urandom(32)
+    idx = round_coordinates(seed, sizes, 10, always_send=[2, 3])
+    np.testing.assert_array_equal(idx, round_coordinates(seed, sizes, 10, always_send=[2, 3]))
+    assert idx.size == 20 and set(range(200, 210)) <= set(idx.tolist())
+    assert np.all(np.diff(idx) > 0) and idx.max() < 210
+    with pytest.raises(ConfigError, match='always_send'):
+        round_coordinates(seed, sizes, 10, always_send=[4])
 
 
 def test_error_feedback_carries_the_residual(tiny_policy):

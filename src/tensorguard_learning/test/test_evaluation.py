@@ -49,9 +49,9 @@ def test_gate_canary_band_and_too_few_episodes():
     assert GATE.decide(metrics) == Decision.CANARY
     passed, failures = GATE.evaluate(EvaluationMetrics({'a': 5}, {'a': 5}, kl_divergence=0.0))
     assert not passed and 'evaluation episodes' in failures[0]
-    gate = EvaluationGate(SafetyThresholds(min_success_rate=0.5, min_task_success_rate=0.5))
+    gate = EvaluationGate(SafetyThresholds(min_success_rate=0.3, min_task_success_rate=0.5))
     passed, failures = gate.evaluate(EvaluationMetrics({'a': 100, 'b': 0}, {'a': 100, 'b': 100}, 0.0))
-    assert not passed and failures == ['task b success lower bound 0.000 < min_task_success_rate 0.500']
+    assert not passed and len(failures) == 1 and failures[0].startswith('task b success lower bound 0.00')
 
 
 def test_kl_of_fixed_std_gaussians(tiny_policy, demos):
