@@ -17,6 +17,7 @@ sum_i w_is d_is / sum_i w_is comes out after decryption without any single w_is 
 """
 from __future__ import annotations
 
+import abc
 from collections.abc import Sequence
 
 import numpy as np
@@ -26,15 +27,17 @@ from tensorguard_learning.policy import MoEPolicy
 from tensorguard_learning.training import LocalUpdate
 
 
-class _Strategy:
+class _Strategy(abc.ABC):
+    """Shared update layout and server arithmetic; subclasses choose the segment weights."""
+
     def __init__(self, quorum_threshold: int = 2) -> None:
         if quorum_threshold < 1:
             raise UpdateFormatError(f'quorum_threshold must be >= 1, got {quorum_threshold}')
         self.quorum_threshold = quorum_threshold
 
+    @abc.abstractmethod
     def segment_weights(self, update: LocalUpdate) -> np.ndarray:
         """Weight of each segment of one robot's update."""
-        raise NotImplementedError
 
     def flatten_update(self, update: LocalUpdate, values: np.ndarray | None = None,
                        indices: np.ndarray | None = None) -> np.ndarray:

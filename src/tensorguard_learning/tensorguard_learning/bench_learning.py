@@ -104,8 +104,8 @@ def _federate(name: str, base: MoEPolicy, robot_data: list[BCData], strategy, ar
             robot = robots[i]
             robot.load_segments(global_policy.flatten_segments())
             reference = feedback[i].start_from(robot) if feedback else None
-            budget = TrainingBudget(max_steps=args.local_steps, batch_size=args.batch_size,
-                                    learning_rate=args.lr, seed=rnd * 1000 + i)
+            budget = TrainingBudget(max_steps=args.local_steps, batch_size=args.batch_size, learning_rate=args.lr,
+                                    seed=rnd * 1000 + i, proximal_mu=args.proximal_mu if feedback else 0.0)
             update = train_local(robot, data, budget, envelope, reference=reference)
             if feedback:
                 values = feedback[i].compress(update.dense_delta(), indices)
@@ -133,14 +133,15 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument('--demos-per-robot-task', type=int, default=15)
     p.add_argument('--pretrain-demos', type=int, default=20)
     p.add_argument('--pretrain-steps', type=int, default=3000)
-    p.add_argument('--rounds', type=int, default=200)
-    p.add_argument('--local-steps', type=int, default=15)
+    p.add_argument('--rounds', type=int, default=600)
+    p.add_argument('--local-steps', type=int, default=5)
     p.add_argument('--batch-size', type=int, default=256)
     p.add_argument('--lr', type=float, default=1e-3)
     p.add_argument('--compression-ratio', type=int, default=60)
+    p.add_argument('--proximal-mu', type=float, default=0.1, help='FedProx mu for the compressed run')
     p.add_argument('--eval-episodes', type=int, default=20, help='per task, for the global/centralised policies')
     p.add_argument('--local-eval-episodes', type=int, default=5, help='per task, for each local-only policy')
-    p.add_argument('--expert-hidden', type=int, default=128)
+    p.add_argument('--expert-hidden', type=int, default=64)
     p.add_argument('--experts', type=int, default=4)
     p.add_argument('--cache-dir', type=Path, default=Path.home() / '.cache' / 'tensorguard_learning')
     p.add_argument('--quick', action='store_true', help='tiny smoke run (2 tasks, 2 robots, few rounds)')
@@ -230,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
 
     runs = {}
     for name, strategy, ratio in (('FedAvg', FedAvgStrategy(), None), ('FedMoE', ExpertDrivenStrategy(), None),
-                                  (f'FedMoE + random-k 1/{args.compression_ratio} + EF', ExpertDrivenStrategy(),
+                                  (f'FedMoE + random-k (1/{args.compression_ratio} bytes) + EF + prox {args.proximal_mu}', ExpertDrivenStrategy(),
                                    args.compression_ratio)):
         bar.set_postfix_str(name)
         run = _federate(name, base, robot_data, strategy, args, envelope, ratio, bar)

@@ -20,22 +20,29 @@ from tensorguard_learning.envelope import OperatingEnvelope, module_parameters
 from tensorguard_learning.errors import ConfigError
 from tensorguard_learning.policy import MoEPolicy
 
-_LOSS_PROBE = 1024
+_LOSS_PROBE = 512
 
 
 @dataclass(frozen=True)
 class TrainingBudget:
-    """How much local work one round may do; whichever limit is hit first stops training."""
+    """How much local work one round may do; whichever limit is hit first stops training.
+
+    `proximal_mu` > 0 adds the FedProx term (Li et al. 2020) mu/2 * ||theta - reference||^2, which
+    keeps a robot's local adapter near the global one between synchronisations.
+    """
 
     max_steps: int = 200
     max_seconds: float | None = None
     batch_size: int = 256
     learning_rate: float = 1e-3
     seed: int = 0
+    proximal_mu: float = 0.0
 
     def __post_init__(self) -> None:
         if self.max_steps <= 0 or self.batch_size <= 0 or self.learning_rate <= 0:
             raise ConfigError('max_steps, batch_size and learning_rate must be positive')
+        if self.proximal_mu < 0:
+            raise ConfigError(f'proximal_mu must be >= 0, got {self.proximal_mu}')
         if self.max_seconds is not None and self.max_seconds <= 0:
             raise ConfigError(f'max_seconds must be positive, got {self.max_seconds}')
 
@@ -124,7 +131,7 @@ def bc_loss(policy: MoEPolicy, data: BCData, limit: int = _LOSS_PROBE) -> float:
 
 
 def _fit(policy: MoEPolicy, data: BCData, params: list, budget: TrainingBudget, frozen_base: bool,
-         deadline: float) -> tuple[int, np.ndarray, np.ndarray]:
+         deadline: float, anchors: list[tuple[torch.Tensor, torch.Tensor]] = ()) -> tuple[int, np.ndarray, np.ndarray]:
     gen = torch.Generator().manual_seed(budget.seed)
     optimiser = torch.optim.Adam(params, lr=budget.learning_rate)
     features = data.frozen_features(policy) if frozen_base else None
@@ -134,6 +141,8 @@ def _fit(policy: MoEPolicy, data: BCData, params: list, budget: TrainingBudget, 
     while steps < budget.max_steps and time.monotonic() < deadline:
         idx = torch.randint(len(data), (budget.batch_size,), generator=gen)
         loss, gates = _bc_loss(policy, features, data, idx)
+        if anchors:
+            loss = loss + 0.5 * budget.proximal_mu * sum(torch.sum((p - a) ** 2) for p, a in anchors)
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         optimiser.step()
@@ -164,8 +173,14 @@ def train_local(policy: MoEPolicy, source: DemonstrationStore | BCData | Sequenc
         p.requires_grad_(id(p) in trainable)
     params = [p for p in policy.adapter.parameters() if p.requires_grad]
     limit = min(budget.max_seconds or envelope.round_interval_seconds, envelope.round_interval_seconds)
+    anchors = []
+    if budget.proximal_mu > 0:
+        anchor = policy.clone()
+        anchor.load_segments(reference)
+        anchors = [(p, a.detach()) for p, a in zip(policy.adapter.parameters(), anchor.adapter.parameters())
+                   if p.requires_grad]
     loss_before = bc_loss(policy, data)
-    steps, expert_usage, task_usage = _fit(policy, data, params, budget, True, time.monotonic() + limit)
+    steps, expert_usage, task_usage = _fit(policy, data, params, budget, True, time.monotonic() + limit, anchors)
     for p in policy.adapter.parameters():
         p.requires_grad_(True)
     deltas = [after - before for after, before in zip(policy.flatten_segments(), reference)]

@@ -54,3 +54,16 @@ def test_bad_budget_and_empty_data(tiny_policy):
         TrainingBudget(max_steps=0)
     with pytest.raises(ConfigError, match='no demonstrations'):
         train_local(tiny_policy, [], TrainingBudget(max_steps=1), OperatingEnvelope())
+
+
+def test_proximal_term_keeps_adapter_near_reference(tiny_policy, demos):
+    data = BCData.from_demonstrations(tiny_policy, demos)
+    norms = {}
+    for mu in (0.0, 100.0):
+        policy = tiny_policy.clone()
+        update = train_local(policy, data, TrainingBudget(max_steps=60, batch_size=64, proximal_mu=mu),
+                             OperatingEnvelope())
+        norms[mu] = np.linalg.norm(update.dense_delta())
+    assert norms[100.0] < 0.5 * norms[0.0]
+    with pytest.raises(ConfigError, match='proximal_mu'):
+        TrainingBudget(proximal_mu=-1.0)
