@@ -1,6 +1,4 @@
 """Packaging for tensorguard_aggregator (ament_python)."""
-from glob import glob
-
 from setuptools import find_packages, setup
 
 PACKAGE = 'tensorguard_aggregator'
@@ -12,8 +10,6 @@ setup(
     data_files=[
         ('share/ament_index/resource_index/packages', [f'resource/{PACKAGE}']),
         (f'share/{PACKAGE}', ['package.xml']),
-        (f'share/{PACKAGE}/launch', glob('launch/*.launch.py')),
-        (f'share/{PACKAGE}/config', glob('config/*.yaml')),
     ],
     install_requires=['setuptools'],
     zip_safe=True,
@@ -24,6 +20,9 @@ setup(
     extras_require={'test': ['pytest']},
     entry_points={
         'console_scripts': [
+            'aggregator = tensorguard_aggregator.aggregator_node:main',
+            'key_service = tensorguard_aggregator.key_service_node:main',
+            'simulated_fleet = tensorguard_aggregator.simulated_fleet:main',
         ],
     },
 )

@@ -1,6 +1,4 @@
 """Packaging for tensorguard_edge (ament_python)."""
-from glob import glob
-
 from setuptools import find_packages, setup
 
 PACKAGE = 'tensorguard_edge'
@@ -12,8 +10,6 @@ setup(
     data_files=[
         ('share/ament_index/resource_index/packages', [f'resource/{PACKAGE}']),
         (f'share/{PACKAGE}', ['package.xml']),
-        (f'share/{PACKAGE}/launch', glob('launch/*.launch.py')),
-        (f'share/{PACKAGE}/config', glob('config/*.yaml')),
     ],
     install_requires=['setuptools'],
     zip_safe=True,
@@ -23,6 +19,9 @@ setup(
     license='Apache-2.0',
     extras_require={'test': ['pytest']},
     entry_points={
-        'console_scripts': [],
+        'console_scripts': [
+            'edge_node = tensorguard_edge.edge_node:main',
+            'sim_robot = tensorguard_edge.sim_robot:main',
+        ],
     },
 )

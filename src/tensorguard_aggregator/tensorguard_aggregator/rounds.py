@@ -59,6 +59,9 @@ class RoundPolicy:
     coordinates_per_round: int = _param('k of shared random-k compression (0: send every coordinate).', 0)
     round_deadline_s: float = _param('Seconds a round collects updates.', 120.0)
     server_learning_rate: float = _param('Scale applied to the aggregated delta.', 1.0)
+    min_segment_weight: float = _param(
+        'An expert or task segment is updated only if the robots\' summed usage weight for it reaches '
+        'this (in robot-equivalents); below it the decrypted sum is mostly DP noise.', 0.5)
 
 
 class RoundError(Exception):
@@ -219,6 +222,16 @@ class Aggregator:
         self.current.body_sum.add(body)
         return package
 
+    def classify_stray(self, data: bytes) -> str:
+        """Reason to refuse an update that arrives while no round accepts updates: the precise
+        verification failure if it has one (revoked, forged, malformed...), else `no_open_round`."""
+        try:
+            package = decode(UpdatePackage, data)
+            check_signature(package, self.kms, package.robot_id, (Role.ROBOT,))
+        except VerificationError as exc:
+            return exc.reason
+        return 'no_open_round'
+
     def expected_robots(self) -> list[str]:
         """Enrolled robots that are not revoked (a round closes early once all of them sent)."""
         self.kms.refresh()
@@ -263,6 +276,8 @@ class Aggregator:
             raise RoundError('contributors_mismatch', 'the key service decrypted another set of robots')
         summed = update_codec.decode_aggregate(self.current.codec, result.aggregate)
         sizes = self.model_policy.segment_sizes()
+        weights = summed[len(summed) - len(sizes):]
+        weights[weights < self.policy.min_segment_weight] = 0.0
         indices = select_coordinates(config.round_seed, config.total_coordinates, config.num_coordinates)
         delta = self.strategy.finalize(summed, sizes, indices)
         policy = self.model_policy.clone()

@@ -245,22 +245,25 @@ class EdgeClient:
 
         progress('encrypting')
         parts = update_codec.encrypt_update(codec, cfg.key_service_public_key, vector)
-        self.ledger.charge(str(cfg.round_id), codec.skellam)
-        self._save_ledger()
-        np.save(self.state_dir / 'residual.npy', self.error_feedback.residual)
         package = UpdatePackage(
             robot_id=self.config.robot_id, round_id=cfg.round_id, round_seed=cfg.round_seed,
             config_digest=cfg.config_digest(), model_version=cfg.model_version, created_at=time.time(),
             body_chunks=parts.body_chunks, expert_metadata=(),
             # Only privacy accounting leaves the robot: the update's norm or the size of its data
             # would describe this robot outside the DP guarantee, so those fields stay zero.
-            safety_stats=SafetyStats(dp_epsilon_consumed=epsilon_after, dp_delta=self.config.privacy_delta),
+            safety_stats=SafetyStats(dp_epsilon_consumed=epsilon_after, dp_delta=self.config.privacy_delta,
+                                     clip_fraction=0.0, update_norm_before_clip=0.0, num_episodes=0,
+                                     num_frames=0),
             bodies=parts.bodies, key_ciphertext=parts.key_ciphertext).signed_by(self.identity)
         size = len(package.serialize())
         try:
             self.envelope.check_update_size(size)
         except LearningError as exc:
             raise RoundRefused('update_too_large', str(exc)) from None
+        # The spend is on disk before the package can leave: a crash over-counts, never under-counts.
+        self.ledger.charge(str(cfg.round_id), codec.skellam)
+        self._save_ledger()
+        np.save(self.state_dir / 'residual.npy', self.error_feedback.residual)
         self.last_update_bytes = size
         progress('publishing')
         return package

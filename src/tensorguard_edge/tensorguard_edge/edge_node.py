@@ -61,13 +61,10 @@ class EdgeNode(LifecycleNode):
         self.diag_pub = None
         self.status_timer = None
         if self.autostart:
-            self.create_timer(0.0, self._autostart_once)
+            self._autostart_timer = self.create_timer(0.0, self._autostart_once)
 
     def _autostart_once(self) -> None:
-        for timer in list(self.timers):
-            if timer.timer_period_ns == 0:
-                timer.cancel()
-                self.destroy_timer(timer)
+        self._autostart_timer.cancel()
         if self.trigger_configure() == TransitionCallbackReturn.SUCCESS:
             self.trigger_activate()
 
@@ -143,9 +140,13 @@ class EdgeNode(LifecycleNode):
         self._feed(self.assembler.on_action, msg)
 
     def _feed(self, handler, msg: Float32MultiArray) -> None:
+        dims = msg.layout.dim
+        if len(dims) != 2 or dims[1].label != 'episode':
+            self._reject('malformed_frame', 'frame layout must be [vector, episode] (see sim_robot)')
+            return
         try:
             with self.lock:
-                handler(int(msg.layout.data_offset), np.asarray(msg.data, dtype=np.float32))
+                handler(int(dims[1].stride), int(msg.layout.data_offset), np.asarray(msg.data, dtype=np.float32))
         except StreamError as exc:
             self._reject(exc.reason, str(exc))
 
@@ -234,7 +235,9 @@ class EdgeNode(LifecycleNode):
                           epsilon_spent=status.epsilon_spent, epsilon_budget=status.epsilon_budget)
         msg.header.stamp = self.get_clock().now().to_msg()
         with self.lock:
-            msg.rejections = [RejectionCount(reason=r, count=c) for r, c in sorted(self.rejections.items())]
+            counts = {**self.rejections, 'episode_abandoned': self.assembler.abandoned_episodes,
+                      'episode_failed': self.assembler.failed_episodes}
+            msg.rejections = [RejectionCount(reason=r, count=c) for r, c in sorted(counts.items()) if c]
         self.status_pub.publish(msg)
         diag = DiagnosticArray()
         diag.header.stamp = msg.header.stamp

@@ -1,9 +1,11 @@
 """Assemble episodes from a robot's frame streams (ROS-free, so it is tested without DDS).
 
-Observations, actions and episode events arrive on separate topics, so their relative order is not
-guaranteed: an ``end`` event may overtake the last frames. The assembler keys frames by their
-index, completes an episode once every announced frame of both streams is there, and gives up on
-an episode that stays incomplete for too long (counted, never silently merged into the next one).
+Observations, actions and episode events arrive on separate topics, and DDS orders messages only
+within one topic: a frame may overtake its episode's ``begin`` and an ``end`` may overtake the
+last frames. Every frame therefore names its episode; the assembler keeps each episode's pieces
+until it has the begin (task), the end (frame count, success) and every frame of both streams,
+then emits it. Episodes that stay incomplete past a timeout are dropped and counted, never merged
+into another one.
 """
 from __future__ import annotations
 
@@ -26,10 +28,9 @@ class StreamError(ValueError):
 
 
 @dataclass
-class _OpenEpisode:
-    episode: int
-    task: str
-    started: float
+class _Pending:
+    first_seen: float
+    task: str | None = None
     states: dict[int, np.ndarray] = field(default_factory=dict)
     actions: dict[int, np.ndarray] = field(default_factory=dict)
     expected_frames: int | None = None
@@ -40,15 +41,16 @@ class EpisodeAssembler:
     """Turns per-frame observation/action messages and begin/end events into Demonstrations."""
 
     def __init__(self, on_episode: Callable[[Demonstration], None], state_dim: int, action_dim: int,
-                 max_frames: int = 10_000, incomplete_timeout_s: float = 30.0,
+                 max_frames: int = 10_000, max_pending: int = 8, incomplete_timeout_s: float = 60.0,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.on_episode = on_episode
         self.state_dim = state_dim
         self.action_dim = action_dim
         self.max_frames = max_frames
+        self.max_pending = max_pending
         self.incomplete_timeout_s = incomplete_timeout_s
         self.clock = clock
-        self.current: _OpenEpisode | None = None
+        self.pending: dict[int, _Pending] = {}
         self.failed_episodes = 0
         self.abandoned_episodes = 0
 
@@ -56,72 +58,75 @@ class EpisodeAssembler:
         """Handle one ``episode_events`` JSON message."""
         try:
             event = json.loads(payload)
-            kind = event['event']
+            kind, episode = event['event'], event['episode']
         except (ValueError, KeyError, TypeError) as exc:
-            raise StreamError('malformed_event', f'not an episode event: {exc}') from exc
+            raise StreamError('malformed_event', f'not an episode event: {exc}') from None
+        if not isinstance(episode, int) or episode < 0:
+            raise StreamError('malformed_event', 'episode must be a non-negative integer')
         if kind == 'begin':
-            if self.current is not None:
-                self.abandoned_episodes += 1
             task = event.get('task')
             if not isinstance(task, str) or not task:
                 raise StreamError('malformed_event', 'begin event needs a non-empty task')
-            self.current = _OpenEpisode(int(event.get('episode', -1)), task, self.clock())
+            self._slot(episode).task = task
         elif kind == 'end':
-            if self.current is None:
-                raise StreamError('orphan_event', 'end event without a begin')
             frames = event.get('frames')
             if not isinstance(frames, int) or not 0 <= frames <= self.max_frames:
                 raise StreamError('malformed_event', f'end event frames must be 0..{self.max_frames}')
-            self.current.expected_frames = frames
-            self.current.success = bool(event.get('success', False))
-            self._try_complete()
+            slot = self._slot(episode)
+            slot.expected_frames = frames
+            slot.success = bool(event.get('success', False))
         else:
             raise StreamError('malformed_event', f'unknown event {kind!r}')
+        self._try_complete(episode)
 
-    def on_observation(self, frame_index: int, values: np.ndarray) -> None:
+    def on_observation(self, episode: int, frame_index: int, values: np.ndarray) -> None:
         """Handle one observation frame."""
-        self._add(self._slot().states, frame_index, values, self.state_dim, 'observation')
+        self._add(episode, frame_index, values, self.state_dim, 'observation')
 
-    def on_action(self, frame_index: int, values: np.ndarray) -> None:
+    def on_action(self, episode: int, frame_index: int, values: np.ndarray) -> None:
         """Handle one action frame."""
-        self._add(self._slot().actions, frame_index, values, self.action_dim, 'action')
+        self._add(episode, frame_index, values, self.action_dim, 'action')
 
     def expire(self) -> None:
-        """Abandon an episode that has waited too long for its frames."""
-        if self.current is not None and self.clock() - self.current.started > self.incomplete_timeout_s:
+        """Drop episodes that have waited too long for their pieces."""
+        now = self.clock()
+        for episode in [e for e, p in self.pending.items() if now - p.first_seen > self.incomplete_timeout_s]:
+            del self.pending[episode]
             self.abandoned_episodes += 1
-            self.current = None
 
-    def _slot(self) -> _OpenEpisode:
-        if self.current is None:
-            raise StreamError('orphan_frame', 'frame outside an episode')
-        return self.current
+    def _slot(self, episode: int) -> _Pending:
+        if episode not in self.pending:
+            if len(self.pending) >= self.max_pending:
+                oldest = min(self.pending, key=lambda e: self.pending[e].first_seen)
+                del self.pending[oldest]
+                self.abandoned_episodes += 1
+            self.pending[episode] = _Pending(self.clock())
+        return self.pending[episode]
 
-    def _add(self, frames: dict[int, np.ndarray], index: int, values: np.ndarray, dim: int, what: str) -> None:
+    def _add(self, episode: int, index: int, values: np.ndarray, dim: int, what: str) -> None:
+        if episode < 0:
+            raise StreamError('malformed_frame', f'{what} frame names episode {episode}')
         if not 0 <= index < self.max_frames:
             raise StreamError('malformed_frame', f'{what} frame index {index} outside 0..{self.max_frames - 1}')
         if values.shape != (dim,) or not np.all(np.isfinite(values)):
             raise StreamError('malformed_frame', f'{what} must be {dim} finite values, got shape {values.shape}')
-        frames[index] = values.astype(np.float32)
-        self._try_complete()
+        slot = self._slot(episode)
+        (slot.states if what == 'observation' else slot.actions)[index] = values.astype(np.float32)
+        self._try_complete(episode)
 
-    def _try_complete(self) -> None:
-        episode = self.current
-        if episode is None or episode.expected_frames is None:
+    def _try_complete(self, episode: int) -> None:
+        slot = self.pending[episode]
+        n = slot.expected_frames
+        if n is None or slot.task is None:
             return
-        n = episode.expected_frames
-        if not episode.success or n == 0:
+        if not slot.success or n == 0:
+            del self.pending[episode]
             self.failed_episodes += 1
-            self.current = None
-            return
-        if len(episode.states) < n or len(episode.actions) < n:
             return
         indices = range(n)
-        if any(i not in episode.states or i not in episode.actions for i in indices):
+        if any(i not in slot.states or i not in slot.actions for i in indices):
             return
-        self.current = None
+        del self.pending[episode]
         self.on_episode(Demonstration(
-            task=episode.task,
-            observation_state=np.stack([episode.states[i] for i in indices]),
-            action=np.stack([episode.actions[i] for i in indices]),
-            episode_index=episode.episode))
+            task=slot.task, observation_state=np.stack([slot.states[i] for i in indices]),
+            action=np.stack([slot.actions[i] for i in indices]), episode_index=episode))

@@ -7,8 +7,10 @@ episode boundaries (task, success) as JSON on ``std_msgs/String``; or, with
 records from either. Simulator seeds are public (they pick goal positions), never secrets.
 
 Stream conventions (relative names, so the robot namespace applies):
-- ``observation``, ``action``: ``layout.dim[0].label`` is ``observation.state`` / ``action``,
-  ``layout.data_offset`` is the frame index within the episode.
+- ``observation``, ``action``: ``layout.dim[0]`` is the vector (label ``observation.state`` /
+  ``action``), ``layout.dim[1]`` is a size-1 dimension labelled ``episode`` whose ``stride`` carries
+  the episode number, and ``layout.data_offset`` is the frame index within the episode. Topics are
+  not ordered against each other, so every frame names its episode.
 - ``episode_events``: ``{"event": "begin", "episode": i, "task": t}`` and
   ``{"event": "end", "episode": i, "frames": n, "success": s}``.
 """
@@ -33,10 +35,11 @@ EPISODE_EVENTS_TOPIC = 'episode_events'
 DEMONSTRATIONS_TOPIC = 'demonstrations'
 
 
-def frame_array(label: str, frame_index: int, values: np.ndarray) -> Float32MultiArray:
-    """One frame's vector as Float32MultiArray with the frame index in ``data_offset``."""
+def frame_array(label: str, episode: int, frame_index: int, values: np.ndarray) -> Float32MultiArray:
+    """One frame's vector as Float32MultiArray, naming its episode and frame (see module docstring)."""
     msg = Float32MultiArray()
-    msg.layout.dim = [MultiArrayDimension(label=label, size=int(values.size), stride=int(values.size))]
+    msg.layout.dim = [MultiArrayDimension(label=label, size=int(values.size), stride=int(values.size)),
+                      MultiArrayDimension(label='episode', size=1, stride=int(episode))]
     msg.layout.data_offset = int(frame_index)
     msg.data = values.astype(np.float32).ravel().tolist()
     return msg
@@ -98,8 +101,8 @@ class SimRobot(Node):
             return
         self.publish_event({'event': 'begin', 'episode': episode, 'task': task})
         for i in range(demo.num_frames):
-            self.obs_pub.publish(frame_array('observation.state', i, demo.observation_state[i]))
-            self.action_pub.publish(frame_array('action', i, demo.action[i]))
+            self.obs_pub.publish(frame_array('observation.state', episode, i, demo.observation_state[i]))
+            self.action_pub.publish(frame_array('action', episode, i, demo.action[i]))
         self.publish_event({'event': 'end', 'episode': episode, 'frames': demo.num_frames, 'success': True})
 
     def publish_event(self, event: dict) -> None:

@@ -4,6 +4,9 @@
   one, so they are reliable + transient_local with depth 1 ("latched").
 - Updates are events addressed to whoever aggregates now: reliable, volatile, a small queue; a
   robot that missed a round simply waits for the next one.
+- Observation/action streams feed the demonstration recorder, which must not lose a frame of an
+  episode: reliable with a deep queue (1000 frames, 10 s at 100 Hz), since a simulated robot
+  publishes a whole episode in a burst.
 - Status streams are telemetry: best effort, volatile, depth 1; a lost sample is replaced by the next.
 """
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
@@ -31,7 +34,7 @@ DEMONSTRATIONS = QoSProfile(
 
 SENSOR_STREAM = QoSProfile(
     history=HistoryPolicy.KEEP_LAST,
-    depth=50,
+    depth=1000,
     reliability=ReliabilityPolicy.RELIABLE,
     durability=DurabilityPolicy.VOLATILE,
 )

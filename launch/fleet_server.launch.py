@@ -1,0 +1,33 @@
+"""The fleet server: the key service and the aggregator (with evaluator and gate), each its own process.
+
+    ros2 launch launch/fleet_server.launch.py fleet_dir:=/var/lib/tensorguard/fleet
+
+The fleet directory is provisioned beforehand (server keys, KMS, initial model: see
+docs/operations.md); the key passphrase comes from TENSORGUARD_KEY_PASSPHRASE.
+"""
+from pathlib import Path
+
+from launch import LaunchDescription
+from launch.actions import DeclareLaunchArgument
+from launch.substitutions import LaunchConfiguration
+from launch_ros.actions import LifecycleNode
+
+CONFIG = Path(__file__).resolve().parent.parent / 'config' / 'fleet.yaml'
+
+
+def generate_launch_description() -> LaunchDescription:
+    fleet_dir = LaunchConfiguration('fleet_dir')
+    params = LaunchConfiguration('params_file')
+    eval_tasks = LaunchConfiguration('eval_tasks')
+    return LaunchDescription([
+        DeclareLaunchArgument('fleet_dir', description='Provisioned fleet directory (holds server/).'),
+        DeclareLaunchArgument('params_file', default_value=str(CONFIG), description='Parameter YAML.'),
+        DeclareLaunchArgument('eval_tasks', default_value="['push-v3']",
+                              description='Meta-World tasks the evaluator rolls candidates out on.'),
+        LifecycleNode(package='tensorguard_aggregator', executable='key_service', name='key_service',
+                      namespace='tensorguard', output='screen',
+                      parameters=[params, {'fleet_dir': fleet_dir}]),
+        LifecycleNode(package='tensorguard_aggregator', executable='aggregator', name='aggregator',
+                      namespace='tensorguard', output='screen',
+                      parameters=[params, {'fleet_dir': fleet_dir, 'eval_tasks': eval_tasks}]),
+    ])

@@ -1,0 +1,43 @@
+"""One robot: its TensorGuard edge node, and optionally a simulated Meta-World robot feeding it.
+
+    ros2 launch launch/robot.launch.py robot_id:=robot_1 \
+        state_dir:=/var/lib/tensorguard/robot_1 key_path:=/etc/tensorguard/robot_1.key \
+        trust_path:=/etc/tensorguard/trust.json [simulate:=true tasks:="['push-v3']"]
+
+The identity key's passphrase comes from TENSORGUARD_KEY_PASSPHRASE in the environment.
+Everything else is in config/fleet.yaml (`/**` keys, so the same file serves every robot).
+"""
+from pathlib import Path
+
+from launch import LaunchDescription
+from launch.actions import DeclareLaunchArgument
+from launch.conditions import IfCondition
+from launch.substitutions import LaunchConfiguration
+from launch_ros.actions import LifecycleNode, Node
+
+CONFIG = Path(__file__).resolve().parent.parent / 'config' / 'fleet.yaml'
+
+
+def generate_launch_description() -> LaunchDescription:
+    robot_id = LaunchConfiguration('robot_id')
+    params = LaunchConfiguration('params_file')
+    return LaunchDescription([
+        DeclareLaunchArgument('robot_id', description='Enrolled robot identity; also its namespace.'),
+        DeclareLaunchArgument('state_dir', description='Directory for the store, model and privacy ledger.'),
+        DeclareLaunchArgument('key_path', description='Encrypted identity key of this robot.'),
+        DeclareLaunchArgument('trust_path', description='Trust file written at enrolment.'),
+        DeclareLaunchArgument('params_file', default_value=str(CONFIG), description='Parameter YAML.'),
+        DeclareLaunchArgument('simulate', default_value='false',
+                              description='Also start a simulated Meta-World robot as the demonstrator.'),
+        DeclareLaunchArgument('tasks', default_value="['push-v3']", description='Tasks of the simulated robot.'),
+        LifecycleNode(
+            package='tensorguard_edge', executable='edge_node', name='edge_node', namespace=robot_id,
+            output='screen',
+            parameters=[params, {'robot_id': robot_id, 'state_dir': LaunchConfiguration('state_dir'),
+                                 'key_path': LaunchConfiguration('key_path'),
+                                 'trust_path': LaunchConfiguration('trust_path')}]),
+        Node(
+            package='tensorguard_edge', executable='sim_robot', name='sim_robot', namespace=robot_id,
+            output='screen', condition=IfCondition(LaunchConfiguration('simulate')),
+            parameters=[params, {'robot_id': robot_id, 'tasks': LaunchConfiguration('tasks')}]),
+    ])

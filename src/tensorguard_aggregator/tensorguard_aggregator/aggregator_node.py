@@ -1,0 +1,417 @@
+"""The fleet server's aggregator node: a thin lifecycle shell around `rounds.Aggregator`.
+
+- Announces rounds (latched, signed ``RoundConfig``) on a schedule, on ``TriggerRound`` or through
+  the ``RunRound`` action (with progress feedback).
+- Verifies every ``EncryptedUpdate`` and adds its bodies to the round's running sum; refused
+  messages are counted by reason and published in ``FleetStatus``; the node keeps running.
+- At quorum (all enrolled robots, or the deadline) sends the key service the signed manifest and
+  summed bodies, turns the decrypted aggregate into a candidate, rolls it out in the simulator
+  (evaluator), lets the gate decide reject / canary / deploy, and publishes the signed model.
+- ``RevokeRobot`` revokes in the KMS; the very next package of that robot is refused.
+
+Evaluation and the key-service call run in a worker thread so updates keep arriving. One JSON
+line per closed round is appended to ``server/rounds.jsonl`` for reports.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import sys
+import threading
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import rclpy
+from rcl_interfaces.msg import ParameterDescriptor
+from rclpy.action import ActionServer
+from rclpy.callback_groups import ReentrantCallbackGroup
+from rclpy.executors import MultiThreadedExecutor
+from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
+
+from tensorguard_crypto.verify import VerificationError
+from tensorguard_learning.evaluation import EvaluationGate, SafetyThresholds, evaluate_policy
+from tensorguard_msgs.action import RunRound
+from tensorguard_msgs.msg import EncryptedUpdate, FleetStatus, ModelUpdate, RejectionCount, RoundConfig
+from tensorguard_msgs.srv import DecryptAggregate, RevokeRobot, TriggerRound
+from tensorguard_ros import qos, topics
+from tensorguard_ros.params import declare_dataclass_parameters
+
+from tensorguard_aggregator.bootstrap_model import load_held_out
+from tensorguard_aggregator.rounds import Aggregator, RoundError, RoundPolicy
+
+
+def _param(description: str, default=None, default_factory=None):
+    """A config field whose description becomes the ROS parameter descriptor."""
+    if default_factory is not None:
+        return field(default_factory=default_factory, metadata={'description': description})
+    return field(default=default, metadata={'description': description})
+
+
+@dataclass
+class GatePolicy:
+    """Evaluator and gate configuration (each field becomes a ROS parameter)."""
+
+    eval_tasks: list[str] = _param('Meta-World tasks the candidate is rolled out on.',
+                                   default_factory=lambda: ['push-v3'])
+    eval_episodes_per_task: int = _param('Simulator episodes per task and evaluation.', 10)
+    eval_seed: int = _param('Public simulator seed of the first evaluation episode.', 2_000_000)
+    min_success_rate: float = _param('Gate: lower credible bound of success must clear this.', 0.5)
+    max_kl_divergence: float = _param('Gate: mean KL(candidate || current) on held-out states.', 5.0)
+    deploy_margin: float = _param('Gate: deploy directly if the bound clears the minimum by this much.', 0.05)
+    canary_percentage: float = _param('Fraction of the fleet that runs a canary model first.', 0.25)
+    round_period_s: float = _param('Seconds between automatic rounds (0: only on request).', 0.0)
+    max_rounds: int = _param('Stop announcing automatic rounds after this many (0: never).', 0)
+    first_round_delay_s: float = _param('Seconds after activation before the first automatic round.', 5.0)
+
+
+class AggregatorNode(LifecycleNode):
+    """Lifecycle node owning the fleet's `Aggregator` (see module docstring)."""
+
+    def __init__(self) -> None:
+        super().__init__('aggregator')
+        self.round_policy = declare_dataclass_parameters(self, RoundPolicy)
+        self.gate_policy = declare_dataclass_parameters(self, GatePolicy)
+        self.autostart = self.declare_parameter(
+            'autostart', True, ParameterDescriptor(description='Configure and activate on start-up.')).value
+        self.group = ReentrantCallbackGroup()
+        self.core: Aggregator | None = None
+        self.gate = EvaluationGate(SafetyThresholds(
+            min_success_rate=self.gate_policy.min_success_rate,
+            max_kl_divergence=self.gate_policy.max_kl_divergence,
+            min_episodes=min(10, self.gate_policy.eval_episodes_per_task * len(self.gate_policy.eval_tasks)),
+            deploy_margin=self.gate_policy.deploy_margin))
+        self.rejections: Counter[str] = Counter()
+        self.phase = 'idle'
+        self.rounds_started = 0
+        self.next_round_at = math.inf
+        self.closing = False
+        self.lock = threading.RLock()
+        self.round_closed = threading.Condition(self.lock)
+        self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix='close')
+        self.last = {'success_rate': 0.0, 'lower_bound': 0.0, 'decision': ''}
+        self.held_out = None
+        self.handles = []
+        if self.autostart:
+            self._autostart_timer = self.create_timer(0.0, self._autostart_once)
+
+    def _autostart_once(self) -> None:
+        self._autostart_timer.cancel()
+        if self.trigger_configure() == TransitionCallbackReturn.SUCCESS:
+            self.trigger_activate()
+
+    # Lifecycle.
+    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        try:
+            self.core = Aggregator(self.round_policy, _passphrase())
+            self.held_out = load_held_out(self.core.paths, self.core.model_policy)
+        except Exception as exc:  # noqa: BLE001 - start-up failures are reported and refused.
+            self.get_logger().error(f'configure failed: {type(exc).__name__}: {exc}')
+            return TransitionCallbackReturn.FAILURE
+        self.config_pub = self.create_publisher(RoundConfig, topics.ROUND_CONFIG, qos.LATCHED)
+        self.model_pub = self.create_publisher(ModelUpdate, topics.MODEL_UPDATES, qos.LATCHED)
+        self.status_pub = self.create_publisher(FleetStatus, topics.FLEET_STATUS, qos.STATUS)
+        self.key_service = self.create_client(DecryptAggregate, topics.DECRYPT_AGGREGATE, callback_group=self.group)
+        resumed = self.core.current
+        self.get_logger().info(
+            f'configured: model version {self.core.model.model_version}'
+            + (f', resumed round {resumed.config.round_id} with {len(resumed.contributors)} updates' if resumed else ''))
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self.handles = [
+            self.create_subscription(EncryptedUpdate, topics.ENCRYPTED_UPDATES, self._on_update, qos.UPDATES,
+                                     callback_group=self.group),
+            self.create_service(TriggerRound, topics.TRIGGER_ROUND, self._on_trigger, callback_group=self.group),
+            self.create_service(RevokeRobot, topics.REVOKE_ROBOT, self._on_revoke, callback_group=self.group),
+            self.create_timer(0.5, self._tick, callback_group=self.group),
+            self.create_timer(1.0, self._publish_status, callback_group=self.group),
+        ]
+        self.action_server = ActionServer(self, RunRound, topics.RUN_ROUND, self._run_round_action,
+                                          callback_group=self.group)
+        self._publish_model(self.core.model, 'deploy', [])
+        if self.core.current is not None:
+            self._publish_round(self.core.current.config)
+        if self.gate_policy.round_period_s > 0:
+            self.next_round_at = time.monotonic() + self.gate_policy.first_round_delay_s
+        self.get_logger().info('active')
+        return super().on_activate(state)
+
+    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self.next_round_at = math.inf
+        return super().on_deactivate(state)
+
+    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self.worker.shutdown(wait=False, cancel_futures=True)
+        return TransitionCallbackReturn.SUCCESS
+
+    # Publishing.
+    def _publish_round(self, config) -> None:
+        msg = RoundConfig(round_id=config.round_id, model_version=config.model_version,
+                          security_level=config.security_level, ring_degree=config.ring_degree,
+                          modulus_bits=config.modulus_bits, plaintext_bits=config.plaintext_bits,
+                          clipping_norm=config.clipping_norm, noise_variance=config.noise_mu,
+                          min_clients=config.min_clients, num_coordinates=config.num_coordinates,
+                          total_coordinates=config.total_coordinates, quorum=config.quorum,
+                          aggregator_key_id=config.aggregator_key_id, package=config.serialize())
+        msg.round_seed = list(config.round_seed)
+        msg.deadline.sec = int(config.deadline)
+        msg.deadline.nanosec = int((config.deadline % 1) * 1e9)
+        self.config_pub.publish(msg)
+
+    def _publish_model(self, model, rollout: str, targets: list[str]) -> None:
+        msg = ModelUpdate(model_version=model.model_version, parent_version=model.parent_version,
+                          round_id=model.round_id, rollout=rollout, target_robots=targets,
+                          package=model.serialize())
+        msg.header.stamp = self.get_clock().now().to_msg()
+        msg.parameters_sha256 = list(model.parameters_sha256)
+        self.model_pub.publish(msg)
+
+    def _publish_status(self) -> None:
+        with self.lock:
+            current = self.core.current
+            kms = self.core.kms
+            robots = sorted(r.metadata.key_id for r in kms.list_keys() if r.metadata.role.value == 'robot')
+            msg = FleetStatus(
+                round_id=current.config.round_id if current else self.core.model.round_id,
+                phase=self.phase, model_version=self.core.model.model_version,
+                quorum=current.config.quorum if current else self.round_policy.quorum,
+                participants=current.contributors if current else [],
+                enrolled_robots=[r for r in robots if not kms.is_revoked(r)],
+                revoked_robots=[r for r in robots if kms.is_revoked(r)],
+                rejections=[RejectionCount(reason=r, count=c) for r, c in sorted(self.rejections.items())],
+                last_success_rate=self.last['success_rate'], last_success_lower_bound=self.last['lower_bound'],
+                last_gate_decision=self.last['decision'])
+        msg.header.stamp = self.get_clock().now().to_msg()
+        self.status_pub.publish(msg)
+
+    # Updates.
+    def _on_update(self, msg: EncryptedUpdate) -> None:
+        blob = bytes(msg.package)
+        if hashlib.sha256(blob).digest() != bytes(msg.package_sha256) or len(blob) != msg.package_size:
+            self._reject('transport_digest_mismatch', msg.robot_id)
+            return
+        with self.lock:
+            if self.core.current is None or self.closing:
+                self._reject(self.core.classify_stray(blob), f'{msg.robot_id} for round {msg.round_id}: no round open')
+                return
+            try:
+                package = self.core.accept(blob)
+            except VerificationError as exc:
+                self._reject(exc.reason, f'{msg.robot_id}: {exc}')
+                return
+            except RoundError as exc:
+                self._reject(exc.reason, str(exc))
+                return
+            count = len(self.core.current.contributors)
+        self.get_logger().info(f'round {package.round_id}: accepted {package.robot_id} ({count} so far)')
+
+    def _reject(self, reason: str, detail: str) -> None:
+        with self.lock:
+            self.rejections[reason] += 1
+        self.get_logger().warning(f'refused update ({reason}): {detail}')
+
+    # Round control.
+    def _open_round(self, deadline_s: float = 0.0, quorum: int = 0) -> int:
+        with self.lock:
+            config = self.core.open_round(deadline_s or None, quorum or None)
+            self.rounds_started += 1
+            self.phase = 'collecting'
+        self._publish_round(config)
+        self.get_logger().info(f'round {config.round_id} open: model {config.model_version}, '
+                               f'quorum {config.quorum}, deadline in {config.deadline - time.time():.0f} s')
+        return config.round_id
+
+    def _tick(self) -> None:
+        with self.lock:
+            if self.core.current is None:
+                limit = self.gate_policy.max_rounds
+                if time.monotonic() >= self.next_round_at and (limit == 0 or self.rounds_started < limit):
+                    self.next_round_at = time.monotonic() + self.gate_policy.round_period_s
+                    self._open_round()
+                return
+            if self.closing:
+                return
+            if self.core.expired():
+                round_id = self.core.current.config.round_id
+                self._finish({'round_id': round_id, 'outcome': 'expired_without_quorum',
+                              'participants': self.core.current.contributors})
+                return
+            if self.core.ready_to_close():
+                self.closing = True
+                self.worker.submit(self._close_round)
+
+    def _close_round(self) -> None:
+        current = self.core.current
+        round_id = current.config.round_id
+        outcome = {'round_id': round_id, 'participants': current.contributors}
+        try:
+            self.phase = 'decrypting'
+            request = DecryptAggregate.Request(round_id=round_id, round_config=current.config.serialize(),
+                                               request=self.core.aggregate_request())
+            response = self._call_key_service(request)
+            if not response.success:
+                raise RoundError(response.reason, f'key service refused: {response.message}')
+            candidate = self.core.candidate(bytes(response.result))
+            self.phase = 'evaluating'
+            metrics = evaluate_policy(candidate.policy, self.gate_policy.eval_tasks,
+                                      self.gate_policy.eval_episodes_per_task, self.gate_policy.eval_seed + 1000 * round_id,
+                                      current=self.core.model_policy, held_out=self.held_out)
+            passed, failures = self.gate.evaluate(metrics)
+            decision = self.gate.decide(metrics).value
+            outcome.update(outcome='aggregated', decision=decision, failures=failures,
+                           success_rate=metrics.success_rate, success_lower_bound=metrics.success_lower_bound,
+                           eval_episodes=sum(metrics.episodes.values()), kl_divergence=metrics.kl_divergence,
+                           delta_norm=candidate.delta_norm)
+            self.last = {'success_rate': metrics.success_rate, 'lower_bound': metrics.success_lower_bound,
+                         'decision': decision}
+            self.phase = 'deploying'
+            if decision != 'reject':
+                outcome['model_version'] = self._deploy(candidate, decision, outcome)
+        except (RoundError, VerificationError) as exc:
+            outcome.update(outcome='failed', reason=getattr(exc, 'reason', 'error'), detail=str(exc))
+            self.get_logger().error(f'round {round_id} failed: {exc}')
+        except Exception as exc:  # noqa: BLE001 - a failed round must not take the server down.
+            outcome.update(outcome='failed', reason='error', detail=f'{type(exc).__name__}: {exc}')
+            self.get_logger().error(f'round {round_id} failed: {type(exc).__name__}: {exc}')
+        self._finish(outcome)
+
+    def _deploy(self, candidate, decision: str, outcome: dict) -> int:
+        """Publish the candidate: straight to everyone, or first to a canary subset.
+
+        A canary model goes to ``canary_percentage`` of the robots while the evaluator runs a
+        second, independent trial (fresh simulator seeds); only if that trial also passes the gate
+        is the model promoted to the whole fleet, otherwise the parent model is re-issued as a new
+        version (rollback), so every robot ends the round on one version.
+        """
+        if decision == 'canary':
+            robots = sorted(self.core.expected_robots())
+            canary = robots[:max(1, math.ceil(self.gate_policy.canary_percentage * len(robots)))]
+            parent_policy = self.core.model_policy
+            model = self.core.publish_model(candidate.policy, candidate.round_id, 'canary')
+            self._publish_model(model, 'canary', canary)
+            self.get_logger().info(f'model {model.model_version} to canary robots {canary}')
+            trial = evaluate_policy(candidate.policy, self.gate_policy.eval_tasks,
+                                    self.gate_policy.eval_episodes_per_task,
+                                    self.gate_policy.eval_seed + 1000 * candidate.round_id + 500,
+                                    current=parent_policy, held_out=self.held_out)
+            promoted, failures = self.gate.evaluate(trial)
+            outcome.update(canary_robots=canary, canary_success_rate=trial.success_rate,
+                           canary_promoted=promoted, canary_failures=failures)
+            if not promoted:
+                model = self.core.publish_model(parent_policy, candidate.round_id, 'rollback')
+                self._publish_model(model, 'deploy', [])
+                self.get_logger().warning(f'canary not promoted ({"; ".join(failures)}): rolled back as '
+                                          f'model {model.model_version}')
+                return model.model_version
+        model = self.core.publish_model(candidate.policy, candidate.round_id, 'deploy')
+        self._publish_model(model, 'deploy', [])
+        self.get_logger().info(f'model {model.model_version} deployed to the fleet')
+        return model.model_version
+
+    def _call_key_service(self, request):
+        if not self.key_service.wait_for_service(timeout_sec=30.0):
+            raise RoundError('key_service_unavailable', 'the key service did not answer within 30 s')
+        done = threading.Event()
+        future = self.key_service.call_async(request)
+        future.add_done_callback(lambda _f: done.set())
+        if not done.wait(timeout=120.0):
+            raise RoundError('key_service_timeout', 'no answer from the key service within 120 s')
+        return future.result()
+
+    def _finish(self, outcome: dict) -> None:
+        with self.lock:
+            outcome['closed_at'] = time.time()
+            self.core.close_round(outcome)
+            with open(self.core.paths.server / 'rounds.jsonl', 'a') as log:
+                log.write(json.dumps(outcome) + '\n')
+            self.phase = 'idle'
+            self.closing = False
+            self.round_closed.notify_all()
+        self.get_logger().info(f"round {outcome['round_id']} closed: {outcome.get('outcome')} "
+                               f"{outcome.get('decision', '')}")
+
+    # Services and action.
+    def _on_trigger(self, request, response):
+        try:
+            response.round_id = self._open_round(request.deadline_seconds)
+            response.accepted = True
+            response.message = 'round opened'
+        except RoundError as exc:
+            response.accepted = False
+            response.message = str(exc)
+        return response
+
+    def _on_revoke(self, request, response):
+        try:
+            with self.lock:
+                self.core.kms.revoke_key(request.robot_id, request.reason or 'revoked by operator')
+            response.success = True
+            response.message = f'{request.robot_id} revoked'
+            self.get_logger().warning(f'revoked {request.robot_id}: {request.reason}')
+        except Exception as exc:  # noqa: BLE001 - unknown or already revoked robots are reported.
+            response.success = False
+            response.message = f'{type(exc).__name__}: {exc}'
+        return response
+
+    def _run_round_action(self, goal_handle):
+        try:
+            round_id = self._open_round(goal_handle.request.deadline_seconds, goal_handle.request.quorum)
+        except RoundError as exc:
+            goal_handle.abort()
+            return RunRound.Result(success=False, message=str(exc))
+        feedback = RunRound.Feedback()
+        with self.lock:
+            while self.core.current is not None and self.core.current.config.round_id == round_id:
+                current = self.core.current
+                feedback.phase = self.phase
+                feedback.updates_received = len(current.contributors)
+                feedback.quorum = current.config.quorum
+                feedback.seconds_remaining = max(0.0, current.config.deadline - time.time())
+                goal_handle.publish_feedback(feedback)
+                self.round_closed.wait(timeout=1.0)
+        outcome = _last_outcome(self.core.paths.server / 'rounds.jsonl', round_id)
+        goal_handle.succeed()
+        return RunRound.Result(success=outcome.get('outcome') == 'aggregated', round_id=round_id,
+                               model_version=self.core.model.model_version,
+                               gate_decision=outcome.get('decision', ''),
+                               participants=outcome.get('participants', []),
+                               message=outcome.get('detail', ''))
+
+
+def _last_outcome(path, round_id: int) -> dict:
+    for line in reversed(path.read_text().splitlines()):
+        entry = json.loads(line)
+        if entry['round_id'] == round_id:
+            return entry
+    return {}
+
+
+def _passphrase() -> bytes:
+    value = os.environ.get('TENSORGUARD_KEY_PASSPHRASE')
+    if not value:
+        raise RuntimeError('set TENSORGUARD_KEY_PASSPHRASE to open the server keys')
+    return value.encode()
+
+
+def main(args: list[str] | None = None) -> int:
+    """Entry point: ``ros2 run tensorguard_aggregator aggregator``."""
+    rclpy.init(args=args)
+    node = AggregatorNode()
+    executor = MultiThreadedExecutor(num_threads=4)
+    executor.add_node(node)
+    try:
+        executor.spin()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        node.destroy_node()
+        rclpy.try_shutdown()
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

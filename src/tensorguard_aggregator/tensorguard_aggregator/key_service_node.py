@@ -1,0 +1,93 @@
+"""The key service's node: serves ``DecryptAggregate`` in its own process, nothing else.
+
+A thin shell around `KeyServiceCore`; it never subscribes to updates, so it never sees an
+individual robot's body. Refusals are answered with a reason and counted; the node keeps running.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from collections import Counter
+
+import rclpy
+from rcl_interfaces.msg import ParameterDescriptor
+from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
+
+from tensorguard_msgs.srv import DecryptAggregate
+from tensorguard_ros import topics
+from tensorguard_ros.params import declare_dataclass_parameters
+
+from tensorguard_aggregator.key_service import DecryptionRefused, KeyServiceCore, KeyServicePolicy
+
+
+class KeyServiceNode(LifecycleNode):
+    """Lifecycle node owning the `KeyServiceCore`."""
+
+    def __init__(self) -> None:
+        super().__init__('key_service')
+        self.policy = declare_dataclass_parameters(self, KeyServicePolicy)
+        self.autostart = self.declare_parameter(
+            'autostart', True, ParameterDescriptor(description='Configure and activate on start-up.')).value
+        self.core: KeyServiceCore | None = None
+        self.service = None
+        self.refusals: Counter[str] = Counter()
+        if self.autostart:
+            self._autostart_timer = self.create_timer(0.0, self._autostart_once)
+
+    def _autostart_once(self) -> None:
+        self._autostart_timer.cancel()
+        if self.trigger_configure() == TransitionCallbackReturn.SUCCESS:
+            self.trigger_activate()
+
+    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        passphrase = os.environ.get('TENSORGUARD_KEY_PASSPHRASE')
+        if not passphrase:
+            self.get_logger().error('set TENSORGUARD_KEY_PASSPHRASE to open the key service keys')
+            return TransitionCallbackReturn.FAILURE
+        try:
+            self.core = KeyServiceCore(self.policy, passphrase.encode())
+        except Exception as exc:  # noqa: BLE001 - start-up failures are reported and refused.
+            self.get_logger().error(f'configure failed: {type(exc).__name__}: {exc}')
+            return TransitionCallbackReturn.FAILURE
+        self.get_logger().info(f'configured: decrypts aggregates of at least {self.policy.min_quorum} robots')
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self.service = self.create_service(DecryptAggregate, topics.DECRYPT_AGGREGATE, self._on_request)
+        return super().on_activate(state)
+
+    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        if self.service is not None:
+            self.destroy_service(self.service)
+            self.service = None
+        return super().on_deactivate(state)
+
+    def _on_request(self, request, response):
+        try:
+            result, contributors = self.core.decrypt(bytes(request.round_config), bytes(request.request))
+        except DecryptionRefused as exc:
+            self.refusals[exc.reason] += 1
+            response.success, response.reason, response.message = False, exc.reason, str(exc)
+            self.get_logger().warning(f'refused round {request.round_id} ({exc.reason}): {exc}')
+            return response
+        response.success, response.contributors, response.result = True, contributors, result
+        self.get_logger().info(f'decrypted round {request.round_id}: aggregate of {contributors} robots')
+        return response
+
+
+def main(args: list[str] | None = None) -> int:
+    """Entry point: ``ros2 run tensorguard_aggregator key_service``."""
+    rclpy.init(args=args)
+    node = KeyServiceNode()
+    try:
+        rclpy.spin(node)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        node.destroy_node()
+        rclpy.try_shutdown()
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,207 @@
+"""A simulated fleet learning privately over real ROS 2: the README's main command.
+
+It does what an operator and N robot owners would do, then watches:
+1. provisions a fleet directory: server identities and key-service keys in the KMS, an initial
+   model pre-trained on the server's own demonstrations, and N enrolled robots with trust files;
+2. starts every node in its own process, configured from ``config/fleet.yaml``: the key service,
+   the aggregator, and per robot (namespace ``/robot_<i>``) a Meta-World ``sim_robot`` and its
+   ``edge_node``;
+3. waits until every robot has recorded demonstrations, then runs the rounds through the
+   aggregator's ``RunRound`` action, and prints one row per round from what the nodes publish
+   (``FleetStatus``, each robot's ``RobotStatus``) and the server's round log;
+4. writes a JSON report and stops every process.
+
+The passphrase protecting every key file is drawn from the OS CSPRNG for this run and handed to
+the child processes in their environment only; it is never printed or written.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import yaml
+
+from tensorguard_aggregator.bootstrap_model import BootstrapSpec, build_initial_policy, record_held_out
+from tensorguard_aggregator.provisioning import FleetPaths, enroll_robot, provision_server
+from tensorguard_aggregator.rounds import Aggregator, RoundPolicy
+from tensorguard_crypto.params import standard_params
+
+
+
+@dataclass(frozen=True)
+class FleetPlan:
+    """The simulation's own settings (``simulated_fleet:`` in the YAML)."""
+
+    robots: int
+    rounds: int
+    robot_tasks: tuple[tuple[str, ...], ...]
+    pretrain_tasks: tuple[str, ...]
+    pretrain_episodes_per_task: int
+    pretrain_steps: int
+    num_experts: int
+    held_out_episodes_per_task: int
+    episodes_before_first_round: int
+    timeout_s: float
+
+    def tasks_of(self, robot: int) -> tuple[str, ...]:
+        """Tasks robot `robot` (0-based) demonstrates; the list repeats for larger fleets."""
+        return self.robot_tasks[robot % len(self.robot_tasks)]
+
+    @property
+    def fleet_tasks(self) -> tuple[str, ...]:
+        """Every task some robot demonstrates, in first-seen order."""
+        return tuple(dict.fromkeys(t for r in range(self.robots) for t in self.tasks_of(r)))
+
+
+def load_config(params_path: Path, plan_path: Path) -> tuple[dict, FleetPlan]:
+    """The shared ROS parameters of the fleet YAML and the simulation plan."""
+    shared = yaml.safe_load(params_path.read_text())['/**']['ros__parameters']
+    plan = yaml.safe_load(plan_path.read_text())
+    return shared, FleetPlan(**{**plan, 'robot_tasks': tuple(tuple(t) for t in plan['robot_tasks']),
+                                'pretrain_tasks': tuple(plan['pretrain_tasks'])})
+
+
+def provision(fleet: FleetPaths, shared: dict, plan: FleetPlan, passphrase: bytes, log) -> None:
+    """Server keys, the initial model and the held-out set, then every robot's enrolment."""
+    params = standard_params(shared['security_level'], shared['plaintext_bits'], shared['max_clients'],
+                             shared['min_clients'])
+    provision_server(fleet, passphrase, params)
+    log(f'provisioned server keys in {fleet.server} (ring n={params.n}, log2 q={params.coefficient_bits})')
+    policy_tasks = tuple(dict.fromkeys(plan.fleet_tasks + plan.pretrain_tasks))
+    spec = BootstrapSpec(policy_tasks=policy_tasks, pretrain_tasks=plan.pretrain_tasks,
+                         pretrain_episodes_per_task=plan.pretrain_episodes_per_task,
+                         pretrain_steps=plan.pretrain_steps, num_experts=plan.num_experts,
+                         held_out_episodes_per_task=plan.held_out_episodes_per_task)
+    started = time.monotonic()
+    policy = build_initial_policy(spec)
+    record_held_out(fleet, plan.fleet_tasks, plan.held_out_episodes_per_task)
+    aggregator = Aggregator(RoundPolicy(fleet_dir=str(fleet.root), **{k: shared[k] for k in (
+        'security_level', 'plaintext_bits', 'max_clients', 'clipping_norm', 'noise_multiplier', 'min_clients')}),
+        passphrase)
+    aggregator.publish_model(policy, round_id=0, decision='initial')
+    log(f'initial model: base pre-trained on {", ".join(plan.pretrain_tasks)} '
+        f'({time.monotonic() - started:.0f} s), adapter with {plan.num_experts} experts')
+    for i in range(plan.robots):
+        enroll_robot(fleet, f'robot_{i + 1}', passphrase)
+    log(f'enrolled {plan.robots} robots')
+
+
+class Processes:
+    """The fleet's node processes; stopped together."""
+
+    def __init__(self, log_dir: Path, env: dict) -> None:
+        self.log_dir = log_dir
+        self.env = env
+        self.children: dict[str, subprocess.Popen] = {}
+
+    def start(self, name: str, module: str, params_file: Path, namespace: str = '/',
+              overrides: dict | None = None) -> None:
+        """Start `python -m module` as a ROS node with the YAML and per-node overrides."""
+        args = [sys.executable, '-m', module, '--ros-args', '-r', f'__ns:={namespace}',
+                '--params-file', str(params_file)]
+        for key, value in (overrides or {}).items():
+            args += ['-p', f'{key}:={json.dumps(value) if isinstance(value, (list, bool)) else value}']
+        log = open(self.log_dir / f'{name}.log', 'w')
+        self.children[name] = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=self.env,
+                                               start_new_session=True)
+
+    def stop_all(self) -> None:
+        """SIGINT every node, then SIGKILL what did not stop within 10 s."""
+        for child in self.children.values():
+            if child.poll() is None:
+                os.killpg(child.pid, signal.SIGINT)
+        deadline = time.monotonic() + 10
+        for child in self.children.values():
+            try:
+                child.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                os.killpg(child.pid, signal.SIGKILL)
+                child.wait()
+
+    def dead(self) -> list[str]:
+        """Names of nodes that exited."""
+        return [name for name, child in self.children.items() if child.poll() is not None]
+
+
+def start_fleet(procs: Processes, params_file: Path, fleet: FleetPaths, plan: FleetPlan) -> None:
+    """Key service, aggregator, and per robot a simulated robot and its edge node."""
+    root = str(fleet.root)
+    procs.start('key_service', 'tensorguard_aggregator.key_service_node', params_file, '/tensorguard',
+                {'fleet_dir': root})
+    procs.start('aggregator', 'tensorguard_aggregator.aggregator_node', params_file, '/tensorguard',
+                {'fleet_dir': root, 'eval_tasks': list(plan.fleet_tasks)})
+    for i in range(plan.robots):
+        robot_id = f'robot_{i + 1}'
+        robot_dir = fleet.robot_dir(robot_id)
+        procs.start(f'{robot_id}_sim', 'tensorguard_edge.sim_robot', params_file, f'/{robot_id}',
+                    {'robot_id': robot_id, 'tasks': list(plan.tasks_of(i)), 'seed': 10_000 * (i + 1)})
+        procs.start(f'{robot_id}_edge', 'tensorguard_edge.edge_node', params_file, f'/{robot_id}',
+                    {'robot_id': robot_id, 'state_dir': str(robot_dir / 'state'),
+                     'key_path': str(robot_dir / 'identity.key'), 'trust_path': str(robot_dir / 'trust.json')})
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: provision, start, run the rounds, report."""
+    parser = argparse.ArgumentParser(prog='simulated_fleet', description=__doc__.splitlines()[0])
+    config_dir = Path(os.environ.get('TENSORGUARD_ROOT', '.')) / 'config'
+    parser.add_argument('--config', type=Path, default=config_dir / 'fleet.yaml', help='ROS parameters of every node')
+    parser.add_argument('--plan', type=Path, default=config_dir / 'simulated_fleet.yaml', help='the simulation plan')
+    parser.add_argument('--run-dir', type=Path, default=None, help='where the fleet directory and logs go')
+    parser.add_argument('--robots', type=int, default=None, help='override simulated_fleet.robots')
+    parser.add_argument('--rounds', type=int, default=None, help='override simulated_fleet.rounds')
+    parser.add_argument('--report', type=Path, default=None, help='JSON report path (default: <run-dir>/report.json)')
+    parser.add_argument('--provision-only', action='store_true',
+                        help='only provision the fleet directory (for launch/simulated_fleet.launch.py); '
+                             'the passphrase is read from TENSORGUARD_KEY_PASSPHRASE')
+    args = parser.parse_args(argv)
+
+    shared, plan = load_config(args.config, args.plan)
+    torch.set_num_threads(1)
+    plan = FleetPlan(**{**asdict(plan), 'robots': args.robots or plan.robots, 'rounds': args.rounds or plan.rounds})
+    run_dir = args.run_dir or Path('.state') / time.strftime('fleet-%Y%m%d-%H%M%S')
+    run_dir = run_dir.resolve()
+    (run_dir / 'logs').mkdir(parents=True, exist_ok=True)
+    fleet = FleetPaths(run_dir / 'fleet')
+    started = time.monotonic()
+
+    def log(text: str) -> None:
+        print(f'[{time.monotonic() - started:6.1f} s] {text}', flush=True)
+
+    if args.provision_only:
+        passphrase = os.environ.get('TENSORGUARD_KEY_PASSPHRASE', '')
+        if not passphrase:
+            parser.error('--provision-only needs TENSORGUARD_KEY_PASSPHRASE in the environment')
+        provision(fleet, shared, plan, passphrase.encode(), log)
+        log(f'fleet directory ready: {fleet.root}')
+        return 0
+    passphrase = secrets.token_urlsafe(32)
+    provision(fleet, shared, plan, passphrase.encode(), log)
+    # One compute thread per node: a fleet of processes shares the machine's cores.
+    env = {**os.environ, 'TENSORGUARD_KEY_PASSPHRASE': passphrase, 'OMP_NUM_THREADS': '1'}
+    procs = Processes(run_dir / 'logs', env)
+    try:
+        start_fleet(procs, args.config.resolve(), fleet, plan)
+        log(f'started {len(procs.children)} node processes (logs in {run_dir / "logs"})')
+        from tensorguard_aggregator.fleet_monitor import run_rounds
+        report = run_rounds(plan, procs, log)
+    finally:
+        procs.stop_all()
+    report['run_dir'] = str(run_dir)
+    report['wall_seconds'] = round(time.monotonic() - started, 1)
+    report_path = args.report or run_dir / 'report.json'
+    report_path.write_text(json.dumps(report, indent=2))
+    log(f'report written to {report_path}')
+    return 0 if report.get('completed') else 1
+
+
+if __name__ == '__main__':
+    sys.exit(main())
