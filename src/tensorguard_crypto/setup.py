@@ -22,6 +22,7 @@ setup(
         'console_scripts': [
             'tensorguard = tensorguard_crypto.cli:main',
             'bench_secagg = tensorguard_crypto.bench_secagg:main',
+            'privacy_table = tensorguard_crypto.privacy_table:main',
         ],
     },
 )
