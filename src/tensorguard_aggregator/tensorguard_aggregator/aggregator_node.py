@@ -23,13 +23,10 @@ import threading
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-import rclpy
-from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.action import ActionServer
 from rclpy.callback_groups import ReentrantCallbackGroup
-from rclpy.executors import MultiThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 
 from tensorguard_crypto.verify import VerificationError
@@ -37,35 +34,32 @@ from tensorguard_learning.evaluation import EvaluationGate, SafetyThresholds, ev
 from tensorguard_msgs.action import RunRound
 from tensorguard_msgs.msg import EncryptedUpdate, FleetStatus, ModelUpdate, RejectionCount, RoundConfig
 from tensorguard_msgs.srv import DecryptAggregate, RevokeRobot, TriggerRound
+from tensorguard_ros.config_fields import described
 from tensorguard_ros import qos, topics
+from tensorguard_ros.node_main import enable_autostart, spin_node
 from tensorguard_ros.params import declare_dataclass_parameters
 
 from tensorguard_aggregator.bootstrap_model import load_held_out
 from tensorguard_aggregator.rounds import Aggregator, RoundError, RoundPolicy
 
 
-def _param(description: str, default=None, default_factory=None):
-    """A config field whose description becomes the ROS parameter descriptor."""
-    if default_factory is not None:
-        return field(default_factory=default_factory, metadata={'description': description})
-    return field(default=default, metadata={'description': description})
 
 
 @dataclass
 class GatePolicy:
     """Evaluator and gate configuration (each field becomes a ROS parameter)."""
 
-    eval_tasks: list[str] = _param('Meta-World tasks the candidate is rolled out on.',
+    eval_tasks: list[str] = described('Meta-World tasks the candidate is rolled out on.',
                                    default_factory=lambda: ['push-v3'])
-    eval_episodes_per_task: int = _param('Simulator episodes per task and evaluation.', 10)
-    eval_seed: int = _param('Public simulator seed of the first evaluation episode.', 2_000_000)
-    min_success_rate: float = _param('Gate: lower credible bound of success must clear this.', 0.5)
-    max_kl_divergence: float = _param('Gate: mean KL(candidate || current) on held-out states.', 5.0)
-    deploy_margin: float = _param('Gate: deploy directly if the bound clears the minimum by this much.', 0.05)
-    canary_percentage: float = _param('Fraction of the fleet that runs a canary model first.', 0.25)
-    round_period_s: float = _param('Seconds between automatic rounds (0: only on request).', 0.0)
-    max_rounds: int = _param('Stop announcing automatic rounds after this many (0: never).', 0)
-    first_round_delay_s: float = _param('Seconds after activation before the first automatic round.', 5.0)
+    eval_episodes_per_task: int = described('Simulator episodes per task and evaluation.', 10)
+    eval_seed: int = described('Public simulator seed of the first evaluation episode.', 2_000_000)
+    min_success_rate: float = described('Gate: lower credible bound of success must clear this.', 0.5)
+    max_kl_divergence: float = described('Gate: mean KL(candidate || current) on held-out states.', 5.0)
+    deploy_margin: float = described('Gate: deploy directly if the bound clears the minimum by this much.', 0.05)
+    canary_percentage: float = described('Fraction of the fleet that runs a canary model first.', 0.25)
+    round_period_s: float = described('Seconds between automatic rounds (0: only on request).', 0.0)
+    max_rounds: int = described('Stop announcing automatic rounds after this many (0: never).', 0)
+    first_round_delay_s: float = described('Seconds after activation before the first automatic round.', 5.0)
 
 
 class AggregatorNode(LifecycleNode):
@@ -75,8 +69,6 @@ class AggregatorNode(LifecycleNode):
         super().__init__('aggregator')
         self.round_policy = declare_dataclass_parameters(self, RoundPolicy)
         self.gate_policy = declare_dataclass_parameters(self, GatePolicy)
-        self.autostart = self.declare_parameter(
-            'autostart', True, ParameterDescriptor(description='Configure and activate on start-up.')).value
         self.group = ReentrantCallbackGroup()
         self.core: Aggregator | None = None
         self.gate = EvaluationGate(SafetyThresholds(
@@ -95,13 +87,7 @@ class AggregatorNode(LifecycleNode):
         self.last = {'success_rate': 0.0, 'lower_bound': 0.0, 'decision': ''}
         self.held_out = None
         self.handles = []
-        if self.autostart:
-            self._autostart_timer = self.create_timer(0.0, self._autostart_once)
-
-    def _autostart_once(self) -> None:
-        self._autostart_timer.cancel()
-        if self.trigger_configure() == TransitionCallbackReturn.SUCCESS:
-            self.trigger_activate()
+        enable_autostart(self)
 
     # Lifecycle.
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -399,18 +385,7 @@ def _passphrase() -> bytes:
 
 def main(args: list[str] | None = None) -> int:
     """Entry point: ``ros2 run tensorguard_aggregator aggregator``."""
-    rclpy.init(args=args)
-    node = AggregatorNode()
-    executor = MultiThreadedExecutor(num_threads=4)
-    executor.add_node(node)
-    try:
-        executor.spin()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        node.destroy_node()
-        rclpy.try_shutdown()
-    return 0
+    return spin_node(AggregatorNode, args, threads=4)
 
 
 if __name__ == '__main__':

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from tensorguard_crypto import update_codec
@@ -19,25 +19,23 @@ from tensorguard_crypto.params import standard_params
 from tensorguard_crypto.secagg import SecAggError
 from tensorguard_crypto.verify import QuorumNotMet, VerificationError, verify_aggregate_request, verify_round_config
 from tensorguard_crypto.wire import AggregateResult
+from tensorguard_ros.config_fields import described
 
 from tensorguard_aggregator.provisioning import KEY_SERVICE_ID, FleetPaths, load_key_service, load_server_identity
 
 
-def _param(description: str, default):
-    """A config field whose description becomes the ROS parameter descriptor."""
-    return field(default=default, metadata={'description': description})
 
 
 @dataclass
 class KeyServicePolicy:
     """Key-service configuration (each field becomes a ROS parameter)."""
 
-    fleet_dir: str = _param('Fleet directory holding server/ (see provisioning).', '')
-    security_level: int = _param('Lattice security level: 128, 192 or 256.', 128)
-    plaintext_bits: int = _param('Bits b of the summed integers.', 20)
-    max_clients: int = _param('Largest number of robots one round may sum.', 16)
-    min_clients: int = _param('DP: noise is sized for a sum over at least this many robots.', 2)
-    min_quorum: int = _param('Never decrypt an aggregate of fewer distinct robots, whatever a round says.', 2)
+    fleet_dir: str = described('Fleet directory holding server/ (see provisioning).', '')
+    security_level: int = described('Lattice security level: 128, 192 or 256.', 128)
+    plaintext_bits: int = described('Bits b of the summed integers.', 20)
+    max_clients: int = described('Largest number of robots one round may sum.', 16)
+    min_clients: int = described('DP: noise is sized for a sum over at least this many robots.', 2)
+    min_quorum: int = described('Never decrypt an aggregate of fewer distinct robots, whatever a round says.', 2)
 
 
 class DecryptionRefused(Exception):

@@ -9,12 +9,11 @@ import os
 import sys
 from collections import Counter
 
-import rclpy
-from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 
 from tensorguard_msgs.srv import DecryptAggregate
 from tensorguard_ros import topics
+from tensorguard_ros.node_main import enable_autostart, spin_node
 from tensorguard_ros.params import declare_dataclass_parameters
 
 from tensorguard_aggregator.key_service import DecryptionRefused, KeyServiceCore, KeyServicePolicy
@@ -26,18 +25,10 @@ class KeyServiceNode(LifecycleNode):
     def __init__(self) -> None:
         super().__init__('key_service')
         self.policy = declare_dataclass_parameters(self, KeyServicePolicy)
-        self.autostart = self.declare_parameter(
-            'autostart', True, ParameterDescriptor(description='Configure and activate on start-up.')).value
         self.core: KeyServiceCore | None = None
         self.service = None
         self.refusals: Counter[str] = Counter()
-        if self.autostart:
-            self._autostart_timer = self.create_timer(0.0, self._autostart_once)
-
-    def _autostart_once(self) -> None:
-        self._autostart_timer.cancel()
-        if self.trigger_configure() == TransitionCallbackReturn.SUCCESS:
-            self.trigger_activate()
+        enable_autostart(self)
 
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
         passphrase = os.environ.get('TENSORGUARD_KEY_PASSPHRASE')
@@ -77,16 +68,7 @@ class KeyServiceNode(LifecycleNode):
 
 def main(args: list[str] | None = None) -> int:
     """Entry point: ``ros2 run tensorguard_aggregator key_service``."""
-    rclpy.init(args=args)
-    node = KeyServiceNode()
-    try:
-        rclpy.spin(node)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        node.destroy_node()
-        rclpy.try_shutdown()
-    return 0
+    return spin_node(KeyServiceNode, args)
 
 
 if __name__ == '__main__':

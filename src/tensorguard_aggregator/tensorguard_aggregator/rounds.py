@@ -16,7 +16,7 @@ import json
 import os
 import secrets
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -33,33 +33,29 @@ from tensorguard_crypto.wire import (AggregateRequest, AggregateResult, ModelPac
 from tensorguard_learning.aggregation import ExpertDrivenStrategy, apply_update
 from tensorguard_learning.compression import select_coordinates
 from tensorguard_learning.policy import MoEPolicy
+from tensorguard_ros.config_fields import described
 
 from tensorguard_aggregator.provisioning import AGGREGATOR_ID, KEY_SERVICE_ID, SERVER_ID, FleetPaths
 
 
-def _param(description: str, default=None, default_factory=None):
-    """A config field whose description becomes the ROS parameter descriptor."""
-    if default_factory is not None:
-        return field(default_factory=default_factory, metadata={'description': description})
-    return field(default=default, metadata={'description': description})
 
 
 @dataclass
 class RoundPolicy:
     """How the aggregator runs rounds (each field becomes a ROS parameter)."""
 
-    fleet_dir: str = _param('Fleet directory holding server/ (see provisioning).', '')
-    security_level: int = _param('Lattice security level: 128, 192 or 256.', 128)
-    plaintext_bits: int = _param('Bits b of the summed integers.', 20)
-    max_clients: int = _param('Largest number of robots one round may sum.', 16)
-    clipping_norm: float = _param('DP: L2 norm each robot clips its update to.', 1.0)
-    noise_multiplier: float = _param('DP: noise std of the sum over min_clients robots / clipping_norm.', 1.0)
-    min_clients: int = _param('DP: noise is sized for a sum over at least this many robots.', 2)
-    quorum: int = _param('Distinct robots needed before an aggregate may be decrypted.', 2)
-    coordinates_per_round: int = _param('k of shared random-k compression (0: send every coordinate).', 0)
-    round_deadline_s: float = _param('Seconds a round collects updates.', 120.0)
-    server_learning_rate: float = _param('Scale applied to the aggregated delta.', 1.0)
-    min_segment_weight: float = _param(
+    fleet_dir: str = described('Fleet directory holding server/ (see provisioning).', '')
+    security_level: int = described('Lattice security level: 128, 192 or 256.', 128)
+    plaintext_bits: int = described('Bits b of the summed integers.', 20)
+    max_clients: int = described('Largest number of robots one round may sum.', 16)
+    clipping_norm: float = described('DP: L2 norm each robot clips its update to.', 1.0)
+    noise_multiplier: float = described('DP: noise std of the sum over min_clients robots / clipping_norm.', 1.0)
+    min_clients: int = described('DP: noise is sized for a sum over at least this many robots.', 2)
+    quorum: int = described('Distinct robots needed before an aggregate may be decrypted.', 2)
+    coordinates_per_round: int = described('k of shared random-k compression (0: send every coordinate).', 0)
+    round_deadline_s: float = described('Seconds a round collects updates.', 120.0)
+    server_learning_rate: float = described('Scale applied to the aggregated delta.', 1.0)
+    min_segment_weight: float = described(
         'An expert or task segment is updated only if the robots\' summed usage weight for it reaches '
         'this (in robot-equivalents); below it the decrypted sum is mostly DP noise.', 0.5)
 

@@ -185,6 +185,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     passphrase = secrets.token_urlsafe(32)
     provision(fleet, shared, plan, passphrase.encode(), log)
+    # SIGTERM (a CI timeout, `kill`) must still stop every node: turn it into a normal exit.
+    signal.signal(signal.SIGTERM, lambda _signum, _frame: sys.exit(128 + signal.SIGTERM))
     # One compute thread per node: a fleet of processes shares the machine's cores.
     env = {**os.environ, 'TENSORGUARD_KEY_PASSPHRASE': passphrase, 'OMP_NUM_THREADS': '1'}
     procs = Processes(run_dir / 'logs', env)

@@ -22,7 +22,7 @@ import json
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -40,44 +40,40 @@ from tensorguard_learning.envelope import OperatingEnvelope
 from tensorguard_learning.errors import LearningError
 from tensorguard_learning.policy import MoEPolicy
 from tensorguard_learning.training import TrainingBudget, train_local
+from tensorguard_ros.config_fields import described
 
 
-def _param(description: str, default=None, default_factory=None):
-    """A config field whose description becomes the ROS parameter descriptor."""
-    if default_factory is not None:
-        return field(default_factory=default_factory, metadata={'description': description})
-    return field(default=default, metadata={'description': description})
 
 
 @dataclass
 class EdgeConfig:
     """Everything an edge node is configured with (each field becomes a ROS parameter)."""
 
-    robot_id: str = _param('Enrolled robot identity (KMS key id).', 'robot_1')
-    state_dir: str = _param('Directory for the store, model, privacy ledger and residual.', '')
-    key_path: str = _param('Encrypted Ed25519 identity key file (passphrase: TENSORGUARD_KEY_PASSPHRASE).', '')
-    trust_path: str = _param('JSON file pinning the server keys this robot trusts.', '')
-    state_dim: int = _param('Length of observation.state.', 39)
-    action_dim: int = _param('Length of action.', 4)
-    store_max_mb: int = _param('Cap on the demonstration store (oldest episodes dropped beyond it).', 256)
-    train_steps: int = _param('Behaviour-cloning steps per round.', 200)
-    train_max_seconds: float = _param('Wall-clock cap on local training per round.', 60.0)
-    batch_size: int = _param('Behaviour-cloning batch size.', 256)
-    learning_rate: float = _param('Adam learning rate of local training.', 1e-3)
-    trainable_modules: list[str] = _param('Adapter modules this robot may train (OperatingEnvelope).',
+    robot_id: str = described('Enrolled robot identity (KMS key id).', 'robot_1')
+    state_dir: str = described('Directory for the store, model, privacy ledger and residual.', '')
+    key_path: str = described('Encrypted Ed25519 identity key file (passphrase: TENSORGUARD_KEY_PASSPHRASE).', '')
+    trust_path: str = described('JSON file pinning the server keys this robot trusts.', '')
+    state_dim: int = described('Length of observation.state.', 39)
+    action_dim: int = described('Length of action.', 4)
+    store_max_mb: int = described('Cap on the demonstration store (oldest episodes dropped beyond it).', 256)
+    train_steps: int = described('Behaviour-cloning steps per round.', 200)
+    train_max_seconds: float = described('Wall-clock cap on local training per round.', 60.0)
+    batch_size: int = described('Behaviour-cloning batch size.', 256)
+    learning_rate: float = described('Adam learning rate of local training.', 1e-3)
+    trainable_modules: list[str] = described('Adapter modules this robot may train (OperatingEnvelope).',
                                           default_factory=lambda: ['experts', 'router'])
-    max_trainable_params: int = _param('OperatingEnvelope: most parameters local training may touch.', 5_000_000)
-    target_update_size_kb: int = _param('OperatingEnvelope: largest update package this robot sends.', 4096)
-    epsilon_budget: float = _param('Hard privacy budget of this robot (epsilon at privacy_delta).', 10.0)
-    privacy_delta: float = _param('delta of the (epsilon, delta) guarantee.', 1e-5)
-    hard_stop: bool = _param('Refuse any round that would exceed epsilon_budget.', True)
-    clipping_norm: float = _param('DP: L2 norm every update is clipped to.', 1.0)
-    noise_multiplier: float = _param('DP: Skellam noise std of the sum over min_clients robots, in units of '
+    max_trainable_params: int = described('OperatingEnvelope: most parameters local training may touch.', 5_000_000)
+    target_update_size_kb: int = described('OperatingEnvelope: largest update package this robot sends.', 4096)
+    epsilon_budget: float = described('Hard privacy budget of this robot (epsilon at privacy_delta).', 10.0)
+    privacy_delta: float = described('delta of the (epsilon, delta) guarantee.', 1e-5)
+    hard_stop: bool = described('Refuse any round that would exceed epsilon_budget.', True)
+    clipping_norm: float = described('DP: L2 norm every update is clipped to.', 1.0)
+    noise_multiplier: float = described('DP: Skellam noise std of the sum over min_clients robots, in units of '
                                      'clipping_norm.', 1.0)
-    min_clients: int = _param('DP: the noise is sized for a sum over at least this many robots; rounds '
+    min_clients: int = described('DP: the noise is sized for a sum over at least this many robots; rounds '
                               'announcing fewer are refused.', 2)
-    max_clients: int = _param('Largest number of robots a round may sum (sets the modular headroom).', 16)
-    plaintext_bits: int = _param('Bits b of the summed integers (updates are summed mod 2^b).', 20)
+    max_clients: int = described('Largest number of robots a round may sum (sets the modular headroom).', 16)
+    plaintext_bits: int = described('Bits b of the summed integers (updates are summed mod 2^b).', 20)
 
 class RoundRefused(Exception):
     """The robot will not contribute to this round; `reason` is a stable code."""

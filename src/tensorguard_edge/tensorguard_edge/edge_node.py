@@ -21,10 +21,8 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
-import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import ParameterDescriptor
-from rclpy.executors import MultiThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from std_msgs.msg import Float32MultiArray, String
 
@@ -35,6 +33,7 @@ from tensorguard_learning.demonstrations import Demonstration
 from tensorguard_msgs.msg import Demonstration as DemonstrationMsg
 from tensorguard_msgs.msg import EncryptedUpdate, ModelUpdate, RejectionCount, RobotStatus, RoundConfig
 from tensorguard_ros import qos, topics
+from tensorguard_ros.node_main import enable_autostart, spin_node
 from tensorguard_ros.params import declare_dataclass_parameters
 
 
@@ -44,8 +43,6 @@ class EdgeNode(LifecycleNode):
     def __init__(self) -> None:
         super().__init__('edge_node')
         self.config: EdgeConfig = declare_dataclass_parameters(self, EdgeConfig)
-        self.autostart = self.declare_parameter(
-            'autostart', True, ParameterDescriptor(description='Configure and activate on start-up.')).value
         self.status_period = self.declare_parameter(
             'status_period_s', 1.0, ParameterDescriptor(description='Seconds between RobotStatus messages.')).value
         self.client: EdgeClient | None = None
@@ -60,13 +57,7 @@ class EdgeNode(LifecycleNode):
         self.status_pub = None
         self.diag_pub = None
         self.status_timer = None
-        if self.autostart:
-            self._autostart_timer = self.create_timer(0.0, self._autostart_once)
-
-    def _autostart_once(self) -> None:
-        self._autostart_timer.cancel()
-        if self.trigger_configure() == TransitionCallbackReturn.SUCCESS:
-            self.trigger_activate()
+        enable_autostart(self)
 
     # Lifecycle transitions.
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -255,18 +246,7 @@ class EdgeNode(LifecycleNode):
 
 def main(args: list[str] | None = None) -> int:
     """Entry point: ``ros2 run tensorguard_edge edge_node``."""
-    rclpy.init(args=args)
-    node = EdgeNode()
-    executor = MultiThreadedExecutor(num_threads=2)
-    executor.add_node(node)
-    try:
-        executor.spin()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        node.destroy_node()
-        rclpy.try_shutdown()
-    return 0
+    return spin_node(EdgeNode, args, threads=2)
 
 
 if __name__ == '__main__':

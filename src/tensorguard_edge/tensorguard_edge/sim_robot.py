@@ -20,7 +20,6 @@ import json
 import sys
 
 import numpy as np
-import rclpy
 from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.node import Node
 from std_msgs.msg import Float32MultiArray, MultiArrayDimension, String
@@ -28,6 +27,7 @@ from std_msgs.msg import Float32MultiArray, MultiArrayDimension, String
 from tensorguard_learning.metaworld_source import record_demonstrations
 from tensorguard_msgs.msg import Demonstration as DemonstrationMsg
 from tensorguard_ros import qos
+from tensorguard_ros.node_main import spin_node
 
 OBSERVATION_TOPIC = 'observation'
 ACTION_TOPIC = 'action'
@@ -124,16 +124,7 @@ class SimRobot(Node):
 
 def main(args: list[str] | None = None) -> int:
     """Entry point: ``ros2 run tensorguard_edge sim_robot``."""
-    rclpy.init(args=args)
-    node = SimRobot()
-    try:
-        rclpy.spin(node)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        node.destroy_node()
-        rclpy.try_shutdown()
-    return 0
+    return spin_node(SimRobot, args)
 
 
 if __name__ == '__main__':

@@ -1,0 +1,44 @@
+"""Entry-point plumbing shared by every TensorGuard node: spinning, and lifecycle autostart."""
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import rclpy
+from rcl_interfaces.msg import ParameterDescriptor
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor, SingleThreadedExecutor
+from rclpy.lifecycle import LifecycleNode, TransitionCallbackReturn
+from rclpy.node import Node
+
+
+def spin_node(make_node: Callable[[], Node], args: list[str] | None = None, threads: int = 1) -> int:
+    """Init rclpy, spin one node until Ctrl-C or shutdown, clean up; the console-script body."""
+    rclpy.init(args=args)
+    node = make_node()
+    executor = MultiThreadedExecutor(num_threads=threads) if threads > 1 else SingleThreadedExecutor()
+    executor.add_node(node)
+    try:
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        executor.shutdown()
+        node.destroy_node()
+        rclpy.try_shutdown()
+    return 0
+
+
+def enable_autostart(node: LifecycleNode) -> None:
+    """Declare ``autostart`` (default true); if set, configure and activate as soon as spinning starts,
+    as nav2's lifecycle manager would. With it false the node waits for ``ros2 lifecycle set``."""
+    autostart = node.declare_parameter(
+        'autostart', True, ParameterDescriptor(description='Configure and activate on start-up.')).value
+    if not autostart:
+        return
+
+    def walk_to_active() -> None:
+        timer.cancel()
+        node.destroy_timer(timer)
+        if node.trigger_configure() == TransitionCallbackReturn.SUCCESS:
+            node.trigger_activate()
+
+    timer = node.create_timer(0.0, walk_to_active)
