@@ -30,6 +30,7 @@ def generate_launch_description() -> LaunchDescription:
         DeclareLaunchArgument('simulate', default_value='false',
                               description='Also start a simulated Meta-World robot as the demonstrator.'),
         DeclareLaunchArgument('tasks', default_value="['push-v3']", description='Tasks of the simulated robot.'),
+        DeclareLaunchArgument('seed', default_value='0', description='Simulator seed of the first episode.'),
         LifecycleNode(
             package='tensorguard_edge', executable='edge_node', name='edge_node', namespace=robot_id,
             output='screen',
@@ -39,5 +40,6 @@ def generate_launch_description() -> LaunchDescription:
         Node(
             package='tensorguard_edge', executable='sim_robot', name='sim_robot', namespace=robot_id,
             output='screen', condition=IfCondition(LaunchConfiguration('simulate')),
-            parameters=[params, {'robot_id': robot_id, 'tasks': LaunchConfiguration('tasks')}]),
+            parameters=[params, {'robot_id': robot_id, 'tasks': LaunchConfiguration('tasks'),
+                                 'seed': LaunchConfiguration('seed')}]),
     ])

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import yaml
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument, IncludeLaunchDescription, OpaqueFunction
+from launch.actions import (DeclareLaunchArgument, IncludeLaunchDescription, OpaqueFunction,
+                            SetEnvironmentVariable)
 from launch.launch_description_sources import PythonLaunchDescriptionSource
 from launch.substitutions import LaunchConfiguration
 
@@ -22,34 +23,40 @@ HERE = Path(__file__).resolve().parent
 PLAN = HERE.parent / 'config' / 'simulated_fleet.yaml'
 
 
-def robots(context):
-    """One robot.launch.py per robot, with the plan's non-IID task assignment."""
+def fleet(context):
+    """The fleet server, then one robot.launch.py per robot with the plan's non-IID task assignment.
+
+    The evaluator's tasks are those of the robots actually launched, as in `simulated_fleet` (whose
+    provisioning builds the policy and the held-out data for exactly these tasks).
+    """
     fleet_dir = Path(LaunchConfiguration('fleet_dir').perform(context))
     count = int(LaunchConfiguration('robots').perform(context))
     plan = yaml.safe_load(PLAN.read_text())
-    actions = []
-    for i in range(count):
+    robot_tasks = [plan['robot_tasks'][i % len(plan['robot_tasks'])] for i in range(count)]
+    fleet_tasks = list(dict.fromkeys(t for tasks in robot_tasks for t in tasks))
+    actions = [IncludeLaunchDescription(
+        PythonLaunchDescriptionSource(str(HERE / 'fleet_server.launch.py')),
+        launch_arguments={'fleet_dir': str(fleet_dir), 'eval_tasks': str(fleet_tasks)}.items())]
+    for i, tasks in enumerate(robot_tasks):
         robot_id = f'robot_{i + 1}'
         robot_dir = fleet_dir / 'robots' / robot_id
-        tasks = plan['robot_tasks'][i % len(plan['robot_tasks'])]
         actions.append(IncludeLaunchDescription(
             PythonLaunchDescriptionSource(str(HERE / 'robot.launch.py')),
             launch_arguments={'robot_id': robot_id, 'state_dir': str(robot_dir / 'state'),
                               'key_path': str(robot_dir / 'identity.key'),
                               'trust_path': str(robot_dir / 'trust.json'),
-                              'simulate': 'true', 'tasks': str(list(tasks))}.items()))
+                              'simulate': 'true', 'tasks': str(list(tasks)),
+                              'seed': str(10_000 * (i + 1))}.items()))
     return actions
 
 
 def generate_launch_description() -> LaunchDescription:
     plan = yaml.safe_load(PLAN.read_text())
-    fleet_tasks = list(dict.fromkeys(t for tasks in plan['robot_tasks'] for t in tasks))
     return LaunchDescription([
         DeclareLaunchArgument('fleet_dir', description='Provisioned fleet directory.'),
-        DeclareLaunchArgument('robots', default_value=str(plan['robots']), description='Number of robots.'),
-        IncludeLaunchDescription(
-            PythonLaunchDescriptionSource(str(HERE / 'fleet_server.launch.py')),
-            launch_arguments={'fleet_dir': LaunchConfiguration('fleet_dir'),
-                              'eval_tasks': str(fleet_tasks)}.items()),
-        OpaqueFunction(function=robots),
+        DeclareLaunchArgument('robots', default_value=str(plan['robots']),
+                              description='Number of robots (as given to --provision-only --robots).'),
+        # One compute thread per node, as the README's main command runs them.
+        SetEnvironmentVariable('OMP_NUM_THREADS', '1'),
+        OpaqueFunction(function=fleet),
     ])

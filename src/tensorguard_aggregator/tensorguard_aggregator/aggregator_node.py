@@ -93,6 +93,10 @@ class AggregatorNode(LifecycleNode):
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
         try:
             self.core = Aggregator(self.round_policy, _passphrase())
+            unknown = sorted(set(self.gate_policy.eval_tasks) - set(self.core.model_policy.cfg.tasks))
+            if unknown:
+                raise ValueError(f'eval_tasks {unknown} are not tasks of the fleet model '
+                                 f'{list(self.core.model_policy.cfg.tasks)}')
             self.held_out = load_held_out(self.core.paths, self.core.model_policy)
         except Exception as exc:  # noqa: BLE001 - start-up failures are reported and refused.
             self.get_logger().error(f'configure failed: {type(exc).__name__}: {exc}')
@@ -360,7 +364,10 @@ class AggregatorNode(LifecycleNode):
                 goal_handle.publish_feedback(feedback)
                 self.round_closed.wait(timeout=1.0)
         outcome = _last_outcome(self.core.paths.server / 'rounds.jsonl', round_id)
-        goal_handle.succeed()
+        if outcome.get('outcome') == 'aggregated':
+            goal_handle.succeed()
+        else:
+            goal_handle.abort()
         return RunRound.Result(success=outcome.get('outcome') == 'aggregated', round_id=round_id,
                                model_version=self.core.model.model_version,
                                gate_decision=outcome.get('decision', ''),

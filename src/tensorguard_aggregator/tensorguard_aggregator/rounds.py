@@ -31,7 +31,7 @@ from tensorguard_crypto.verify import (MalformedPackage, RoundVerifier, Verifica
 from tensorguard_crypto.wire import (AggregateRequest, AggregateResult, ModelPackage, RoundConfigPackage,
                                      UpdatePackage, model_package)
 from tensorguard_learning.aggregation import ExpertDrivenStrategy, apply_update
-from tensorguard_learning.compression import select_coordinates
+from tensorguard_learning.compression import adapter_round_coordinates
 from tensorguard_learning.policy import MoEPolicy
 from tensorguard_ros.config_fields import described
 
@@ -52,7 +52,9 @@ class RoundPolicy:
     noise_multiplier: float = described('DP: noise std of the sum over min_clients robots / clipping_norm.', 1.0)
     min_clients: int = described('DP: noise is sized for a sum over at least this many robots.', 2)
     quorum: int = described('Distinct robots needed before an aggregate may be decrypted.', 2)
-    coordinates_per_round: int = described('k of shared random-k compression (0: send every coordinate).', 0)
+    coordinates_per_round: int = described(
+        'k of shared random-k compression over expert coordinates; task segments are always sent '
+        '(0: send every coordinate).', 0)
     round_deadline_s: float = described('Seconds a round collects updates.', 120.0)
     server_learning_rate: float = described('Scale applied to the aggregated delta.', 1.0)
     min_segment_weight: float = described(
@@ -154,7 +156,8 @@ class Aggregator:
         return sorted(int(p.name) for p in self.rounds_dir.iterdir() if p.name.isdigit())
 
     def _codec(self, round_seed: bytes) -> update_codec.RoundCodec:
-        dim = self._num_coordinates() + len(self.model_policy.segment_sizes())
+        indices = adapter_round_coordinates(round_seed, self.model_policy, self._num_coordinates())
+        dim = indices.size + len(self.model_policy.segment_sizes())
         return update_codec.build_codec(self.profile, dim, self.policy.max_clients, self.policy.security_level,
                                         round_seed)
 
@@ -274,7 +277,7 @@ class Aggregator:
         sizes = self.model_policy.segment_sizes()
         weights = summed[len(summed) - len(sizes):]
         weights[weights < self.policy.min_segment_weight] = 0.0
-        indices = select_coordinates(config.round_seed, config.total_coordinates, config.num_coordinates)
+        indices = adapter_round_coordinates(config.round_seed, self.model_policy, config.num_coordinates)
         delta = self.strategy.finalize(summed, sizes, indices)
         policy = self.model_policy.clone()
         apply_update(policy, delta, self.policy.server_learning_rate)

@@ -34,7 +34,7 @@ from tensorguard_crypto.keystore import load_key
 from tensorguard_crypto.verify import PinnedKeys, VerificationError, verify_model_package, verify_round_config
 from tensorguard_crypto.wire import RoundConfigPackage, SafetyStats, UpdatePackage
 from tensorguard_learning.aggregation import ExpertDrivenStrategy
-from tensorguard_learning.compression import ErrorFeedback, select_coordinates
+from tensorguard_learning.compression import ErrorFeedback, adapter_round_coordinates
 from tensorguard_learning.demonstrations import Demonstration, DemonstrationStore
 from tensorguard_learning.envelope import OperatingEnvelope
 from tensorguard_learning.errors import LearningError
@@ -217,9 +217,9 @@ class EdgeClient:
         except VerificationError as exc:
             raise RoundRefused(exc.reason, str(exc)) from None
         self._check_round(cfg)
-        num_segments = len(self.policy.segment_sizes())
+        indices = adapter_round_coordinates(cfg.round_seed, self.policy, cfg.num_coordinates)
         try:
-            codec = update_codec.codec_for_round(cfg, self.profile, cfg.num_coordinates + num_segments,
+            codec = update_codec.codec_for_round(cfg, self.profile, indices.size + len(self.policy.segment_sizes()),
                                                  self.config.max_clients)
         except (update_codec.RoundMismatch, ValueError) as exc:
             raise RoundRefused(update_codec.RoundMismatch.reason, str(exc)) from None
@@ -235,7 +235,6 @@ class EdgeClient:
                                  modules=tuple(self.config.trainable_modules), reference=global_segments)
         finally:
             self.policy.load_segments(global_segments)
-        indices = select_coordinates(cfg.round_seed, cfg.total_coordinates, cfg.num_coordinates)
         values = self.error_feedback.compress(update.dense_delta(), indices)
         vector = self.strategy.flatten_update(update, values, indices)
 

@@ -92,3 +92,15 @@ def test_tampered_round_config_is_refused(fleet):
     with pytest.raises(RoundRefused) as refused:
         client.process_round(bytes(blob))
     assert refused.value.reason in ('bad_signature', 'malformed')
+
+
+def test_compressed_round_sends_fewer_bytes_and_is_accepted(fleet):
+    paths, aggregator, model = fleet
+    client = _client(paths, model)
+    dense = client.process_round(aggregator.open_round().serialize())
+    aggregator.accept(dense.serialize())
+    aggregator.close_round({'outcome': 'test'})
+    aggregator.policy.coordinates_per_round = 200
+    compressed = client.process_round(aggregator.open_round().serialize())
+    assert aggregator.accept(compressed.serialize()).robot_id == 'robot_1'
+    assert len(compressed.bodies) < len(dense.bodies) / 4

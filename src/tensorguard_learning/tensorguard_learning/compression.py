@@ -74,6 +74,15 @@ def round_coordinates(round_seed: bytes, segment_sizes: Sequence[int], k: int,
     return np.union1d(np.flatnonzero(fixed_mask), chosen).astype(np.int64)
 
 
+def adapter_round_coordinates(round_seed: bytes, policy: MoEPolicy, k: int) -> np.ndarray:
+    """A fleet round's coordinates of `policy`'s adapter: every coordinate when k covers them all,
+    else every task segment (small, kept consistent) plus k random-k expert coordinates."""
+    sizes = policy.segment_sizes()
+    if k >= sum(sizes):
+        return np.arange(sum(sizes), dtype=np.int64)
+    return round_coordinates(round_seed, sizes, k, always_send=range(policy.cfg.num_experts, len(sizes)))
+
+
 def sparsify(dense: np.ndarray, indices: np.ndarray) -> np.ndarray:
     """Values of `dense` at `indices` (float32)."""
     return np.asarray(dense, dtype=np.float32)[indices]
