@@ -51,6 +51,7 @@ class EdgeNode(LifecycleNode):
         self.activity = 'idle'
         self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix='round')
         self.round_busy = threading.Lock()
+        self.awaiting_model: bytes | None = None
         self.lock = threading.Lock()
         self.subscriptions_ = []
         self.update_pub = None
@@ -175,10 +176,13 @@ class EdgeNode(LifecycleNode):
 
     # Rounds and models.
     def _on_round_config(self, msg: RoundConfig) -> None:
+        self._start_round(bytes(msg.package))
+
+    def _start_round(self, package: bytes) -> None:
         if not self.round_busy.acquire(blocking=False):
-            self._reject('round_busy', f'round {msg.round_id} arrived while a round is being processed')
+            self._reject('round_busy', 'a round config arrived while a round is being processed')
             return
-        self.worker.submit(self._run_round, bytes(msg.package))
+        self.worker.submit(self._run_round, package)
 
     def _run_round(self, package: bytes) -> None:
         try:
@@ -194,6 +198,8 @@ class EdgeNode(LifecycleNode):
                 f'round {update.round_id}: sent {len(blob):,} bytes, '
                 f'epsilon spent {self.client.status().epsilon_spent:.3f}')
         except RoundRefused as exc:
+            if exc.reason == 'model_mismatch':
+                self.awaiting_model = package
             if exc.reason != 'already_contributed':
                 self._reject(exc.reason, str(exc))
         except Exception as exc:  # noqa: BLE001 - a failed round must not kill the robot's node.
@@ -215,6 +221,12 @@ class EdgeNode(LifecycleNode):
         except ModelRefused as exc:
             if exc.reason != 'not_newer':
                 self._reject(exc.reason, str(exc))
+            return
+        # The latched round config may have arrived before the model it trains (e.g. after a
+        # restart): try that round again now that the model is here.
+        if self.awaiting_model is not None:
+            package, self.awaiting_model = self.awaiting_model, None
+            self._start_round(package)
 
     # Status.
     def _publish_status(self) -> None:
