@@ -43,6 +43,11 @@ class EdgeNode(LifecycleNode):
     def __init__(self) -> None:
         super().__init__('edge_node')
         self.config: EdgeConfig = declare_dataclass_parameters(self, EdgeConfig)
+        self.topics = {name: self.declare_parameter(
+            f'{name}_topic', default, ParameterDescriptor(description=f'Topic of the robot\'s {name} stream '
+                                                          '(relative names resolve in the robot namespace).')).value
+            for name, default in (('observation', OBSERVATION_TOPIC), ('action', ACTION_TOPIC),
+                                  ('episode_events', EPISODE_EVENTS_TOPIC), ('demonstrations', DEMONSTRATIONS_TOPIC))}
         self.status_period = self.declare_parameter(
             'status_period_s', 1.0, ParameterDescriptor(description='Seconds between RobotStatus messages.')).value
         self.client: EdgeClient | None = None
@@ -77,10 +82,11 @@ class EdgeNode(LifecycleNode):
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         self.subscriptions_ = [
-            self.create_subscription(Float32MultiArray, OBSERVATION_TOPIC, self._on_observation, qos.SENSOR_STREAM),
-            self.create_subscription(Float32MultiArray, ACTION_TOPIC, self._on_action, qos.SENSOR_STREAM),
-            self.create_subscription(String, EPISODE_EVENTS_TOPIC, self._on_event, qos.DEMONSTRATIONS),
-            self.create_subscription(DemonstrationMsg, DEMONSTRATIONS_TOPIC, self._on_demonstration,
+            self.create_subscription(Float32MultiArray, self.topics['observation'], self._on_observation,
+                                     qos.SENSOR_STREAM),
+            self.create_subscription(Float32MultiArray, self.topics['action'], self._on_action, qos.SENSOR_STREAM),
+            self.create_subscription(String, self.topics['episode_events'], self._on_event, qos.DEMONSTRATIONS),
+            self.create_subscription(DemonstrationMsg, self.topics['demonstrations'], self._on_demonstration,
                                      qos.DEMONSTRATIONS),
             self.create_subscription(RoundConfig, topics.ROUND_CONFIG, self._on_round_config, qos.LATCHED),
             self.create_subscription(ModelUpdate, topics.MODEL_UPDATES, self._on_model_update, qos.LATCHED),
