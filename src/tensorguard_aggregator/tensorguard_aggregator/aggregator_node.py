@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import sys
 import threading
 import time
@@ -40,6 +39,7 @@ from tensorguard_ros.node_main import enable_autostart, spin_node
 from tensorguard_ros.params import declare_dataclass_parameters
 
 from tensorguard_aggregator.bootstrap_model import load_held_out
+from tensorguard_aggregator.provisioning import passphrase_from_environment
 from tensorguard_aggregator.rounds import Aggregator, RoundError, RoundPolicy
 
 
@@ -92,7 +92,7 @@ class AggregatorNode(LifecycleNode):
     # Lifecycle.
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
         try:
-            self.core = Aggregator(self.round_policy, _passphrase())
+            self.core = Aggregator(self.round_policy, passphrase_from_environment())
             unknown = sorted(set(self.gate_policy.eval_tasks) - set(self.core.model_policy.cfg.tasks))
             if unknown:
                 raise ValueError(f'eval_tasks {unknown} are not tasks of the fleet model '
@@ -381,13 +381,6 @@ def _last_outcome(path, round_id: int) -> dict:
         if entry['round_id'] == round_id:
             return entry
     return {}
-
-
-def _passphrase() -> bytes:
-    value = os.environ.get('TENSORGUARD_KEY_PASSPHRASE')
-    if not value:
-        raise RuntimeError('set TENSORGUARD_KEY_PASSPHRASE to open the server keys')
-    return value.encode()
 
 
 def main(args: list[str] | None = None) -> int:

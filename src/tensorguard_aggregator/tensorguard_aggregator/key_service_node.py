@@ -5,7 +5,6 @@ individual robot's body. Refusals are answered with a reason and counted; the no
 """
 from __future__ import annotations
 
-import os
 import sys
 from collections import Counter
 
@@ -17,6 +16,7 @@ from tensorguard_ros.node_main import enable_autostart, spin_node
 from tensorguard_ros.params import declare_dataclass_parameters
 
 from tensorguard_aggregator.key_service import DecryptionRefused, KeyServiceCore, KeyServicePolicy
+from tensorguard_aggregator.provisioning import passphrase_from_environment
 
 
 class KeyServiceNode(LifecycleNode):
@@ -31,12 +31,8 @@ class KeyServiceNode(LifecycleNode):
         enable_autostart(self)
 
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
-        passphrase = os.environ.get('TENSORGUARD_KEY_PASSPHRASE')
-        if not passphrase:
-            self.get_logger().error('set TENSORGUARD_KEY_PASSPHRASE to open the key service keys')
-            return TransitionCallbackReturn.FAILURE
         try:
-            self.core = KeyServiceCore(self.policy, passphrase.encode())
+            self.core = KeyServiceCore(self.policy, passphrase_from_environment())
         except Exception as exc:  # noqa: BLE001 - start-up failures are reported and refused.
             self.get_logger().error(f'configure failed: {type(exc).__name__}: {exc}')
             return TransitionCallbackReturn.FAILURE

@@ -28,7 +28,8 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from tensorguard_crypto.identity import Role
-from tensorguard_crypto.keystore import DEFAULT_SCRYPT_LOG2_N, derive_file_key, generate_key, load_key
+from tensorguard_crypto.keystore import (DEFAULT_SCRYPT_LOG2_N, PASSPHRASE_ENV, derive_file_key, generate_key,
+                                         load_key)
 from tensorguard_crypto.kms import KeyManagementSystem, KeyMetadata
 from tensorguard_crypto.params import SecAggParams
 from tensorguard_crypto.secagg import KeyService, KeyServiceSecretKey, generate_key_service_keys
@@ -143,6 +144,14 @@ def enroll_robot(paths: FleetPaths, robot_id: str, passphrase: bytes, owner: str
              'key_service_public_key_sha256': hashlib.sha256(paths.lattice_public.read_bytes()).hexdigest()}
     (robot_dir / 'trust.json').write_text(json.dumps(trust, indent=2))
     return robot_dir
+
+
+def passphrase_from_environment() -> bytes:
+    """The passphrase of the server's key files, from ``TENSORGUARD_KEY_PASSPHRASE`` (never an argument)."""
+    value = os.environ.get(PASSPHRASE_ENV)
+    if not value:
+        raise ProvisioningError(f'set {PASSPHRASE_ENV} to open the server keys')
+    return value.encode()
 
 
 def load_key_service(paths: FleetPaths, passphrase: bytes, params: SecAggParams) -> KeyService:

@@ -35,7 +35,8 @@ from tensorguard_learning.compression import adapter_round_coordinates
 from tensorguard_learning.policy import MoEPolicy
 from tensorguard_ros.config_fields import described
 
-from tensorguard_aggregator.provisioning import AGGREGATOR_ID, KEY_SERVICE_ID, SERVER_ID, FleetPaths
+from tensorguard_aggregator.provisioning import (AGGREGATOR_ID, KEY_SERVICE_ID, SERVER_ID, FleetPaths,
+                                                 load_server_identity)
 
 
 
@@ -111,8 +112,6 @@ class Aggregator:
     """Round state machine of the fleet server (see module docstring)."""
 
     def __init__(self, policy: RoundPolicy, passphrase: bytes) -> None:
-        from tensorguard_aggregator.provisioning import load_server_identity
-
         self.policy = policy
         self.paths = FleetPaths(Path(policy.fleet_dir))
         self.kms: KeyManagementSystem = self.paths.kms()

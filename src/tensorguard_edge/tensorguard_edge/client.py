@@ -17,6 +17,7 @@ before the package is returned, so a crash can only over-count spent privacy, ne
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -309,6 +310,4 @@ class EdgeClient:
 
 def create_client(config: EdgeConfig | None = None, **overrides) -> EdgeClient:
     """Build an `EdgeClient` from a config (or keyword overrides of the defaults), as in the brief."""
-    base = config or EdgeConfig()
-    values = {**{f: getattr(base, f) for f in base.__dataclass_fields__}, **overrides}
-    return EdgeClient(EdgeConfig(**values))
+    return EdgeClient(dataclasses.replace(config or EdgeConfig(), **overrides))
