@@ -204,12 +204,14 @@ def test_forged_replayed_and_malformed_updates_are_refused_by_reason(fleet):
 def test_dead_robot_restarted_aggregator_and_restarted_edge_node(fleet):
     op = fleet.operator
     episodes_before = op.robots['robot_3'].episodes_buffered
-    fleet.kill('robot_3_edge')
     reply = op.call(op.trigger, TriggerRound.Request(deadline_seconds=90.0))
     assert reply.accepted, reply.message
     round_id = reply.round_id
-    wait_for(lambda: op.fleet.round_id == round_id and len(op.fleet.participants) == 2, 90,
-             'the two live robots to be accepted')
+    wait_for(lambda: op.fleet.round_id == round_id and len(op.fleet.participants) == 2
+             and op.robots['robot_3'].activity == 'training', 90,
+             'the two fast robots to be accepted while robot_3 trains')
+    fleet.kill('robot_3_edge')
+    assert sorted(op.fleet.participants) == ['robot_1', 'robot_2'], 'robot_3 sent before it was killed'
     fleet.kill('aggregator')
     op.fleet = None
     fleet.restart('aggregator')

@@ -56,6 +56,9 @@ class GatePolicy:
     min_success_rate: float = described('Gate: lower credible bound of success must clear this.', 0.5)
     max_kl_divergence: float = described('Gate: mean KL(candidate || current) on held-out states.', 5.0)
     deploy_margin: float = described('Gate: deploy directly if the bound clears the minimum by this much.', 0.05)
+    max_regression: float = described(
+        'Gate: reject a candidate whose success rate is more than this below the deployed model\'s '
+        'measured rate (1.0: off; the first model the aggregator deploys has no reference).', 1.0)
     canary_percentage: float = described('Fraction of the fleet that runs a canary model first.', 0.25)
     round_period_s: float = described('Seconds between automatic rounds (0: only on request).', 0.0)
     max_rounds: int = described('Stop announcing automatic rounds after this many (0: never).', 0)
@@ -75,7 +78,7 @@ class AggregatorNode(LifecycleNode):
             min_success_rate=self.gate_policy.min_success_rate,
             max_kl_divergence=self.gate_policy.max_kl_divergence,
             min_episodes=min(10, self.gate_policy.eval_episodes_per_task * len(self.gate_policy.eval_tasks)),
-            deploy_margin=self.gate_policy.deploy_margin))
+            deploy_margin=self.gate_policy.deploy_margin, max_regression=self.gate_policy.max_regression))
         self.rejections: Counter[str] = Counter()
         self.phase = 'idle'
         self.rounds_started = 0
@@ -85,6 +88,7 @@ class AggregatorNode(LifecycleNode):
         self.round_closed = threading.Condition(self.lock)
         self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix='close')
         self.last = {'success_rate': 0.0, 'lower_bound': 0.0, 'decision': ''}
+        self.deployed_success: float | None = None
         self.held_out = None
         self.handles = []
         enable_autostart(self)
@@ -98,6 +102,7 @@ class AggregatorNode(LifecycleNode):
                 raise ValueError(f'eval_tasks {unknown} are not tasks of the fleet model '
                                  f'{list(self.core.model_policy.cfg.tasks)}')
             self.held_out = load_held_out(self.core.paths, self.core.model_policy)
+            self.deployed_success = self._recorded_deployed_success()
         except Exception as exc:  # noqa: BLE001 - start-up failures are reported and refused.
             self.get_logger().error(f'configure failed: {type(exc).__name__}: {exc}')
             return TransitionCallbackReturn.FAILURE
@@ -174,6 +179,7 @@ class AggregatorNode(LifecycleNode):
                 revoked_robots=[r for r in robots if kms.is_revoked(r)],
                 rejections=[RejectionCount(reason=r, count=c) for r, c in sorted(self.rejections.items())],
                 last_success_rate=self.last['success_rate'], last_success_lower_bound=self.last['lower_bound'],
+                deployed_success_rate=math.nan if self.deployed_success is None else self.deployed_success,
                 last_gate_decision=self.last['decision'])
         msg.header.stamp = self.get_clock().now().to_msg()
         self.status_pub.publish(msg)
@@ -250,17 +256,21 @@ class AggregatorNode(LifecycleNode):
             metrics = evaluate_policy(candidate.policy, self.gate_policy.eval_tasks,
                                       self.gate_policy.eval_episodes_per_task, self.gate_policy.eval_seed + 1000 * round_id,
                                       current=self.core.model_policy, held_out=self.held_out)
+            metrics.reference_success_rate = self.deployed_success
             passed, failures = self.gate.evaluate(metrics)
             decision = self.gate.decide(metrics).value
             outcome.update(outcome='aggregated', decision=decision, failures=failures,
                            success_rate=metrics.success_rate, success_lower_bound=metrics.success_lower_bound,
                            eval_episodes=sum(metrics.episodes.values()), kl_divergence=metrics.kl_divergence,
-                           delta_norm=candidate.delta_norm)
+                           delta_norm=candidate.delta_norm, frozen_segments=candidate.frozen_segments)
             self.last = {'success_rate': metrics.success_rate, 'lower_bound': metrics.success_lower_bound,
                          'decision': decision}
             self.phase = 'deploying'
             if decision != 'reject':
                 outcome['model_version'] = self._deploy(candidate, decision, outcome)
+                if decision == 'deploy' or outcome.get('canary_promoted'):
+                    self.deployed_success = metrics.success_rate
+            outcome['deployed_success_rate'] = self.deployed_success
         except (RoundError, VerificationError) as exc:
             outcome.update(outcome='failed', reason=getattr(exc, 'reason', 'error'), detail=str(exc))
             self.get_logger().error(f'round {round_id} failed: {exc}')
@@ -288,6 +298,7 @@ class AggregatorNode(LifecycleNode):
                                     self.gate_policy.eval_episodes_per_task,
                                     self.gate_policy.eval_seed + 1000 * candidate.round_id + 500,
                                     current=parent_policy, held_out=self.held_out)
+            trial.reference_success_rate = self.deployed_success
             promoted, failures = self.gate.evaluate(trial)
             outcome.update(canary_robots=canary, canary_success_rate=trial.success_rate,
                            canary_promoted=promoted, canary_failures=failures)
@@ -311,6 +322,13 @@ class AggregatorNode(LifecycleNode):
         if not done.wait(timeout=120.0):
             raise RoundError('key_service_timeout', 'no answer from the key service within 120 s')
         return future.result()
+
+    def _recorded_deployed_success(self) -> float | None:
+        """The deployed model's measured success rate from the round log (None if never measured)."""
+        log = self.core.paths.server / 'rounds.jsonl'
+        lines = log.read_text().splitlines() if log.exists() else []
+        recorded = [json.loads(line).get('deployed_success_rate') for line in lines if line.strip()]
+        return next((rate for rate in reversed(recorded) if rate is not None), None)
 
     def _finish(self, outcome: dict) -> None:
         with self.lock:

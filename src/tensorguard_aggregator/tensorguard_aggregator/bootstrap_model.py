@@ -22,13 +22,16 @@ HELD_OUT_SEED = 500_000
 
 @dataclass(frozen=True)
 class BootstrapSpec:
-    """What the initial model is pre-trained on and how the held-out set is drawn."""
+    """What the initial model is pre-trained on and how the held-out set is drawn.
+
+    `policy_options` are `PolicyConfig` fields other than the task list (experts, top-k, ...).
+    """
 
     policy_tasks: tuple[str, ...]
     pretrain_tasks: tuple[str, ...]
     pretrain_episodes_per_task: int
     pretrain_steps: int
-    num_experts: int
+    policy_options: dict
     held_out_episodes_per_task: int
     seed: int = 900_000
 
@@ -40,7 +43,7 @@ def held_out_dir(paths: FleetPaths) -> Path:
 
 def build_initial_policy(spec: BootstrapSpec):
     """Pre-train base + adapter on the server's demonstrations of `pretrain_tasks`; freeze the base."""
-    policy = build_policy(PolicyConfig(tasks=spec.policy_tasks, num_experts=spec.num_experts))
+    policy = build_policy(PolicyConfig(tasks=spec.policy_tasks, **spec.policy_options))
     demos = [d for i, task in enumerate(spec.pretrain_tasks)
              for d in record_demonstrations(task, spec.pretrain_episodes_per_task, spec.seed + 1000 * i)]
     pretrain(policy, demos, TrainingBudget(max_steps=spec.pretrain_steps), freeze=True)

@@ -5,8 +5,10 @@ Everything shown comes from what the nodes publish (``FleetStatus``, each robot'
 """
 from __future__ import annotations
 
+import math
 import threading
 import time
+from concurrent.futures import Future
 
 import rclpy
 from rclpy.action import ActionClient
@@ -17,8 +19,8 @@ from tensorguard_msgs.action import RunRound
 from tensorguard_msgs.msg import FleetStatus, RobotStatus
 from tensorguard_ros import qos, topics
 
-HEADER = (f"{'round':>5} {'robots':>6} {'rejected':>8} {'KB/robot':>9} {'epsilon':>8} "
-          f"{'success':>8} {'lower':>6} {'decision':>8} {'model':>5} {'secs':>5}")
+HEADER = (f"{'round':>5} {'robots':>6} {'rejected':>8} {'KB/robot':>9} {'epsilon':>9} "
+          f"{'success':>8} {'lower':>6} {'decision':>8} {'model':>5} {'fleet':>6} {'secs':>5}")
 
 
 class FleetMonitor(Node):
@@ -63,8 +65,11 @@ def _rejections(fleet: FleetStatus | None) -> dict[str, int]:
     return {r.reason: r.count for r in fleet.rejections} if fleet else {}
 
 
-def run_rounds(plan, procs, log) -> dict:
-    """Run `plan.rounds` rounds through the RunRound action; return the report."""
+def run_rounds(plan, procs, log, baseline: Future | None = None) -> dict:
+    """Run `plan.rounds` rounds through the RunRound action; return the report.
+
+    `baseline` (optional) resolves to the round-0 row: the initial model's evaluation.
+    """
     robot_ids = [f'robot_{i + 1}' for i in range(plan.robots)]
     rclpy.init()
     monitor = FleetMonitor(robot_ids)
@@ -85,6 +90,9 @@ def run_rounds(plan, procs, log) -> dict:
         fleet, robots = monitor.snapshot()
         log(f'every robot holds >= {plan.episodes_before_first_round} episodes; starting {plan.rounds} rounds')
         print(HEADER, flush=True)
+        if baseline is not None:
+            report['rounds'].append(baseline.result())
+            _print_row(report['rounds'][-1])
         for _ in range(plan.rounds):
             before = _rejections(monitor.snapshot()[0])
             started = time.monotonic()
@@ -105,15 +113,13 @@ def run_rounds(plan, procs, log) -> dict:
                 'epsilon_spent_max': max((s.epsilon_spent for s in robots.values()), default=0.0),
                 'success_rate': fleet.last_success_rate if result.success else None,
                 'success_lower_bound': fleet.last_success_lower_bound if result.success else None,
+                'deployed_success_rate': None if math.isnan(fleet.deployed_success_rate) else fleet.deployed_success_rate,
                 'gate_decision': result.gate_decision or ('failed' if not result.success else ''),
                 'model_version': result.model_version, 'seconds': round(time.monotonic() - started, 1),
                 'detail': result.message,
             }
             report['rounds'].append(row)
-            print(f"{row['round_id']:>5} {len(row['participants']):>6} {row['rejected']:>8} "
-                  f"{row['bytes_per_robot'] / 1024:>9.1f} {row['epsilon_spent_max']:>8.3f} "
-                  f"{_fmt(row['success_rate']):>8} {_fmt(row['success_lower_bound']):>6} "
-                  f"{row['gate_decision']:>8} {row['model_version']:>5} {row['seconds']:>5.0f}", flush=True)
+            _print_row(row)
         _wait(lambda: all(s.model_version == monitor.snapshot()[0].model_version
                           for s in monitor.snapshot()[1].values()), 60, procs, 'every robot to apply the model')
         fleet, robots = monitor.snapshot()
@@ -129,6 +135,14 @@ def run_rounds(plan, procs, log) -> dict:
         monitor.destroy_node()
         rclpy.try_shutdown()
     return report
+
+
+def _print_row(row: dict) -> None:
+    print(f"{row['round_id']:>5} {len(row['participants']):>6} {row['rejected']:>8} "
+          f"{row['bytes_per_robot'] / 1024:>9.1f} {row['epsilon_spent_max']:>9.3g} "
+          f"{_fmt(row['success_rate']):>8} {_fmt(row['success_lower_bound']):>6} "
+          f"{row['gate_decision']:>8} {row['model_version']:>5} {_fmt(row['deployed_success_rate']):>6} "
+          f"{row['seconds']:>5.0f}", flush=True)
 
 
 def _fmt(value) -> str:

@@ -60,7 +60,17 @@ class RoundPolicy:
     server_learning_rate: float = described('Scale applied to the aggregated delta.', 1.0)
     min_segment_weight: float = described(
         'An expert or task segment is updated only if the robots\' summed usage weight for it reaches '
-        'this (in robot-equivalents); below it the decrypted sum is mostly DP noise.', 0.5)
+        'this (in robot-equivalents) and SEGMENT_NOISE_MARGIN times the DP noise std of that sum.', 0.1)
+
+
+# A segment's weighted mean is its decrypted sum divided by its decrypted weight; a weight within
+# 10 noise standard deviations of zero would divide noise by noise, so such segments stay as they are.
+SEGMENT_NOISE_MARGIN = 10.0
+
+
+def segment_weight_floor(codec: update_codec.RoundCodec, contributors: int, min_segment_weight: float) -> float:
+    """Smallest summed usage weight for which a segment is updated this round."""
+    return max(min_segment_weight, SEGMENT_NOISE_MARGIN * codec.skellam.aggregate_stddev(contributors))
 
 
 class RoundError(Exception):
@@ -79,6 +89,7 @@ class Candidate:
     policy: MoEPolicy
     contributors: tuple[str, ...]
     delta_norm: float
+    frozen_segments: int
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
@@ -275,12 +286,14 @@ class Aggregator:
         summed = update_codec.decode_aggregate(self.current.codec, result.aggregate)
         sizes = self.model_policy.segment_sizes()
         weights = summed[len(summed) - len(sizes):]
-        weights[weights < self.policy.min_segment_weight] = 0.0
+        floor = segment_weight_floor(self.current.codec, len(result.contributors), self.policy.min_segment_weight)
+        frozen = int(np.count_nonzero(weights < floor))
+        weights[weights < floor] = 0.0
         indices = adapter_round_coordinates(config.round_seed, self.model_policy, config.num_coordinates)
         delta = self.strategy.finalize(summed, sizes, indices)
         policy = self.model_policy.clone()
         apply_update(policy, delta, self.policy.server_learning_rate)
-        return Candidate(config.round_id, policy, tuple(result.contributors), float(np.linalg.norm(delta)))
+        return Candidate(config.round_id, policy, tuple(result.contributors), float(np.linalg.norm(delta)), frozen)
 
     def close_round(self, outcome: dict) -> None:
         """Record the round's outcome; the next round may open."""

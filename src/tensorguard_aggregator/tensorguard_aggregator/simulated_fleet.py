@@ -24,16 +24,21 @@ import signal
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 import yaml
 
+from tensorguard_aggregator.aggregator_node import GatePolicy
 from tensorguard_aggregator.bootstrap_model import BootstrapSpec, build_initial_policy, record_held_out
+from tensorguard_aggregator.fleet_monitor import run_rounds
 from tensorguard_aggregator.provisioning import FleetPaths, enroll_robot, provision_server
 from tensorguard_aggregator.rounds import Aggregator, RoundPolicy
 from tensorguard_crypto.params import standard_params
+from tensorguard_learning.evaluation import evaluate_policy
+from tensorguard_learning.policy import MoEPolicy
 
 
 
@@ -47,7 +52,7 @@ class FleetPlan:
     pretrain_tasks: tuple[str, ...]
     pretrain_episodes_per_task: int
     pretrain_steps: int
-    num_experts: int
+    policy: dict
     held_out_episodes_per_task: int
     episodes_before_first_round: int
     timeout_s: float
@@ -70,7 +75,7 @@ def load_config(params_path: Path, plan_path: Path) -> tuple[dict, FleetPlan]:
                                 'pretrain_tasks': tuple(plan['pretrain_tasks'])})
 
 
-def provision(fleet: FleetPaths, shared: dict, plan: FleetPlan, passphrase: bytes, log) -> None:
+def provision(fleet: FleetPaths, shared: dict, plan: FleetPlan, passphrase: bytes, log) -> MoEPolicy:
     """Server keys, the initial model and the held-out set, then every robot's enrolment."""
     params = standard_params(shared['security_level'], shared['plaintext_bits'], shared['max_clients'],
                              shared['min_clients'])
@@ -79,7 +84,7 @@ def provision(fleet: FleetPaths, shared: dict, plan: FleetPlan, passphrase: byte
     policy_tasks = tuple(dict.fromkeys(plan.fleet_tasks + plan.pretrain_tasks))
     spec = BootstrapSpec(policy_tasks=policy_tasks, pretrain_tasks=plan.pretrain_tasks,
                          pretrain_episodes_per_task=plan.pretrain_episodes_per_task,
-                         pretrain_steps=plan.pretrain_steps, num_experts=plan.num_experts,
+                         pretrain_steps=plan.pretrain_steps, policy_options=plan.policy,
                          held_out_episodes_per_task=plan.held_out_episodes_per_task)
     started = time.monotonic()
     policy = build_initial_policy(spec)
@@ -89,10 +94,27 @@ def provision(fleet: FleetPaths, shared: dict, plan: FleetPlan, passphrase: byte
         passphrase)
     aggregator.publish_model(policy, round_id=0, decision='initial')
     log(f'initial model: base pre-trained on {", ".join(plan.pretrain_tasks)} '
-        f'({time.monotonic() - started:.0f} s), adapter with {plan.num_experts} experts')
+        f'({time.monotonic() - started:.0f} s), adapter {policy.cfg.num_experts} experts (top-{policy.cfg.top_k}, '
+        f'{sum(policy.segment_sizes()):,} federated parameters)')
     for i in range(plan.robots):
         enroll_robot(fleet, f'robot_{i + 1}', passphrase)
     log(f'enrolled {plan.robots} robots')
+    return policy
+
+
+def evaluate_initial_model(policy: MoEPolicy, plan: FleetPlan, params_path: Path) -> dict:
+    """Round 0, the starting point the rounds are measured against: the initial model rolled out
+    under the aggregator's own evaluation settings (tasks, episodes per task, round 0's seeds)."""
+    settings = yaml.safe_load(params_path.read_text()).get('/**/aggregator', {}).get('ros__parameters', {})
+    defaults = GatePolicy()
+    metrics = evaluate_policy(policy, plan.fleet_tasks,
+                              settings.get('eval_episodes_per_task', defaults.eval_episodes_per_task),
+                              settings.get('eval_seed', defaults.eval_seed))
+    return {'round_id': 0, 'participants': [], 'rejected': 0, 'rejections_by_reason': {}, 'bytes_per_robot': 0,
+            'epsilon_spent_max': 0.0, 'success_rate': metrics.success_rate,
+            'success_lower_bound': metrics.success_lower_bound, 'deployed_success_rate': metrics.success_rate,
+            'gate_decision': 'initial', 'model_version': 1,
+            'seconds': 0.0, 'detail': f'successes per task: {metrics.successes}'}
 
 
 class Processes:
@@ -184,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
         log(f'fleet directory ready: {fleet.root}')
         return 0
     passphrase = secrets.token_urlsafe(32)
-    provision(fleet, shared, plan, passphrase.encode(), log)
+    initial_policy = provision(fleet, shared, plan, passphrase.encode(), log)
     # SIGTERM (a CI timeout, `kill`) must still stop every node: turn it into a normal exit.
     signal.signal(signal.SIGTERM, lambda _signum, _frame: sys.exit(128 + signal.SIGTERM))
     # One compute thread per node: a fleet of processes shares the machine's cores.
@@ -193,8 +215,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         start_fleet(procs, args.config.resolve(), fleet, plan)
         log(f'started {len(procs.children)} node processes (logs in {run_dir / "logs"})')
-        from tensorguard_aggregator.fleet_monitor import run_rounds
-        report = run_rounds(plan, procs, log)
+        # Measured while the robots record their first demonstrations.
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            baseline = pool.submit(evaluate_initial_model, initial_policy, plan, args.config)
+            report = run_rounds(plan, procs, log, baseline)
     finally:
         procs.stop_all()
     report['run_dir'] = str(run_dir)

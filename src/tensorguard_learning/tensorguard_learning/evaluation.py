@@ -41,6 +41,7 @@ class EvaluationMetrics:
     episodes: dict[str, int]
     kl_divergence: float | None = None
     credibility: float = 0.95
+    reference_success_rate: float | None = None  # the deployed policy's measured rate, if known
 
     @classmethod
     def from_report(cls, report: RolloutReport, kl_divergence: float | None = None,
@@ -102,10 +103,13 @@ class SafetyThresholds:
     min_task_success_rate: float = 0.0
     min_episodes: int = 10
     deploy_margin: float = 0.05
+    max_regression: float = 1.0  # largest drop below the deployed policy's measured success (1.0: off)
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.min_success_rate <= 1.0 or not 0.0 <= self.min_task_success_rate <= 1.0:
             raise ConfigError('success thresholds must be in [0, 1]')
+        if not 0.0 <= self.max_regression <= 1.0:
+            raise ConfigError(f'max_regression must be in [0, 1], got {self.max_regression}')
         if self.max_kl_divergence < 0 or self.min_episodes < 1 or self.deploy_margin < 0:
             raise ConfigError('max_kl_divergence, deploy_margin must be >= 0 and min_episodes >= 1')
 
@@ -133,6 +137,10 @@ class EvaluationGate:
                 if bound < th.min_task_success_rate:
                     failures.append(f'task {task} success lower bound {bound:.3f} < min_task_success_rate '
                                     f'{th.min_task_success_rate:.3f}')
+        reference = metrics.reference_success_rate
+        if reference is not None and total and metrics.success_rate < reference - th.max_regression:
+            failures.append(f'success {metrics.success_rate:.3f} is more than max_regression {th.max_regression:.3f} '
+                            f'below the deployed policy\'s {reference:.3f}')
         if metrics.kl_divergence is None:
             failures.append('KL divergence to the current policy was not measured')
         elif not np.isfinite(metrics.kl_divergence) or metrics.kl_divergence > th.max_kl_divergence:

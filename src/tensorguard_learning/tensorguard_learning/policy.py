@@ -27,6 +27,27 @@ from tensorguard_learning.metaworld_source import ACTION_DIM, OBS_DIM
 _BLOB_MAGIC = b'TGPOL1'
 
 
+ROUTER_INITS = ('random', 'round_robin')
+_ASSIGNED_LOGIT = 4.0
+
+
+def initial_router_logits(cfg: PolicyConfig) -> torch.Tensor:
+    """Router logits [tasks, E] a fresh policy starts from.
+
+    'random': N(0, 1), so tasks share experts at random. 'round_robin': task t prefers experts
+    t*k ... t*k+k-1 (mod E) by a wide margin, so two tasks share an expert only if E < k * tasks.
+    In a non-IID fleet that keeps robots that demonstrate different tasks from averaging their
+    updates into the same expert (the expert-weighted mean then only mixes robots that share a task).
+    """
+    if cfg.router_init == 'random':
+        return torch.randn(len(cfg.tasks), cfg.num_experts)
+    logits = torch.full((len(cfg.tasks), cfg.num_experts), -_ASSIGNED_LOGIT)
+    for t in range(len(cfg.tasks)):
+        for j in range(cfg.top_k):
+            logits[t, (t * cfg.top_k + j) % cfg.num_experts] = _ASSIGNED_LOGIT
+    return logits
+
+
 @dataclass(frozen=True)
 class PolicyConfig:
     """Shape of the policy; identical on every robot and on the server."""
@@ -42,6 +63,7 @@ class PolicyConfig:
     task_embed_dim: int = 16
     action_std: float = 0.1
     init_seed: int = 0
+    router_init: str = 'random'
 
     def __post_init__(self) -> None:
         if not self.tasks or len(set(self.tasks)) != len(self.tasks):
@@ -50,6 +72,8 @@ class PolicyConfig:
             raise ConfigError(f'top_k must be in [1, num_experts={self.num_experts}], got {self.top_k}')
         if self.action_std <= 0:
             raise ConfigError(f'action_std must be positive, got {self.action_std}')
+        if self.router_init not in ROUTER_INITS:
+            raise ConfigError(f'router_init must be one of {ROUTER_INITS}, got {self.router_init!r}')
 
 
 class BaseEncoder(nn.Module):
@@ -78,7 +102,7 @@ class MoEAdapter(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.task_embedding = nn.Parameter(torch.randn(len(cfg.tasks), cfg.task_embed_dim) * 0.1)
-        self.router_logits = nn.Parameter(torch.randn(len(cfg.tasks), cfg.num_experts))
+        self.router_logits = nn.Parameter(initial_router_logits(cfg))
         in_dim = cfg.feature_dim + cfg.obs_dim + cfg.task_embed_dim
         self.experts = nn.ModuleList(
             nn.Sequential(nn.Linear(in_dim, cfg.expert_hidden), nn.ReLU(),

@@ -43,6 +43,21 @@ def test_gate_fails_on_kl():
     assert not passed and 'not measured' in failures[0]
 
 
+def test_gate_fails_on_regression_below_the_deployed_policy():
+    gate = EvaluationGate(SafetyThresholds(min_success_rate=0.0, max_kl_divergence=100.0, max_regression=0.15))
+    worse = EvaluationMetrics({'a': 29}, {'a': 50}, kl_divergence=1.0, reference_success_rate=0.98)
+    passed, failures = gate.evaluate(worse)
+    assert not passed and failures == ["success 0.580 is more than max_regression 0.150 below the deployed "
+                                       "policy's 0.980"]
+    assert gate.decide(worse) == Decision.REJECT
+    within = EvaluationMetrics({'a': 42}, {'a': 50}, kl_divergence=1.0, reference_success_rate=0.98)
+    assert gate.evaluate(within) == (True, [])
+    unknown = EvaluationMetrics({'a': 5}, {'a': 50}, kl_divergence=1.0)
+    assert gate.evaluate(unknown) == (True, [])
+    with pytest.raises(ConfigError):
+        SafetyThresholds(max_regression=1.5)
+
+
 def test_gate_canary_band_and_too_few_episodes():
     metrics = EvaluationMetrics({'a': 57}, {'a': 60}, kl_divergence=0.1)
     assert 0.85 <= metrics.success_lower_bound < 0.90

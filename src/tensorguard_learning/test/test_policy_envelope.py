@@ -43,6 +43,20 @@ def test_routing_is_task_aware_top_k(tiny_policy):
         tiny_policy.routing_weights(['reach-v3'])
 
 
+def test_round_robin_router_gives_tasks_their_own_experts_until_they_run_out():
+    tasks = tuple(f't{i}' for i in range(5))
+    own = build_policy(PolicyConfig(tasks=tasks, num_experts=5, top_k=1, router_init='round_robin'))
+    assert np.array_equal(own.routing_weights(tasks), np.eye(5, dtype=np.float32))
+    shared = build_policy(PolicyConfig(tasks=tasks, num_experts=4, top_k=2, router_init='round_robin'))
+    chosen = [set(np.flatnonzero(row)) for row in shared.routing_weights(tasks)]
+    assert chosen == [{0, 1}, {2, 3}, {0, 1}, {2, 3}, {0, 1}]
+    restored = MoEPolicy.from_bytes(own.state_bytes())
+    assert restored.cfg.router_init == 'round_robin'
+    assert np.array_equal(restored.routing_weights(tasks), own.routing_weights(tasks))
+    with pytest.raises(ConfigError, match='router_init'):
+        PolicyConfig(tasks=tasks, router_init='learned')
+
+
 def test_build_policy_from_dict_and_bad_config():
     policy = build_policy({'tasks': ['push-v3'], 'expert_hidden': 8, 'num_experts': 2, 'top_k': 1})
     assert policy.cfg.tasks == ('push-v3',)
