@@ -64,6 +64,13 @@ class GatePolicy:
     max_rounds: int = described('Stop announcing automatic rounds after this many (0: never).', 0)
     first_round_delay_s: float = described('Seconds after activation before the first automatic round.', 5.0)
 
+    def evaluation_gate(self) -> EvaluationGate:
+        """The gate these settings describe."""
+        return EvaluationGate(SafetyThresholds(
+            min_success_rate=self.min_success_rate, max_kl_divergence=self.max_kl_divergence,
+            min_episodes=min(10, self.eval_episodes_per_task * len(self.eval_tasks)),
+            deploy_margin=self.deploy_margin, max_regression=self.max_regression))
+
 
 class AggregatorNode(LifecycleNode):
     """Lifecycle node owning the fleet's `Aggregator` (see module docstring)."""
@@ -74,11 +81,7 @@ class AggregatorNode(LifecycleNode):
         self.gate_policy = declare_dataclass_parameters(self, GatePolicy)
         self.group = ReentrantCallbackGroup()
         self.core: Aggregator | None = None
-        self.gate = EvaluationGate(SafetyThresholds(
-            min_success_rate=self.gate_policy.min_success_rate,
-            max_kl_divergence=self.gate_policy.max_kl_divergence,
-            min_episodes=min(10, self.gate_policy.eval_episodes_per_task * len(self.gate_policy.eval_tasks)),
-            deploy_margin=self.gate_policy.deploy_margin, max_regression=self.gate_policy.max_regression))
+        self.gate = self.gate_policy.evaluation_gate()
         self.rejections: Counter[str] = Counter()
         self.phase = 'idle'
         self.rounds_started = 0

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from tensorguard_learning.demonstrations import DemonstrationStore
+from tensorguard_learning.demonstrations import Demonstration, DemonstrationStore
 from tensorguard_learning.metaworld_source import record_demonstrations
 from tensorguard_learning.policy import PolicyConfig, build_policy
 from tensorguard_learning.training import BCData, TrainingBudget, pretrain
@@ -50,12 +50,17 @@ def build_initial_policy(spec: BootstrapSpec):
     return policy
 
 
+def held_out_demonstrations(tasks: tuple[str, ...], episodes_per_task: int) -> list[Demonstration]:
+    """The server's held-out demonstrations of the evaluation tasks (for the KL check)."""
+    return [demo for i, task in enumerate(tasks)
+            for demo in record_demonstrations(task, episodes_per_task, HELD_OUT_SEED + 1000 * i)]
+
+
 def record_held_out(paths: FleetPaths, tasks: tuple[str, ...], episodes_per_task: int) -> None:
-    """Record the server's held-out demonstrations of the evaluation tasks (for the KL check)."""
+    """Record the held-out demonstrations into the server's store."""
     with DemonstrationStore(held_out_dir(paths), max_bytes=1 << 30) as store:
-        for i, task in enumerate(tasks):
-            for demo in record_demonstrations(task, episodes_per_task, HELD_OUT_SEED + 1000 * i):
-                store.append_episode(demo)
+        for demo in held_out_demonstrations(tasks, episodes_per_task):
+            store.append_episode(demo)
 
 
 def load_held_out(paths: FleetPaths, policy) -> BCData:

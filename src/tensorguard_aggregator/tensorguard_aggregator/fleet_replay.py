@@ -6,13 +6,12 @@ library calls on the same data, so a configuration can be compared in a fraction
 
 - the initial model and held-out set exactly as provisioning builds them (`bootstrap_model`);
 - each robot's demonstrations as its `sim_robot` records them (episode k of robot i: task
-  ``tasks[k % len(tasks)]``, simulator seed ``10000 * (i + 1) + k``), the first N of them in round r;
+  ``tasks[k % len(tasks)]``, simulator seed ``FleetPlan.seed_of(i) + k``), the first N of them in round r;
 - per robot `train_local` with the edge node's budget, `ExpertDrivenStrategy.flatten_update`;
-- the real Skellam encoder and decoder of the round (clip, rotate, scale, round, noise, mod 2^b);
-  the lattice encryption is left out because it is exact (the decrypted sum is the modular sum);
-- the aggregator's segment floor (`rounds.segment_weight_floor`), `finalize`, `apply_update`;
-- `evaluate_policy` with the aggregator's seeds (``eval_seed + 1000 * round``) and KL.
-
+- the real Skellam encoder and decoder of the round (`update_codec.plaintext_sum`); the lattice
+  encryption is left out because it is exact (the decrypted sum is the modular sum);
+- the aggregator's step from sum to candidate (`rounds.segment_weight_floor`, `rounds.apply_round_sum`);
+- `evaluate_policy` with the aggregator's seeds (``eval_seed + 1000 * round``) and KL;
 - the aggregator's gate (KL and regression checks) decides whether the candidate replaces the
   model; a `canary` decision counts as deployed (the ROS fleet runs a second trial first).
 
@@ -33,42 +32,27 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 
 from tensorguard_aggregator.aggregator_node import GatePolicy
-from tensorguard_aggregator.bootstrap_model import HELD_OUT_SEED, BootstrapSpec, build_initial_policy
-from tensorguard_aggregator.rounds import RoundPolicy, segment_weight_floor
-from tensorguard_aggregator.simulated_fleet import FleetPlan, load_config
+from tensorguard_aggregator.bootstrap_model import BootstrapSpec, build_initial_policy, held_out_demonstrations
+from tensorguard_aggregator.rounds import RoundPolicy, apply_round_sum, segment_weight_floor
+from tensorguard_aggregator.simulated_fleet import FleetPlan, load_config, node_parameters
 from tensorguard_crypto import update_codec
 from tensorguard_crypto.accountant import DPPolicyProfile
-from tensorguard_crypto.skellam import SkellamDecoder, SkellamEncoder
 from tensorguard_edge.client import EdgeConfig
-from tensorguard_learning.aggregation import ExpertDrivenStrategy, apply_update
+from tensorguard_learning.aggregation import ExpertDrivenStrategy
 from tensorguard_learning.envelope import OperatingEnvelope
-from tensorguard_learning.evaluation import EvaluationGate, SafetyThresholds, evaluate_policy
+from tensorguard_learning.evaluation import evaluate_policy
 from tensorguard_learning.metaworld_source import record_demonstrations
 from tensorguard_learning.training import BCData, TrainingBudget, train_local
 
 
-def _section(config: dict, node: str, dataclass_type) -> object:
-    """The dataclass of one node's parameters: its defaults, then `/**`, then `/**/<node>`."""
-    values = {**config.get('/**', {}).get('ros__parameters', {}),
-              **config.get(f'/**/{node}', {}).get('ros__parameters', {})}
-    return dataclass_type(**{k: v for k, v in values.items() if k in dataclass_type.__dataclass_fields__})
-
-
 def robot_demonstrations(plan: FleetPlan, robot: int, episodes: int) -> list:
-    """The successful episodes among robot `robot`'s first `episodes`, as its sim_robot records them."""
+    """The successful episodes among robot `robot`'s first `episodes`, as its sim_robot records them
+    (`SimRobot.record_one`: its tasks in turn, one simulator seed per episode)."""
     tasks = plan.tasks_of(robot)
     return [d for k in range(episodes)
-            for d in record_demonstrations(tasks[k % len(tasks)], 1, 10_000 * (robot + 1) + k)]
-
-
-def encode_and_sum(vectors: list[np.ndarray], codec: update_codec.RoundCodec) -> np.ndarray:
-    """What the aggregator decodes: the Skellam-encoded vectors summed mod 2^b, decoded."""
-    encoded = [SkellamEncoder(codec.skellam, codec.round_seed).encode(v).astype(np.int64) for v in vectors]
-    total = np.sum(encoded, axis=0) % (1 << codec.skellam.bits)
-    return SkellamDecoder(codec.skellam, codec.round_seed).decode_sum(total)
+            for d in record_demonstrations(tasks[k % len(tasks)], 1, plan.seed_of(robot) + k)]
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
@@ -95,18 +79,18 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point: print one JSON line per round (round 0 is the initial model)."""
     args = _parse(argv)
     torch.set_num_threads(1)
-    config = yaml.safe_load(args.config.read_text())
     shared, plan = load_config(args.config, args.plan)
     plan = replace(plan, rounds=args.rounds or plan.rounds, policy={**plan.policy, **json.loads(args.policy)})
-    rounds = _section(config, 'aggregator', RoundPolicy)
-    gate = _section(config, 'aggregator', GatePolicy)
-    edge = _section(config, 'edge_node', EdgeConfig)
+    rounds = node_parameters(args.config, 'aggregator', RoundPolicy)
+    edge = node_parameters(args.config, 'edge_node', EdgeConfig)
+    gate = replace(node_parameters(args.config, 'aggregator', GatePolicy), eval_tasks=list(plan.fleet_tasks))
+    if args.eval_episodes:
+        gate = replace(gate, eval_episodes_per_task=args.eval_episodes)
     noise = shared['noise_multiplier'] if args.noise_multiplier is None else args.noise_multiplier
     min_weight = rounds.min_segment_weight if args.min_segment_weight is None else args.min_segment_weight
     modules = tuple(args.trainable_modules.split(',')) if args.trainable_modules else tuple(edge.trainable_modules)
     budget = TrainingBudget(max_steps=args.train_steps or edge.train_steps, batch_size=edge.batch_size,
                             learning_rate=edge.learning_rate)
-    eval_episodes = args.eval_episodes or gate.eval_episodes_per_task
     schedule = [int(n) for n in args.episodes.split(',')]
 
     started = time.monotonic()
@@ -115,9 +99,8 @@ def main(argv: list[str] | None = None) -> int:
                          pretrain_steps=plan.pretrain_steps, policy_options=plan.policy,
                          held_out_episodes_per_task=plan.held_out_episodes_per_task)
     policy = build_initial_policy(spec)
-    held_out = BCData.from_demonstrations(policy, [
-        d for i, task in enumerate(plan.fleet_tasks)
-        for d in record_demonstrations(task, plan.held_out_episodes_per_task, HELD_OUT_SEED + 1000 * i)])
+    held_out = BCData.from_demonstrations(policy, held_out_demonstrations(plan.fleet_tasks,
+                                                                          plan.held_out_episodes_per_task))
     most = schedule[min(plan.rounds, len(schedule)) - 1]
     demos = [robot_demonstrations(plan, robot, most) for robot in range(plan.robots)]
     profile = DPPolicyProfile(clipping_norm=shared['clipping_norm'], epsilon_budget=1.0,
@@ -125,14 +108,11 @@ def main(argv: list[str] | None = None) -> int:
     envelope = OperatingEnvelope(trainable_modules=list(modules), max_trainable_params=edge.max_trainable_params,
                                  target_update_size_kb=edge.target_update_size_kb, round_interval_seconds=3600)
     strategy = ExpertDrivenStrategy()
-    gate_check = EvaluationGate(SafetyThresholds(
-        min_success_rate=gate.min_success_rate, max_kl_divergence=gate.max_kl_divergence,
-        min_episodes=min(10, eval_episodes * len(plan.fleet_tasks)), deploy_margin=gate.deploy_margin,
-        max_regression=gate.max_regression))
+    gate_check = gate.evaluation_gate()
     deployed_success = None
     print(f'# fleet_replay: {plan.robots} robots, {plan.rounds} rounds, policy {plan.policy}, modules {modules}, '
           f'noise {"off" if args.no_noise else noise}, min_segment_weight {min_weight}, '
-          f'{budget.max_steps} steps, {eval_episodes} eval episodes/task; '
+          f'{budget.max_steps} steps, {gate.eval_episodes_per_task} eval episodes/task; '
           f'set-up {time.monotonic() - started:.0f} s', flush=True)
 
     rows = []
@@ -152,21 +132,17 @@ def main(argv: list[str] | None = None) -> int:
                                              secrets.token_bytes(32))
             if args.no_noise:
                 summed = np.sum([v * min(1.0, shared['clipping_norm'] / max(float(np.linalg.norm(v)), 1e-12))
-                                 for v in vectors], axis=0).astype(np.float64)
+                                 for v in vectors], axis=0)
+                floor = min_weight
             else:
-                summed = encode_and_sum(vectors, codec)
-            sizes = policy.segment_sizes()
-            weights = summed[dim - len(sizes):]
-            floor = min_weight if args.no_noise else segment_weight_floor(codec, len(vectors), min_weight)
-            weights[weights < floor] = 0.0
-            delta = strategy.finalize(summed, sizes)
-            candidate = policy.clone()
-            apply_update(candidate, delta, rounds.server_learning_rate)
+                summed = update_codec.plaintext_sum(codec, vectors)
+                floor = segment_weight_floor(codec, len(vectors), min_weight)
+            candidate, delta, _frozen = apply_round_sum(policy, summed, floor, strategy, rounds.server_learning_rate)
             row.update(episodes_per_robot=held, update_norms=[round(float(np.linalg.norm(v)), 3) for v in vectors],
                        delta_norm=round(float(np.linalg.norm(delta)), 3))
         else:
             candidate = policy
-        metrics = evaluate_policy(candidate, plan.fleet_tasks, eval_episodes, gate.eval_seed + 1000 * round_id,
+        metrics = evaluate_policy(candidate, plan.fleet_tasks, gate.eval_episodes_per_task, gate.eval_seed + 1000 * round_id,
                                   current=policy if round_id else None, held_out=held_out if round_id else None)
         if round_id:
             # Like the aggregator, the gate has no reference before it deployed a model itself.

@@ -73,6 +73,25 @@ def segment_weight_floor(codec: update_codec.RoundCodec, contributors: int, min_
     return max(min_segment_weight, SEGMENT_NOISE_MARGIN * codec.skellam.aggregate_stddev(contributors))
 
 
+def apply_round_sum(model: MoEPolicy, summed: np.ndarray, floor: float, strategy: ExpertDrivenStrategy,
+                    server_learning_rate: float, indices: np.ndarray | None = None
+                    ) -> tuple[MoEPolicy, np.ndarray, int]:
+    """The candidate a decoded round sum gives: (candidate, applied delta, frozen segment count).
+
+    Segments whose summed weight is under `floor` stay as they are; the others move by their
+    weighted mean delta, scaled by `server_learning_rate`.
+    """
+    summed = np.array(summed, dtype=np.float64)
+    sizes = model.segment_sizes()
+    weights = summed[len(summed) - len(sizes):]
+    frozen = int(np.count_nonzero(weights < floor))
+    weights[weights < floor] = 0.0
+    delta = strategy.finalize(summed, sizes, indices)
+    candidate = model.clone()
+    apply_update(candidate, delta, server_learning_rate)
+    return candidate, delta, frozen
+
+
 class RoundError(Exception):
     """A round cannot proceed; `reason` is a stable code."""
 
@@ -284,15 +303,10 @@ class Aggregator:
         if sorted(result.contributors) != sorted(self.current.contributors):
             raise RoundError('contributors_mismatch', 'the key service decrypted another set of robots')
         summed = update_codec.decode_aggregate(self.current.codec, result.aggregate)
-        sizes = self.model_policy.segment_sizes()
-        weights = summed[len(summed) - len(sizes):]
         floor = segment_weight_floor(self.current.codec, len(result.contributors), self.policy.min_segment_weight)
-        frozen = int(np.count_nonzero(weights < floor))
-        weights[weights < floor] = 0.0
         indices = adapter_round_coordinates(config.round_seed, self.model_policy, config.num_coordinates)
-        delta = self.strategy.finalize(summed, sizes, indices)
-        policy = self.model_policy.clone()
-        apply_update(policy, delta, self.policy.server_learning_rate)
+        policy, delta, frozen = apply_round_sum(self.model_policy, summed, floor, self.strategy,
+                                                self.policy.server_learning_rate, indices)
         return Candidate(config.round_id, policy, tuple(result.contributors), float(np.linalg.norm(delta)), frozen)
 
     def close_round(self, outcome: dict) -> None:

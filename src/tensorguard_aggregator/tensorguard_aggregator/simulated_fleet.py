@@ -57,6 +57,11 @@ class FleetPlan:
     episodes_before_first_round: int
     timeout_s: float
 
+    @staticmethod
+    def seed_of(robot: int) -> int:
+        """Public simulator seed of robot `robot`'s (0-based) first episode."""
+        return 10_000 * (robot + 1)
+
     def tasks_of(self, robot: int) -> tuple[str, ...]:
         """Tasks robot `robot` (0-based) demonstrates; the list repeats for larger fleets."""
         return self.robot_tasks[robot % len(self.robot_tasks)]
@@ -102,14 +107,19 @@ def provision(fleet: FleetPaths, shared: dict, plan: FleetPlan, passphrase: byte
     return policy
 
 
+def node_parameters(params_path: Path, node: str, dataclass_type):
+    """A node's parameter dataclass as the fleet YAML sets it: defaults, then `/**`, then `/**/<node>`."""
+    config = yaml.safe_load(params_path.read_text())
+    values = {**config.get('/**', {}).get('ros__parameters', {}),
+              **config.get(f'/**/{node}', {}).get('ros__parameters', {})}
+    return dataclass_type(**{k: v for k, v in values.items() if k in dataclass_type.__dataclass_fields__})
+
+
 def evaluate_initial_model(policy: MoEPolicy, plan: FleetPlan, params_path: Path) -> dict:
     """Round 0, the starting point the rounds are measured against: the initial model rolled out
     under the aggregator's own evaluation settings (tasks, episodes per task, round 0's seeds)."""
-    settings = yaml.safe_load(params_path.read_text()).get('/**/aggregator', {}).get('ros__parameters', {})
-    defaults = GatePolicy()
-    metrics = evaluate_policy(policy, plan.fleet_tasks,
-                              settings.get('eval_episodes_per_task', defaults.eval_episodes_per_task),
-                              settings.get('eval_seed', defaults.eval_seed))
+    gate = node_parameters(params_path, 'aggregator', GatePolicy)
+    metrics = evaluate_policy(policy, plan.fleet_tasks, gate.eval_episodes_per_task, gate.eval_seed)
     return {'round_id': 0, 'participants': [], 'rejected': 0, 'rejections_by_reason': {}, 'bytes_per_robot': 0,
             'epsilon_spent_max': 0.0, 'success_rate': metrics.success_rate,
             'success_lower_bound': metrics.success_lower_bound, 'deployed_success_rate': metrics.success_rate,
@@ -165,7 +175,7 @@ def start_fleet(procs: Processes, params_file: Path, fleet: FleetPaths, plan: Fl
         robot_id = f'robot_{i + 1}'
         robot_dir = fleet.robot_dir(robot_id)
         procs.start(f'{robot_id}_sim', 'tensorguard_edge.sim_robot', params_file, f'/{robot_id}',
-                    {'robot_id': robot_id, 'tasks': list(plan.tasks_of(i)), 'seed': 10_000 * (i + 1)})
+                    {'robot_id': robot_id, 'tasks': list(plan.tasks_of(i)), 'seed': plan.seed_of(i)})
         procs.start(f'{robot_id}_edge', 'tensorguard_edge.edge_node', params_file, f'/{robot_id}',
                     {'robot_id': robot_id, 'state_dir': str(robot_dir / 'state'),
                      'key_path': str(robot_dir / 'identity.key'), 'trust_path': str(robot_dir / 'trust.json')})

@@ -155,3 +155,12 @@ def decode_aggregate(codec: RoundCodec, aggregate: bytes) -> np.ndarray:
     """Aggregator: the estimated SUM of the contributors' clipped vectors (float64, length dim)."""
     values = unpack_residues(aggregate, codec.body_chunks * codec.secagg.n, codec.secagg.plaintext_bits)
     return SkellamDecoder(codec.skellam, codec.round_seed).decode_sum(values[:codec.num_values])
+
+
+def plaintext_sum(codec: RoundCodec, vectors: Sequence[np.ndarray]) -> np.ndarray:
+    """What `decode_aggregate` yields for these robots' vectors, without the lattice layer: each one
+    Skellam-encoded, summed mod 2^b, decoded. The encryption is exact, so this is the same sum; it
+    serves simulations and tests of what the aggregator sees."""
+    encoder = SkellamEncoder(codec.skellam, codec.round_seed)
+    total = np.sum([encoder.encode(v).astype(np.int64) for v in vectors], axis=0) % (1 << codec.skellam.bits)
+    return SkellamDecoder(codec.skellam, codec.round_seed).decode_sum(total)
