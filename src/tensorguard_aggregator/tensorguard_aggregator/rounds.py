@@ -1,21 +1,33 @@
 """The aggregator's round state machine (ROS-free): announce, verify, sum, close, publish.
 
-The aggregator never holds a key that opens a robot's update: it verifies each signed package,
-adds its bodies into a running sum and, at quorum, asks the key service to decrypt the sum of
-exactly the accepted robots. Everything a restart must not lose is on disk before it is
-acknowledged:
+The aggregator never holds a key that opens a robot's update: robots seal their lattice bodies to
+a fresh per-round transport key of the aggregator (so a network listener sees no body), and the
+bodies are encrypted under per-robot keys that only the key service's round key recovers, summed.
+The aggregator verifies each signed package, opens the seal, adds the bodies into a running sum and,
+at quorum, asks the key service to decrypt the sum of exactly the accepted robots. A robot revoked
+mid-round is taken out of the sum again (the scheme is additive). Everything a restart must not
+lose is on disk before it is acknowledged:
 
-    <server>/rounds/<id>/config.bin        the signed RoundConfigPackage
-    <server>/rounds/<id>/updates/<robot>   every accepted UpdatePackage, written atomically
-    <server>/rounds/<id>/outcome.json      written when the round is closed (absent: still open)
-    <server>/models/<version>.tgm          signed ModelPackages; the highest is current
+    <server>/rounds/<id>/config.bin         the signed RoundConfigPackage
+    <server>/rounds/<id>/transport.sealed   the round's X25519 transport secret (destroyed at close)
+    <server>/rounds/<id>/updates/<robot>    every accepted UpdatePackage, written atomically
+    <server>/rounds/<id>/removed/<robot>    updates taken out of the sum (revoked mid-round)
+    <server>/rounds/<id>/quarantine/<robot> stored updates that failed re-verification on resume
+    <server>/rounds/<id>/outcome.json       written when the round is closed (absent: still open)
+    <server>/models/<version>.tgm           signed ModelPackages; the highest valid one is current
+
+Bad state on disk never stops the aggregator: an unreadable model file, round config or stored
+update is set aside, logged and counted in `state_problems` (the node reports it), and the rest
+is served.
 """
 from __future__ import annotations
 
 import json
+import logging
 import os
 import secrets
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,11 +35,12 @@ import numpy as np
 
 from tensorguard_crypto import update_codec
 from tensorguard_crypto.accountant import DPPolicyProfile
+from tensorguard_crypto.hybrid import HybridError, SealedBoxKey
 from tensorguard_crypto.identity import Role
-from tensorguard_crypto.kms import KeyManagementSystem
-from tensorguard_crypto.secagg import SecAggError
+from tensorguard_crypto.kms import KeyManagementSystem, KMSError
+from tensorguard_crypto.secagg import BodyCiphertext, SecAggError
 from tensorguard_crypto.verify import (MalformedPackage, RoundVerifier, VerificationError, check_signature, decode,
-                                       verify_model_package, verify_round_config)
+                                       verify_model_package, verify_round_config, verify_round_key)
 from tensorguard_crypto.wire import (AggregateRequest, AggregateResult, ModelPackage, RoundConfigPackage,
                                      UpdatePackage, model_package)
 from tensorguard_learning.aggregation import ExpertDrivenStrategy, apply_update
@@ -36,7 +49,9 @@ from tensorguard_learning.policy import MoEPolicy
 from tensorguard_ros.config_fields import described
 
 from tensorguard_aggregator.provisioning import (AGGREGATOR_ID, KEY_SERVICE_ID, SERVER_ID, FleetPaths,
-                                                 load_server_identity)
+                                                 ProvisioningError, destroy, load_server_identity, seal, unseal)
+
+logger = logging.getLogger(__name__)
 
 
 
@@ -121,16 +136,35 @@ def _write_atomic(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
+class UpdateUnusable(VerificationError):
+    """A signed update whose sealed bodies do not open or parse; `reason` says which."""
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
 class OpenRound:
-    """One round being collected: its signed config, verifier and running body sum."""
+    """One round being collected: its signed config, transport key, verifier and running body sum."""
 
     def __init__(self, directory: Path, config: RoundConfigPackage, codec: update_codec.RoundCodec,
-                 verifier: RoundVerifier) -> None:
+                 verifier: RoundVerifier, transport: SealedBoxKey) -> None:
         self.directory = directory
         self.config = config
         self.codec = codec
         self.verifier = verifier
+        self.transport = transport
         self.body_sum = update_codec.BodySum(codec)
+
+    def open_body(self, package: UpdatePackage) -> BodyCiphertext:
+        """The lattice bodies of a verified package: unsealed with the round's transport key, parsed."""
+        context = update_codec.body_seal_context(package.robot_id, package.round_id, package.config_digest)
+        try:
+            return self.body_sum.parse(self.transport.open(package.bodies, context))
+        except HybridError as exc:
+            raise UpdateUnusable(f'{package.robot_id}: sealed bodies do not open: {exc}', 'unsealing_failed') from None
+        except SecAggError as exc:
+            raise UpdateUnusable(f'{package.robot_id}: bodies do not parse: {exc}', 'malformed_bodies') from None
 
     @property
     def contributors(self) -> list[str]:
@@ -147,7 +181,8 @@ class Aggregator:
         self.kms: KeyManagementSystem = self.paths.kms()
         self.aggregator_identity = load_server_identity(self.paths, AGGREGATOR_ID, passphrase)
         self.server_identity = load_server_identity(self.paths, SERVER_ID, passphrase)
-        self.key_service_public_key = self.paths.lattice_public.read_bytes()
+        self._passphrase = passphrase
+        self.state_problems: Counter[str] = Counter()
         self.profile = DPPolicyProfile(clipping_norm=policy.clipping_norm, epsilon_budget=1.0,
                                        noise_multiplier=policy.noise_multiplier, min_clients=policy.min_clients,
                                        bits=policy.plaintext_bits)
@@ -161,12 +196,24 @@ class Aggregator:
         self._resume_open_round()
 
     # Models.
+    def _problem(self, reason: str, detail: str) -> None:
+        self.state_problems[reason] += 1
+        logger.error('aggregator state: %s: %s', reason, detail)
+
     def _load_latest_model(self) -> None:
-        versions = sorted(int(p.stem) for p in self.models_dir.glob('*.tgm')) if self.models_dir.exists() else []
-        if versions:
-            blob = (self.models_dir / f'{versions[-1]}.tgm').read_bytes()
-            self.model = verify_model_package(blob, self.kms)
-            self.model_policy = MoEPolicy.from_bytes(self.model.parameters)
+        """The highest model version that verifies; unreadable newer files are reported and skipped."""
+        versions = sorted((int(p.stem) for p in self.models_dir.glob('*.tgm') if p.stem.isdigit()), reverse=True) \
+            if self.models_dir.exists() else []
+        for version in versions:
+            path = self.models_dir / f'{version}.tgm'
+            try:
+                model = verify_model_package(path.read_bytes(), self.kms)
+                if model.model_version != version:
+                    raise MalformedPackage(f'{path.name} holds model version {model.model_version}', 'field_value')
+                self.model, self.model_policy = model, MoEPolicy.from_bytes(model.parameters)
+                return
+            except (VerificationError, OSError, ValueError) as exc:
+                self._problem('model_file_unreadable', f'{path}: {type(exc).__name__}: {exc}')
 
     def publish_model(self, policy: MoEPolicy, round_id: int, decision: str) -> ModelPackage:
         """Sign and persist a new model version derived from the current one."""
@@ -184,6 +231,11 @@ class Aggregator:
             return []
         return sorted(int(p.name) for p in self.rounds_dir.iterdir() if p.name.isdigit())
 
+    def next_round_id(self) -> int:
+        """The id the next `open_round` will use (the key service issues that round's key first)."""
+        ids = self._round_ids()
+        return (ids[-1] + 1) if ids else 1
+
     def _codec(self, round_seed: bytes) -> update_codec.RoundCodec:
         indices = adapter_round_coordinates(round_seed, self.model_policy, self._num_coordinates())
         dim = indices.size + len(self.model_policy.segment_sizes())
@@ -196,59 +248,122 @@ class Aggregator:
         return total if k <= 0 else min(k, total)
 
     def _verifier(self, config: RoundConfigPackage, codec: update_codec.RoundCodec, clock) -> RoundVerifier:
-        return RoundVerifier(self.kms, config, expected_bodies_bytes=codec.body_bytes,
+        return RoundVerifier(self.kms, config, expected_bodies_bytes=codec.sealed_body_bytes,
                              expected_key_ciphertext_bytes=codec.key_ciphertext_bytes, clock=clock)
 
-    def open_round(self, deadline_s: float | None = None, quorum: int | None = None) -> RoundConfigPackage:
-        """Announce a new round with a fresh seed from the OS CSPRNG; persisted before it is returned."""
+    def _transport_context(self, round_id: int) -> bytes:
+        return f'{AGGREGATOR_ID}/round/{round_id}/transport'.encode()
+
+    def open_round(self, round_key: bytes, deadline_s: float | None = None,
+                   quorum: int | None = None) -> RoundConfigPackage:
+        """Announce a new round with a fresh seed and transport key from the OS CSPRNG, carrying the
+        key service's signed `round_key` for it; persisted before it is returned."""
         if self.current is not None:
             raise RoundError('round_open', f'round {self.current.config.round_id} is still open')
         if self.model is None:
             raise RoundError('no_model', 'no initial model: provision one first')
-        ids = self._round_ids()
-        round_id = (ids[-1] + 1) if ids else 1
+        round_id = self.next_round_id()
         seed = secrets.token_bytes(32)
         codec = self._codec(seed)
+        transport = SealedBoxKey()
         now = time.time()
         config = RoundConfigPackage(
             round_id=round_id, round_seed=seed, model_version=self.model.model_version,
             num_coordinates=self._num_coordinates(), total_coordinates=sum(self.model_policy.segment_sizes()),
             num_experts=self.model_policy.cfg.num_experts,
             deadline=now + (deadline_s or self.policy.round_deadline_s), quorum=quorum or self.policy.quorum,
-            key_service_public_key=self.key_service_public_key, key_service_key_id=KEY_SERVICE_ID,
+            round_key=round_key, aggregator_transport_key=transport.public_key, key_service_key_id=KEY_SERVICE_ID,
             aggregator_key_id=AGGREGATOR_ID, signer_key_id=AGGREGATOR_ID, created_at=now,
             **update_codec.announce(codec)).signed_by(self.aggregator_identity)
+        try:
+            verify_round_key(config, self.kms)
+        except VerificationError as exc:
+            raise RoundError(exc.reason, f'round {round_id}: {exc}') from None
         directory = self.rounds_dir / str(round_id)
+        directory.mkdir(parents=True, exist_ok=True)
+        destroy(directory / 'transport.sealed')
+        seal(directory / 'transport.sealed', transport.secret_bytes(), self._passphrase,
+             self._transport_context(round_id))
         _write_atomic(directory / 'config.bin', config.serialize())
-        self.current = OpenRound(directory, config, codec, self._verifier(config, codec, time.time))
+        self.current = OpenRound(directory, config, codec, self._verifier(config, codec, time.time), transport)
         return config
 
     def _resume_open_round(self) -> None:
+        """Reopen the newest round if it was not closed; a round whose own state is unreadable is
+        abandoned (recorded), a stored update that no longer verifies is quarantined."""
         ids = self._round_ids()
         if not ids or (self.rounds_dir / str(ids[-1]) / 'outcome.json').exists() or self.model is None:
             return
         directory = self.rounds_dir / str(ids[-1])
-        config = verify_round_config((directory / 'config.bin').read_bytes(), self.kms)
-        codec = self._codec(config.round_seed)
+        try:
+            config = verify_round_config((directory / 'config.bin').read_bytes(), self.kms)
+            transport = SealedBoxKey.from_secret_bytes(
+                unseal(directory / 'transport.sealed', self._passphrase, self._transport_context(config.round_id)))
+            codec = self._codec(config.round_seed)
+        except (VerificationError, OSError, ProvisioningError, HybridError, KMSError, ValueError) as exc:
+            self._problem('round_state_unreadable', f'round {ids[-1]}: {type(exc).__name__}: {exc}')
+            self._abandon(directory, ids[-1], f'round state unreadable on resume ({type(exc).__name__})')
+            return
         # Updates on disk were accepted before their deadline; re-verify everything but the clock.
-        self.current = OpenRound(directory, config, codec, self._verifier(config, codec, None))
+        self.current = OpenRound(directory, config, codec, self._verifier(config, codec, None), transport)
         for path in sorted((directory / 'updates').glob('*.tgu')):
-            package = self.current.verifier.verify(path.read_bytes())
-            self.current.body_sum.add(self.current.body_sum.parse(package.bodies))
+            try:
+                package = self.current.verifier.verify(path.read_bytes())
+                try:
+                    body = self.current.open_body(package)
+                except UpdateUnusable:
+                    self.current.verifier.forget(package.robot_id)
+                    raise
+                self.current.body_sum.add(body)
+            except (VerificationError, OSError) as exc:
+                reason = getattr(exc, 'reason', 'update_unreadable')
+                self._problem(f'quarantined_{reason}', f'round {config.round_id}: {path.name}: {exc}')
+                self._move(path, directory / 'quarantine')
         self.current.verifier.clock = time.time
 
+    def _abandon(self, directory: Path, round_id: int, detail: str) -> None:
+        try:
+            _write_atomic(directory / 'outcome.json', json.dumps(
+                {'round_id': round_id, 'outcome': 'abandoned', 'reason': 'round_state_unreadable',
+                 'detail': detail}, indent=2).encode())
+        except OSError as exc:
+            self._problem('round_state_unwritable', f'round {round_id}: {exc}')
+
+    @staticmethod
+    def _move(path: Path, folder: Path) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        os.replace(path, folder / path.name)
+
     def accept(self, data: bytes) -> UpdatePackage:
-        """Verify one update and add its bodies; raises `VerificationError` (with a reason) otherwise."""
+        """Verify one update, open its sealed bodies and add them; raises `VerificationError` (with a
+        reason) otherwise, and nothing is recorded for a refused update."""
         if self.current is None:
             raise RoundError('no_open_round', 'no round is open')
-        try:
-            body = self.current.body_sum.parse(decode(UpdatePackage, data).bodies)
-        except SecAggError as exc:
-            raise MalformedPackage(f'bodies do not parse: {exc}', 'malformed_bodies') from None
         package = self.current.verifier.verify(data)
-        _write_atomic(self.current.directory / 'updates' / f'{package.robot_id}.tgu', data)
+        try:
+            body = self.current.open_body(package)
+            _write_atomic(self.current.directory / 'updates' / f'{package.robot_id}.tgu', data)
+        except (UpdateUnusable, OSError):
+            self.current.verifier.forget(package.robot_id)
+            raise
         self.current.body_sum.add(body)
         return package
+
+    def drop_revoked(self) -> list[str]:
+        """Take every contributor revoked since it was accepted out of the running sum and the
+        manifest (its stored update moves to removed/); returns their ids."""
+        if self.current is None:
+            return []
+        revoked = [robot for robot in self.current.contributors if self.kms.is_revoked(robot)]
+        for robot in revoked:
+            path = self.current.directory / 'updates' / f'{robot}.tgu'
+            package = decode(UpdatePackage, path.read_bytes())
+            self.current.body_sum.remove(self.current.open_body(package))
+            self.current.verifier.forget(robot)
+            self._move(path, self.current.directory / 'removed')
+            logger.warning('round %d: %s was revoked; its update is out of the sum', self.current.config.round_id,
+                           robot)
+        return revoked
 
     def classify_stray(self, data: bytes) -> str:
         """Reason to refuse an update that arrives while no round accepts updates: the precise
@@ -282,8 +397,12 @@ class Aggregator:
                 and len(self.current.contributors) < self.current.config.quorum)
 
     def aggregate_request(self) -> bytes:
-        """The signed manifest + summed bodies for the key service."""
+        """The signed manifest + summed bodies for the key service (revoked contributors dropped first)."""
+        self.drop_revoked()
         config = self.current.config
+        if len(self.current.contributors) < config.quorum:
+            raise RoundError('quorum_lost', f'round {config.round_id}: {len(self.current.contributors)} '
+                             f'contributors left after revocations, quorum is {config.quorum}')
         return AggregateRequest(round_id=config.round_id, config_digest=config.config_digest(),
                                 summed_bodies=self.current.body_sum.to_bytes(),
                                 contributions=tuple(self.current.verifier.contributions()),
@@ -310,6 +429,7 @@ class Aggregator:
         return Candidate(config.round_id, policy, tuple(result.contributors), float(np.linalg.norm(delta)), frozen)
 
     def close_round(self, outcome: dict) -> None:
-        """Record the round's outcome; the next round may open."""
+        """Record the round's outcome and destroy its transport secret; the next round may open."""
         _write_atomic(self.current.directory / 'outcome.json', json.dumps(outcome, indent=2).encode())
+        destroy(self.current.directory / 'transport.sealed')
         self.current = None

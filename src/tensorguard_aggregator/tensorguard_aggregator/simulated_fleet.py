@@ -1,7 +1,7 @@
 """A simulated fleet learning privately over real ROS 2: the README's main command.
 
 It does what an operator and N robot owners would do, then watches:
-1. provisions a fleet directory: server identities and key-service keys in the KMS, an initial
+1. provisions a fleet directory: server identities enrolled in the KMS, an initial
    model pre-trained on the server's own demonstrations, and N enrolled robots with trust files;
 2. starts every node in its own process, configured from ``config/fleet.yaml``: the key service,
    the aggregator, and per robot (namespace ``/robot_<i>``) a Meta-World ``sim_robot`` and its
@@ -84,8 +84,9 @@ def provision(fleet: FleetPaths, shared: dict, plan: FleetPlan, passphrase: byte
     """Server keys, the initial model and the held-out set, then every robot's enrolment."""
     params = standard_params(shared['security_level'], shared['plaintext_bits'], shared['max_clients'],
                              shared['min_clients'])
-    provision_server(fleet, passphrase, params)
-    log(f'provisioned server keys in {fleet.server} (ring n={params.n}, log2 q={params.coefficient_bits})')
+    provision_server(fleet, passphrase)
+    log(f'provisioned server identities in {fleet.server}; the key service makes one lattice key per round '
+        f'(ring n={params.n}, log2 q={params.coefficient_bits})')
     policy_tasks = tuple(dict.fromkeys(plan.fleet_tasks + plan.pretrain_tasks))
     spec = BootstrapSpec(policy_tasks=policy_tasks, pretrain_tasks=plan.pretrain_tasks,
                          pretrain_episodes_per_task=plan.pretrain_episodes_per_task,

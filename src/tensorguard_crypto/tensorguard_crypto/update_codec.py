@@ -7,7 +7,8 @@ smaller minimum client count or another ring). The chain, robot to server:
 
     vector (float, length dim)
       -> SkellamEncoder: clip to C, rotate, scale, round, add Skellam noise, wrap mod 2^b
-      -> RoundEncryptor: one body under a fresh per-round ternary key, key ciphertext for the key service
+      -> RoundEncryptor: one body under a fresh per-round ternary key, key ciphertext under the
+         key service's round key; the body sealed to the aggregator's round transport key (hybrid)
       ... aggregator: sum of bodies;  key service: sum of key ciphertexts, decrypt the aggregate ...
       -> SkellamDecoder: centred lift, unscale, unrotate -> estimated SUM of the clipped vectors
 """
@@ -19,6 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from tensorguard_crypto import hybrid
 from tensorguard_crypto.accountant import DPPolicyProfile
 from tensorguard_crypto.params import SecAggParams, standard_params
 from tensorguard_crypto.secagg import (BodyCiphertext, KeyCiphertext, KeyService, KeyServicePublicKey,
@@ -53,6 +55,11 @@ class RoundCodec:
     def body_bytes(self) -> int:
         """Exact wire size of one update's bodies."""
         return self.secagg.body_bytes(self.num_values)
+
+    @property
+    def sealed_body_bytes(self) -> int:
+        """Exact wire size of one update's bodies once sealed to the aggregator."""
+        return self.body_bytes + hybrid.SEAL_OVERHEAD_BYTES
 
     @property
     def body_chunks(self) -> int:
@@ -101,13 +108,20 @@ class EncryptedParts:
     body_chunks: int
 
 
-def encrypt_update(codec: RoundCodec, key_service_public_key: bytes, vector: np.ndarray) -> EncryptedParts:
-    """Clip, noise and encrypt one robot's update vector."""
+def body_seal_context(robot_id: str, round_id: int, config_digest: bytes) -> bytes:
+    """What a sealed body is bound to: one robot, one round, one round config."""
+    return f'TensorGuard/body/{robot_id}/{round_id}/'.encode() + bytes(config_digest)
+
+
+def encrypt_update(codec: RoundCodec, key_service_public_key: bytes, transport_key: bytes, seal_context: bytes,
+                   vector: np.ndarray) -> EncryptedParts:
+    """Clip, noise and encrypt one robot's update vector; the bodies come back sealed to `transport_key`."""
     encoded = SkellamEncoder(codec.skellam, codec.round_seed).encode(vector)
     public_key = KeyServicePublicKey.from_bytes(key_service_public_key, codec.secagg)
     encryptor = RoundEncryptor(codec.secagg, codec.round_seed, public_key)
     body = encryptor.encrypt(encoded, BODY_LABEL)
-    return EncryptedParts(body.to_bytes(), encryptor.key_ciphertext().to_bytes(), body.chunks)
+    sealed = hybrid.seal(transport_key, body.to_bytes(), seal_context)
+    return EncryptedParts(sealed, encryptor.key_ciphertext().to_bytes(), body.chunks)
 
 
 class BodySum:
@@ -126,6 +140,15 @@ class BodySum:
         """Add one robot's parsed bodies."""
         self.total = body if self.total is None else sum_bodies([self.total, body])
         self.count += 1
+
+    def remove(self, body: BodyCiphertext) -> None:
+        """Take one previously added robot's bodies out of the sum again (the scheme is additive)."""
+        if self.total is None or self.count == 0:
+            raise ValueError('no bodies have been added')
+        q = self.codec.secagg.q
+        negated = BodyCiphertext(body.params, (np.uint64(q) - body.values) % np.uint64(q))
+        self.count -= 1
+        self.total = None if self.count == 0 else sum_bodies([self.total, negated])
 
     def to_bytes(self) -> bytes:
         """The summed bodies, packed like one robot's bodies."""

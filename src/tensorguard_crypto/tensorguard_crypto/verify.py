@@ -15,8 +15,8 @@ from typing import Callable, Iterable, Protocol, TypeVar
 from .identity import IdentityError, Role
 from .kms import KeyRevoked, KMSError, UnknownKey
 from .wire import (DEFAULT_MAX_PACKAGE_BYTES, AggregateRequest, ContributionRecord, FieldTooLarge,
-                   ModelPackage, PackageTooLarge, RoundConfigPackage, SignedRecord, UpdatePackage,
-                   WireFormatError)
+                   ModelPackage, PackageTooLarge, RoundConfigPackage, RoundKeyAnnouncement, SignedRecord,
+                   UpdatePackage, WireFormatError)
 
 
 class VerificationError(Exception):
@@ -119,6 +119,12 @@ class QuorumNotMet(VerificationError):
     reason = 'quorum_not_met'
 
 
+class UntrustedRoundKey(VerificationError):
+    """The round's key-service key is not signed by the key service for exactly this round and parameters."""
+
+    reason = 'untrusted_round_key'
+
+
 class StaleModel(VerificationError):
     """A model package does not advance the current model version (rollback attempt)."""
 
@@ -128,8 +134,8 @@ class StaleModel(VerificationError):
 class KeyResolver(Protocol):
     """Where public keys come from: the `KeyManagementSystem`, or `PinnedKeys` on an edge node."""
 
-    def public_key_for(self, key_id: str, role: Role | None = None) -> bytes:
-        """Active public key of `key_id`; raises kms.UnknownKey / kms.KeyRevoked."""
+    def public_key_for(self, key_id: str, role: Role | None = None, as_of: float | None = None) -> bytes:
+        """Public key of `key_id` (active at unix time `as_of`, if given); raises kms.UnknownKey / kms.KeyRevoked."""
 
 
 @dataclass(frozen=True)
@@ -138,7 +144,7 @@ class PinnedKeys:
 
     keys: dict[str, tuple[Role, bytes]]
 
-    def public_key_for(self, key_id: str, role: Role | None = None) -> bytes:
+    def public_key_for(self, key_id: str, role: Role | None = None, as_of: float | None = None) -> bytes:
         """Pinned public key of `key_id` in `role`; raises kms.UnknownKey otherwise."""
         entry = self.keys.get(key_id)
         if entry is None or (role is not None and entry[0] != Role(role)):
@@ -160,12 +166,13 @@ def decode(record_type: type[R], data: bytes, max_bytes: int | None = None) -> R
 
 
 def check_signature(record: SignedRecord | ContributionRecord, keys: KeyResolver, signer: str,
-                    roles: Iterable[Role]) -> None:
-    """Signer enrolled and active in one of `roles`, and the record's signature verifies."""
+                    roles: Iterable[Role], as_of: float | None = None) -> None:
+    """Signer enrolled and not revoked in one of `roles`, and the record's signature verifies under
+    its key (the version active at unix time `as_of` if given: a rotation applies from the next round)."""
     public_key = None
     for role in roles:
         try:
-            public_key = keys.public_key_for(signer, role)
+            public_key = keys.public_key_for(signer, role, as_of=as_of)
             break
         except KeyRevoked:
             raise RevokedSigner(f'{signer!r} is revoked') from None
@@ -218,16 +225,21 @@ class RoundVerifier:
         if self.clock is not None and self.clock() > self.round_config.deadline:
             raise DeadlinePassed(f'round {self.round_config.round_id} closed at {self.round_config.deadline}')
         if self.expected_bodies_bytes is not None and len(package.bodies) != self.expected_bodies_bytes:
-            raise PayloadSizeMismatch(f'bodies are {len(package.bodies)} bytes, expected {self.expected_bodies_bytes}')
+            raise PayloadSizeMismatch(f'sealed bodies are {len(package.bodies)} bytes, '
+                                      f'expected {self.expected_bodies_bytes}')
         if (self.expected_key_ciphertext_bytes is not None
                 and len(package.key_ciphertext) != self.expected_key_ciphertext_bytes):
             raise PayloadSizeMismatch(f'key ciphertext is {len(package.key_ciphertext)} bytes, '
                                       f'expected {self.expected_key_ciphertext_bytes}')
-        check_signature(package, self.keys, package.robot_id, (Role.ROBOT,))
+        check_signature(package, self.keys, package.robot_id, (Role.ROBOT,), as_of=self.round_config.created_at)
         if package.robot_id in self._accepted:
             raise DuplicateRobot(f'{package.robot_id!r} already contributed to round {self.round_config.round_id}')
         self._accepted[package.robot_id] = package.contribution()
         return package
+
+    def forget(self, robot_id: str) -> None:
+        """Take a robot's accepted update out of the manifest (e.g. it was revoked mid-round)."""
+        self._accepted.pop(robot_id, None)
 
     def contributions(self) -> list[ContributionRecord]:
         """Signed records (without bodies) of every accepted update, for the key service's manifest."""
@@ -239,6 +251,27 @@ def verify_round_config(data: bytes, keys: KeyResolver, max_bytes: int | None = 
     config = decode(RoundConfigPackage, data, max_bytes)
     check_signature(config, keys, config.signer_key_id, (Role.SERVER, Role.AGGREGATOR))
     return config
+
+
+def verify_round_key(config: RoundConfigPackage, keys: KeyResolver) -> RoundKeyAnnouncement:
+    """The round's key-service lattice key, checked to be signed by the key service named in the
+    config for exactly this round and these lattice parameters (so no aggregator can substitute one)."""
+    try:
+        announcement = decode(RoundKeyAnnouncement, config.round_key)
+    except VerificationError as exc:
+        raise UntrustedRoundKey(f'round {config.round_id}: round key does not decode ({exc})') from None
+    if announcement.signer_key_id != config.key_service_key_id:
+        raise UntrustedRoundKey(f'round {config.round_id}: round key signed by {announcement.signer_key_id!r}, '
+                                f'the config names {config.key_service_key_id!r}')
+    check_signature(announcement, keys, announcement.signer_key_id, (Role.KEY_SERVICE,))
+    announced = (announcement.round_id, announcement.security_level, announcement.ring_degree,
+                 announcement.modulus_bits, announcement.plaintext_bits)
+    expected = (config.round_id, config.security_level, config.ring_degree, config.modulus_bits,
+                config.plaintext_bits)
+    if announced != expected:
+        raise UntrustedRoundKey(f'round {config.round_id}: round key was issued for (round, level, n, log q, b) = '
+                                f'{announced}, the config says {expected}')
+    return announcement
 
 
 def verify_model_package(data: bytes, keys: KeyResolver, current_version: int | None = None,
@@ -268,7 +301,7 @@ def verify_aggregate_request(data: bytes, keys: KeyResolver, round_config: Round
         if contribution.robot_id in robots:
             raise DuplicateRobot(f'{contribution.robot_id!r} appears twice in the manifest')
         _check_binding(contribution, round_config, digest)
-        check_signature(contribution, keys, contribution.robot_id, (Role.ROBOT,))
+        check_signature(contribution, keys, contribution.robot_id, (Role.ROBOT,), as_of=round_config.created_at)
         robots.add(contribution.robot_id)
     if len(robots) < round_config.quorum:
         raise QuorumNotMet(f'{len(robots)} contributors, quorum is {round_config.quorum}')

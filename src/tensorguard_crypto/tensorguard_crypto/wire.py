@@ -12,6 +12,9 @@ raises a subclass of `WireFormatError` with a `reason` code.
 Signatures (Ed25519, see identity.py) cover the canonical bytes: the same map without the signature.
 For updates, the bodies and key ciphertext enter the signed bytes as SHA-256 digests, so the key
 service can verify a robot's signature from a `ContributionRecord` without ever seeing its bodies.
+An update's bodies travel sealed to the round's aggregator transport key (hybrid.py) and its key
+ciphertext is encrypted under the round's key-service lattice key, which the key service announces
+in a signed `RoundKeyAnnouncement` carried inside the round config.
 """
 from __future__ import annotations
 
@@ -24,14 +27,13 @@ from typing import Any, ClassVar, TypeVar
 
 import msgpack
 
-from .identity import SIGNATURE_BYTES, Signer, verify_signature
+from .identity import ID_PATTERN, MAX_ID_CHARS, SIGNATURE_BYTES, Signer, verify_signature
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 DEFAULT_MAX_PACKAGE_BYTES = 64 * 1024 * 1024
 DEFAULT_MAX_MODEL_BYTES = 256 * 1024 * 1024
 SEED_BYTES = 32
 DIGEST_BYTES = 32
-MAX_ID_CHARS = 128
 MAX_U63 = 2 ** 63 - 1
 MAX_UNIX_SECONDS = float(2 ** 40)
 MAX_COORDINATES = 2 ** 40
@@ -41,12 +43,13 @@ MAX_BODY_CHUNKS = 2 ** 20
 MAX_BODIES_BYTES = 256 * 1024 * 1024
 MAX_KEY_CIPHERTEXT_BYTES = 16 * 1024 * 1024
 MAX_SERVICE_PUBLIC_KEY_BYTES = 8 * 1024 * 1024
+MAX_ROUND_KEY_BYTES = MAX_SERVICE_PUBLIC_KEY_BYTES + 4096
+TRANSPORT_KEY_BYTES = 32
 MAX_PARAMETERS_BYTES = 1024 * 1024 * 1024
 # Hard limits handed to the msgpack unpacker (checked before it allocates a container or string).
 _MAX_WIRE_STR = 4 * MAX_ID_CHARS
 _MAX_WIRE_ARRAY = MAX_CONTRIBUTIONS
 _MAX_WIRE_MAP = 32
-ID_PATTERN = re.compile(r'[A-Za-z0-9][A-Za-z0-9_.:@/-]*')
 _WORD_PATTERN = re.compile(r'[a-z][a-z0-9_]*')
 _ENVELOPE_KEYS = ['schema', 'kind', 'record']
 
@@ -467,7 +470,7 @@ class UpdatePackage(SignedRecord):
     body_chunks: int = _f(_Int(0, MAX_BODY_CHUNKS))
     expert_metadata: tuple[ExpertSlice, ...] = _f(_List(_Nested(ExpertSlice), MAX_EXPERTS))
     safety_stats: SafetyStats = _f(_Nested(SafetyStats))
-    bodies: bytes = _f(_Bytes(0, MAX_BODIES_BYTES))
+    bodies: bytes = _f(_Bytes(0, MAX_BODIES_BYTES))  # lattice bodies sealed to the round's transport key
     key_ciphertext: bytes = _f(_Bytes(0, MAX_KEY_CIPHERTEXT_BYTES))
     signature: bytes = _signature_field()
 
@@ -540,7 +543,8 @@ class RoundConfigPackage(SignedRecord):
     modulus_bits: int = _f(_Int(1, 4096))
     deadline: float = _f(_Float(0.0, MAX_UNIX_SECONDS))
     quorum: int = _f(_Int(1, MAX_CONTRIBUTIONS))
-    key_service_public_key: bytes = _f(_Bytes(0, MAX_SERVICE_PUBLIC_KEY_BYTES))
+    round_key: bytes = _f(_Bytes(0, MAX_ROUND_KEY_BYTES))
+    aggregator_transport_key: bytes = _f(_Bytes(TRANSPORT_KEY_BYTES, TRANSPORT_KEY_BYTES))
     key_service_key_id: str = _f(_Str())
     aggregator_key_id: str = _f(_Str())
     signer_key_id: str = _f(_Str())
@@ -557,6 +561,26 @@ class RoundConfigPackage(SignedRecord):
     def config_digest(self) -> bytes:
         """SHA-256 of the canonical (unsigned) bytes; every update of the round binds it."""
         return _digest(self.canonical_bytes())
+
+
+@dataclass(frozen=True)
+class RoundKeyAnnouncement(SignedRecord):
+    """The key service's lattice public key for one round, signed by its identity.
+
+    The matching secret exists only for this round and is destroyed after the round's single
+    decryption; robots check this signature against the key-service identity they pin, so an
+    aggregator cannot substitute a key of its own. Carried serialized in `RoundConfigPackage.round_key`.
+    """
+
+    round_id: int = _f(_Int())
+    security_level: int = _f(_Int(0, 1024))
+    ring_degree: int = _f(_Int(1, 2 ** 17))
+    modulus_bits: int = _f(_Int(1, 4096))
+    plaintext_bits: int = _f(_Int(1, 64))
+    public_key: bytes = _f(_Bytes(1, MAX_SERVICE_PUBLIC_KEY_BYTES))
+    signer_key_id: str = _f(_Str())
+    created_at: float = _f(_Float(0.0, MAX_UNIX_SECONDS))
+    signature: bytes = _signature_field()
 
 
 @dataclass(frozen=True)

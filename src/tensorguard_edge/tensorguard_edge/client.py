@@ -9,16 +9,17 @@ state directory:
     <state_dir>/residual.npy    error-feedback residual of coordinates not yet sent
 
 One round (`process_round`): verify the server-signed RoundConfig against the pinned server keys;
-refuse stale, replayed, expired or over-budget rounds; train the adapter on the store; keep the
-round's shared random-k coordinates (error feedback keeps the rest); clip, scale, round and add
-Skellam noise (`tensorguard_crypto.skellam`); encrypt under a fresh per-round key
-(`tensorguard_crypto.secagg`); sign; return the `UpdatePackage`. The privacy ledger is written
+check the round's key-service key is signed by the pinned key-service identity for exactly this
+round; refuse stale, replayed, expired or over-budget rounds; train the adapter on the store; keep
+the round's shared random-k coordinates (error feedback keeps the rest); clip, scale, round and add
+Skellam noise (`tensorguard_crypto.skellam`); encrypt under a fresh per-round key whose key
+ciphertext only the key service's round key opens (`tensorguard_crypto.secagg`); seal the bodies to
+the aggregator's round transport key (`tensorguard_crypto.hybrid`); sign; return the `UpdatePackage`. The privacy ledger is written
 before the package is returned, so a crash can only over-count spent privacy, never under-count.
 """
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 import time
@@ -30,9 +31,12 @@ import numpy as np
 
 from tensorguard_crypto import update_codec
 from tensorguard_crypto.accountant import DPPolicyProfile, PrivacyLedger
+from tensorguard_crypto.hybrid import HybridError
 from tensorguard_crypto.identity import Role
 from tensorguard_crypto.keystore import load_key
-from tensorguard_crypto.verify import PinnedKeys, VerificationError, verify_model_package, verify_round_config
+from tensorguard_crypto.secagg import SecAggError
+from tensorguard_crypto.verify import (PinnedKeys, VerificationError, verify_model_package, verify_round_config,
+                                       verify_round_key)
 from tensorguard_crypto.wire import RoundConfigPackage, SafetyStats, UpdatePackage
 from tensorguard_learning.aggregation import ExpertDrivenStrategy
 from tensorguard_learning.compression import ErrorFeedback, adapter_round_coordinates
@@ -109,21 +113,20 @@ class EdgeStatus:
 
 @dataclass(frozen=True)
 class TrustAnchors:
-    """What a robot is provisioned with at enrolment: the server keys it trusts and the pinned
-    SHA-256 of the key service's lattice public key (so no aggregator can substitute its own)."""
+    """What a robot is provisioned with at enrolment: the public identity keys of the aggregator,
+    the model server and the key service it trusts (the key service's signs each round's lattice
+    key, so no aggregator can substitute its own)."""
 
     keys: PinnedKeys
-    key_service_public_key_sha256: bytes
 
     @classmethod
     def load(cls, path: str) -> TrustAnchors:
-        """Read ``{"keys": {id: {"role", "public_key"}}, "key_service_public_key_sha256": hex}``."""
+        """Read ``{"keys": {id: {"role", "public_key"}}}``."""
         try:
             data = json.loads(Path(path).read_text())
-            keys = PinnedKeys({key_id: (Role(e['role']), bytes.fromhex(e['public_key']))
-                               for key_id, e in data['keys'].items()})
-            return cls(keys, bytes.fromhex(data['key_service_public_key_sha256']))
-        except (OSError, ValueError, KeyError, TypeError) as exc:
+            return cls(PinnedKeys({key_id: (Role(e['role']), bytes.fromhex(e['public_key']))
+                                   for key_id, e in data['keys'].items()}))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
             raise ValueError(f'trust file {path!r} is unreadable or malformed ({type(exc).__name__})') from None
 
 
@@ -215,6 +218,7 @@ class EdgeClient:
         """Build this robot's signed, encrypted update for one round (see module docstring)."""
         try:
             cfg = verify_round_config(config_blob, self.trust.keys)
+            round_key = verify_round_key(cfg, self.trust.keys)
         except VerificationError as exc:
             raise RoundRefused(exc.reason, str(exc)) from None
         self._check_round(cfg)
@@ -240,7 +244,12 @@ class EdgeClient:
         vector = self.strategy.flatten_update(update, values, indices)
 
         progress('encrypting')
-        parts = update_codec.encrypt_update(codec, cfg.key_service_public_key, vector)
+        try:
+            parts = update_codec.encrypt_update(
+                codec, round_key.public_key, cfg.aggregator_transport_key,
+                update_codec.body_seal_context(self.config.robot_id, cfg.round_id, cfg.config_digest()), vector)
+        except (SecAggError, HybridError) as exc:
+            raise RoundRefused('untrusted_round_key', f'round {cfg.round_id}: announced keys are unusable: {exc}') from None
         package = UpdatePackage(
             robot_id=self.config.robot_id, round_id=cfg.round_id, round_seed=cfg.round_seed,
             config_digest=cfg.config_digest(), model_version=cfg.model_version, created_at=time.time(),
@@ -282,8 +291,6 @@ class EdgeClient:
             raise RoundRefused('replayed_round', f'round {cfg.round_id} is older than {last}')
         if cfg.deadline < time.time():
             raise RoundRefused('deadline_passed', f'round {cfg.round_id} closed already')
-        if hashlib.sha256(cfg.key_service_public_key).digest() != self.trust.key_service_public_key_sha256:
-            raise RoundRefused('untrusted_key_service', 'the round names a key-service key this robot does not pin')
         if self.policy is None:
             raise RoundRefused('no_model', 'no verified model yet')
         if cfg.model_version != self.model_version:

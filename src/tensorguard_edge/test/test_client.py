@@ -1,13 +1,18 @@
 """EdgeClient without ROS: one robot and the aggregator core, provisioned in a temporary fleet."""
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from tensorguard_aggregator.key_service import KeyServiceCore, KeyServicePolicy
 from tensorguard_aggregator.provisioning import FleetPaths, enroll_robot, provision_server
-from tensorguard_aggregator.rounds import Aggregator, RoundPolicy
-from tensorguard_crypto.params import standard_params
+from tensorguard_aggregator import rounds
+from tensorguard_aggregator.rounds import Aggregator, RoundError, RoundPolicy
+from tensorguard_crypto.identity import Identity, Role
+from tensorguard_crypto.secagg import generate_key_service_keys
+from tensorguard_crypto.wire import RoundKeyAnnouncement
 from tensorguard_edge.client import EdgeConfig, RoundRefused, create_client
 from tensorguard_learning.demonstrations import Demonstration
 from tensorguard_learning.policy import PolicyConfig, build_policy
@@ -17,15 +22,30 @@ SHARED = dict(security_level=128, plaintext_bits=20, max_clients=16, clipping_no
               min_clients=2)
 
 
+@dataclass
+class Fleet:
+    """A provisioned fleet directory with the aggregator and key-service cores, one robot enrolled."""
+
+    paths: FleetPaths
+    aggregator: Aggregator
+    key_service: KeyServiceCore
+    model: object
+
+    def open_round(self):
+        return self.aggregator.open_round(self.key_service.round_key(self.aggregator.next_round_id()))
+
+
 @pytest.fixture()
 def fleet(tmp_path, monkeypatch):
     monkeypatch.setenv('TENSORGUARD_KEY_PASSPHRASE', PASSPHRASE.decode())
     paths = FleetPaths(tmp_path / 'fleet')
-    provision_server(paths, PASSPHRASE, standard_params(128, 20, 16, 2))
+    provision_server(paths, PASSPHRASE)
     aggregator = Aggregator(RoundPolicy(fleet_dir=str(paths.root), quorum=1, **SHARED), PASSPHRASE)
+    key_service = KeyServiceCore(KeyServicePolicy(fleet_dir=str(paths.root), **{
+        k: SHARED[k] for k in ('security_level', 'plaintext_bits', 'max_clients', 'min_clients')}), PASSPHRASE)
     model = aggregator.publish_model(build_policy(PolicyConfig(tasks=('push-v3',), num_experts=2)), 0, 'initial')
     enroll_robot(paths, 'robot_1', PASSPHRASE)
-    return paths, aggregator, model
+    return Fleet(paths, aggregator, key_service, model)
 
 
 def _client(paths: Path, model, **overrides):
@@ -43,9 +63,9 @@ def _client(paths: Path, model, **overrides):
 
 
 def test_update_is_accepted_by_the_aggregator_and_the_round_is_not_repeated(fleet):
-    paths, aggregator, model = fleet
+    paths, aggregator, model = fleet.paths, fleet.aggregator, fleet.model
     client = _client(paths, model)
-    config = aggregator.open_round()
+    config = fleet.open_round()
     package = client.process_round(config.serialize())
     accepted = aggregator.accept(package.serialize())
     assert accepted.robot_id == 'robot_1'
@@ -56,38 +76,61 @@ def test_update_is_accepted_by_the_aggregator_and_the_round_is_not_repeated(flee
 
 
 def test_hard_stop_refuses_the_round_that_would_exceed_the_budget_and_spends_nothing(fleet):
-    paths, aggregator, model = fleet
+    paths, aggregator, model = fleet.paths, fleet.aggregator, fleet.model
     client = _client(paths, model, epsilon_budget=0.5)
     with pytest.raises(RoundRefused) as refused:
-        client.process_round(aggregator.open_round().serialize())
+        client.process_round(fleet.open_round().serialize())
     assert refused.value.reason == 'budget_exhausted'
     assert client.status().epsilon_spent == 0.0 and client.last_round_id == 0
 
 
 def test_robot_refuses_a_round_with_weaker_noise_than_its_own_policy(fleet):
-    paths, aggregator, model = fleet
+    paths, aggregator, model = fleet.paths, fleet.aggregator, fleet.model
     client = _client(paths, model, noise_multiplier=1.0)
     with pytest.raises(RoundRefused) as refused:
-        client.process_round(aggregator.open_round().serialize())
+        client.process_round(fleet.open_round().serialize())
     assert refused.value.reason == 'round_parameters_mismatch'
 
 
-def test_robot_refuses_a_key_service_key_it_does_not_pin(fleet):
-    paths, aggregator, model = fleet
-    trust_path = paths.robot_dir('robot_1') / 'trust.json'
-    trust = json.loads(trust_path.read_text())
-    trust['key_service_public_key_sha256'] = '00' * 32
-    trust_path.write_text(json.dumps(trust))
+def test_robot_refuses_a_round_key_the_aggregator_made_itself(fleet, monkeypatch):
+    """The aggregator plays key service: it announces a lattice key whose secret it holds, signed by
+    an identity it controls under the key service's name. The robot checks the announcement
+    against the key-service identity it pins and sends nothing."""
+    paths, aggregator, model = fleet.paths, fleet.aggregator, fleet.model
     client = _client(paths, model)
+    honest = RoundKeyAnnouncement.deserialize(fleet.key_service.round_key(aggregator.next_round_id()))
+    impostor = Identity.generate('key_service', Role.KEY_SERVICE)
+    _, public = generate_key_service_keys(fleet.key_service.params)
+    forged = RoundKeyAnnouncement(
+        round_id=honest.round_id, security_level=honest.security_level, ring_degree=honest.ring_degree,
+        modulus_bits=honest.modulus_bits, plaintext_bits=honest.plaintext_bits, public_key=public.to_bytes(),
+        signer_key_id='key_service', created_at=honest.created_at).signed_by(impostor)
+    monkeypatch.setattr(rounds, 'verify_round_key', lambda *_: None)  # a compromised aggregator skips its check
+    config = aggregator.open_round(forged.serialize())
     with pytest.raises(RoundRefused) as refused:
-        client.process_round(aggregator.open_round().serialize())
-    assert refused.value.reason == 'untrusted_key_service'
+        client.process_round(config.serialize())
+    assert refused.value.reason in ('bad_signature', 'untrusted_round_key')
+    assert client.status().epsilon_spent == 0.0
+
+
+def test_robot_refuses_a_round_key_issued_for_another_round(fleet, monkeypatch):
+    paths, aggregator, model = fleet.paths, fleet.aggregator, fleet.model
+    client = _client(paths, model)
+    other_round_key = fleet.key_service.round_key(aggregator.next_round_id() + 5)
+    with pytest.raises(RoundError) as honest:
+        aggregator.open_round(other_round_key)
+    assert honest.value.reason == 'untrusted_round_key'
+    monkeypatch.setattr(rounds, 'verify_round_key', lambda *_: None)
+    config = aggregator.open_round(other_round_key)
+    with pytest.raises(RoundRefused) as refused:
+        client.process_round(config.serialize())
+    assert refused.value.reason == 'untrusted_round_key'
 
 
 def test_tampered_round_config_is_refused(fleet):
-    paths, aggregator, model = fleet
+    paths, aggregator, model = fleet.paths, fleet.aggregator, fleet.model
     client = _client(paths, model)
-    blob = bytearray(aggregator.open_round().serialize())
+    blob = bytearray(fleet.open_round().serialize())
     blob[-10] ^= 0x01
     with pytest.raises(RoundRefused) as refused:
         client.process_round(bytes(blob))
@@ -95,12 +138,12 @@ def test_tampered_round_config_is_refused(fleet):
 
 
 def test_compressed_round_sends_fewer_bytes_and_is_accepted(fleet):
-    paths, aggregator, model = fleet
+    paths, aggregator, model = fleet.paths, fleet.aggregator, fleet.model
     client = _client(paths, model)
-    dense = client.process_round(aggregator.open_round().serialize())
+    dense = client.process_round(fleet.open_round().serialize())
     aggregator.accept(dense.serialize())
     aggregator.close_round({'outcome': 'test'})
     aggregator.policy.coordinates_per_round = 200
-    compressed = client.process_round(aggregator.open_round().serialize())
+    compressed = client.process_round(fleet.open_round().serialize())
     assert aggregator.accept(compressed.serialize()).robot_id == 'robot_1'
     assert len(compressed.bodies) < len(dense.bodies) / 4
