@@ -2,8 +2,12 @@
 
 - Announces rounds (latched, signed ``RoundConfig``) on a schedule, on ``TriggerRound`` or through
   the ``RunRound`` action (with progress feedback).
-- Verifies every ``EncryptedUpdate`` and adds its bodies to the round's running sum; refused
-  messages are counted by reason and published in ``FleetStatus``; the node keeps running.
+- Verifies every ``EncryptedUpdate`` (its header ids must equal its signed package's) and adds its
+  bodies to the round's running sum; refused messages are counted by reason and published in
+  ``FleetStatus``; the node keeps running.
+- Never dies on bad state on disk (a KMS audit log or state file that does not verify, an
+  unwritable fleet directory): it refuses, counts, reports ERROR on ``/diagnostics`` while the
+  condition holds, and recovers by itself once it no longer does.
 - At quorum (all enrolled robots, or the deadline) sends the key service the signed manifest and
   summed bodies, turns the decrypted aggregate into a candidate, rolls it out in the simulator
   (evaluator), lets the gate decide reject / canary / deploy, and publishes the signed model.
@@ -20,7 +24,6 @@ import math
 import sys
 import threading
 import time
-from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -28,20 +31,31 @@ from rclpy.action import ActionServer
 from rclpy.callback_groups import ReentrantCallbackGroup
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 
-from tensorguard_crypto.verify import VerificationError
+from tensorguard_crypto.kms import KMSError
+from tensorguard_crypto.verify import VerificationError, decode
+from tensorguard_crypto.wire import UpdatePackage
 from tensorguard_learning.evaluation import EvaluationGate, SafetyThresholds, evaluate_policy
 from tensorguard_msgs.action import RunRound
 from tensorguard_msgs.msg import EncryptedUpdate, FleetStatus, ModelUpdate, RejectionCount, RoundConfig
-from tensorguard_msgs.srv import DecryptAggregate, RevokeRobot, TriggerRound
+from tensorguard_msgs.srv import DecryptAggregate, IssueRoundKey, RevokeRobot, TriggerRound
 from tensorguard_ros.config_fields import described
 from tensorguard_ros import qos, topics
+from tensorguard_ros.diagnostics import DiagnosticsPublisher, Health
 from tensorguard_ros.node_main import enable_autostart, spin_node
 from tensorguard_ros.params import declare_dataclass_parameters
 
 from tensorguard_aggregator.bootstrap_model import load_held_out
+from tensorguard_aggregator.kms_check import KMSCheck
 from tensorguard_aggregator.provisioning import passphrase_from_environment
 from tensorguard_aggregator.rounds import Aggregator, RoundError, RoundPolicy
 
+# Bad state on disk: the KMS cannot be used (its audit log or state file does not verify or cannot
+# be read), or the fleet directory cannot be read or written. An operation that meets one is
+# refused and counted, never fatal. (A KMSError from a request's own input, such as revoking an
+# unknown robot, is answered separately.)
+STATE_ERRORS = (KMSError, OSError)
+# Seconds after activation before an undiscovered key service is reported (both start together).
+KEY_SERVICE_GRACE_S = 10.0
 
 
 
@@ -81,8 +95,13 @@ class AggregatorNode(LifecycleNode):
         self.gate_policy = declare_dataclass_parameters(self, GatePolicy)
         self.group = ReentrantCallbackGroup()
         self.core: Aggregator | None = None
+        self.kms_check: KMSCheck | None = None
         self.gate = self.gate_policy.evaluation_gate()
-        self.rejections: Counter[str] = Counter()
+        self.health = Health(self.get_logger())
+        self.diagnostics = DiagnosticsPublisher(self, self.health, self.round_policy.fleet_dir, self._diagnostic_values)
+        self.roster: tuple[list[str], list[str]] = ([], [])
+        self.unrecorded: dict | None = None
+        self.activated_at = math.inf
         self.phase = 'idle'
         self.rounds_started = 0
         self.next_round_at = math.inf
@@ -107,12 +126,15 @@ class AggregatorNode(LifecycleNode):
             self.held_out = load_held_out(self.core.paths, self.core.model_policy)
             self.deployed_success = self._recorded_deployed_success()
         except Exception as exc:  # noqa: BLE001 - start-up failures are reported and refused.
-            self.get_logger().error(f'configure failed: {type(exc).__name__}: {exc}')
+            self.health.fault('configure', f'configure failed: {type(exc).__name__}: {exc}')
             return TransitionCallbackReturn.FAILURE
+        self.health.clear('configure')
+        self.kms_check = KMSCheck(self.core.kms)
         self.config_pub = self.create_publisher(RoundConfig, topics.ROUND_CONFIG, qos.LATCHED)
         self.model_pub = self.create_publisher(ModelUpdate, topics.MODEL_UPDATES, qos.LATCHED)
         self.status_pub = self.create_publisher(FleetStatus, topics.FLEET_STATUS, qos.STATUS)
         self.key_service = self.create_client(DecryptAggregate, topics.DECRYPT_AGGREGATE, callback_group=self.group)
+        self.round_keys = self.create_client(IssueRoundKey, topics.ISSUE_ROUND_KEY, callback_group=self.group)
         resumed = self.core.current
         self.get_logger().info(
             f'configured: model version {self.core.model.model_version}'
@@ -135,6 +157,7 @@ class AggregatorNode(LifecycleNode):
             self._publish_round(self.core.current.config)
         if self.gate_policy.round_period_s > 0:
             self.next_round_at = time.monotonic() + self.gate_policy.first_round_delay_s
+        self.activated_at = time.monotonic()
         self.get_logger().info('active')
         return super().on_activate(state)
 
@@ -169,18 +192,39 @@ class AggregatorNode(LifecycleNode):
         self.model_pub.publish(msg)
 
     def _publish_status(self) -> None:
+        """Every second: check the key service is reachable and publish FleetStatus; never raises."""
+        try:
+            self._probe_key_service()
+            self._publish_fleet_status()
+        except Exception as exc:  # noqa: BLE001 - last resort: a timer must not take the server down.
+            self._internal_error('status', exc)
+        else:
+            self.health.clear('status')
+
+    def _probe_key_service(self) -> None:
+        if self.key_service.service_is_ready() and self.round_keys.service_is_ready():
+            self.health.clear('key_service')
+        elif time.monotonic() - self.activated_at > KEY_SERVICE_GRACE_S:
+            self.health.fault('key_service', f'key service unreachable: no server for {topics.DECRYPT_AGGREGATE} '
+                                             f'and {topics.ISSUE_ROUND_KEY}')
+
+    def _publish_fleet_status(self) -> None:
+        """FleetStatus; while the KMS does not verify it carries the last verified roster."""
         with self.lock:
             current = self.core.current
-            kms = self.core.kms
-            robots = sorted(r.metadata.key_id for r in kms.list_keys() if r.metadata.role.value == 'robot')
+            try:
+                kms = self.core.kms
+                robots = sorted(r.metadata.key_id for r in kms.list_keys() if r.metadata.role.value == 'robot')
+                self.roster = ([r for r in robots if not kms.is_revoked(r)], [r for r in robots if kms.is_revoked(r)])
+            except STATE_ERRORS as exc:
+                self._state_fault(exc)
             msg = FleetStatus(
                 round_id=current.config.round_id if current else self.core.model.round_id,
                 phase=self.phase, model_version=self.core.model.model_version,
                 quorum=current.config.quorum if current else self.round_policy.quorum,
                 participants=current.contributors if current else [],
-                enrolled_robots=[r for r in robots if not kms.is_revoked(r)],
-                revoked_robots=[r for r in robots if kms.is_revoked(r)],
-                rejections=[RejectionCount(reason=r, count=c) for r, c in sorted(self.rejections.items())],
+                enrolled_robots=self.roster[0], revoked_robots=self.roster[1],
+                rejections=[RejectionCount(reason=r, count=c) for r, c in sorted(self.health.refusals().items())],
                 last_success_rate=self.last['success_rate'], last_success_lower_bound=self.last['lower_bound'],
                 deployed_success_rate=math.nan if self.deployed_success is None else self.deployed_success,
                 last_gate_decision=self.last['decision'])
@@ -189,34 +233,95 @@ class AggregatorNode(LifecycleNode):
 
     # Updates.
     def _on_update(self, msg: EncryptedUpdate) -> None:
+        """Verify one update and add it to the round; every refusal is counted by reason.
+
+        The header's ids are unauthenticated: they must equal the signed package's, and refusals
+        name them only as claimed."""
         blob = bytes(msg.package)
+        claimed = f'claimed {msg.robot_id!r}, round {msg.round_id}'
         if hashlib.sha256(blob).digest() != bytes(msg.package_sha256) or len(blob) != msg.package_size:
-            self._reject('transport_digest_mismatch', msg.robot_id)
+            self._reject('transport_digest_mismatch', claimed)
+            return
+        try:
+            unverified = decode(UpdatePackage, blob)
+        except VerificationError as exc:
+            self._reject(exc.reason, f'{claimed}: {exc}')
+            return
+        if (unverified.robot_id, unverified.round_id) != (msg.robot_id, msg.round_id):
+            self._reject('header_mismatch', f'{claimed}; its package claims {unverified.robot_id!r}, '
+                                            f'round {unverified.round_id}')
             return
         with self.lock:
-            if self.core.current is None or self.closing:
-                self._reject(self.core.classify_stray(blob), f'{msg.robot_id} for round {msg.round_id}: no round open')
-                return
             try:
+                self._check_kms()
+                if self.core.current is None or self.closing:
+                    self._reject(self.core.classify_stray(blob), f'{claimed}: no round open')
+                    return
                 package = self.core.accept(blob)
-            except VerificationError as exc:
-                self._reject(exc.reason, f'{msg.robot_id}: {exc}')
+            except (VerificationError, RoundError) as exc:
+                self._reject(exc.reason, f'{claimed}: {exc}')
                 return
-            except RoundError as exc:
-                self._reject(exc.reason, str(exc))
+            except STATE_ERRORS as exc:
+                self._reject(self._state_fault(exc), f'{claimed}: refused while the server state is bad')
                 return
+            self.health.clear('storage')
             count = len(self.core.current.contributors)
         self.get_logger().info(f'round {package.round_id}: accepted {package.robot_id} ({count} so far)')
 
     def _reject(self, reason: str, detail: str) -> None:
-        with self.lock:
-            self.rejections[reason] += 1
+        self.health.refuse(reason)
         self.get_logger().warning(f'refused update ({reason}): {detail}')
+
+    # Health.
+    def _check_kms(self) -> None:
+        """Re-verify the KMS audit log and state file if they changed; raises `KMSError` while they do not verify."""
+        try:
+            self.kms_check()
+        except KMSError as exc:
+            self._state_fault(exc)
+            raise
+        self.health.clear('kms')
+
+    def _state_fault(self, exc: Exception) -> str:
+        """Record a bad-state error (one of `STATE_ERRORS`) as a fault; returns its refusal reason."""
+        if isinstance(exc, OSError):
+            self.health.fault('storage', f'fleet directory {self.core.paths.server} unusable: {exc}')
+            return 'storage_error'
+        self.health.fault('kms', f'KMS audit log or state file unusable ({exc.reason}): {exc}')
+        return exc.reason
+
+    def _refuse_request(self, what: str, exc: Exception) -> str:
+        """Count and log a request refused for a bad state (one of `STATE_ERRORS`); returns the reply text."""
+        reason = self._state_fault(exc)
+        self.health.refuse(reason)
+        self.get_logger().warning(f'refused {what} ({reason})')
+        return f'{reason}: {exc}'
+
+    def _internal_error(self, callback: str, exc: Exception) -> None:
+        """Last resort of a timer callback: count `internal_error`, report its type until it succeeds again."""
+        self.health.refuse('internal_error')
+        self.health.fault(callback, f'{callback} failed: {type(exc).__name__}: {exc}')
+
+    def _diagnostic_values(self) -> dict[str, str]:
+        """Key/values of the aggregator's /diagnostics status."""
+        current = self.core.current if self.core is not None else None
+        model = self.core.model if self.core is not None else None
+        return {'phase': self.phase, 'round': str(current.config.round_id) if current else '',
+                'updates': str(len(current.contributors)) if current else '0',
+                'model_version': str(model.model_version) if model else ''}
 
     # Round control.
     def _open_round(self, deadline_s: float = 0.0, quorum: int = 0) -> int:
+        """Get the next round's key from the key service (without holding the lock), then announce it."""
         with self.lock:
-            config = self.core.open_round(deadline_s or None, quorum or None)
+            if self.core.current is not None:
+                raise RoundError('round_open', f'round {self.core.current.config.round_id} is still open')
+            round_id = self.core.next_round_id()
+        response = self._call_key_service(self.round_keys, IssueRoundKey.Request(round_id=round_id))
+        if not response.success:
+            raise RoundError(response.reason, f'key service refused a key for round {round_id}: {response.message}')
+        with self.lock:
+            config = self.core.open_round(bytes(response.announcement), deadline_s or None, quorum or None)
             self.rounds_started += 1
             self.phase = 'collecting'
         self._publish_round(config)
@@ -225,15 +330,43 @@ class AggregatorNode(LifecycleNode):
         return config.round_id
 
     def _tick(self) -> None:
+        """Every 0.5 s: re-verify the KMS, record a pending outcome, open or close rounds as due.
+
+        A bad state stops rounds from advancing and is reported on /diagnostics; it never raises."""
+        try:
+            self._check_kms()
+            if self.unrecorded is not None:
+                self._finish(self.unrecorded)
+            else:
+                self._advance_rounds()
+        except STATE_ERRORS as exc:
+            self._state_fault(exc)
+        except Exception as exc:  # noqa: BLE001 - last resort: a timer must not take the server down.
+            self._internal_error('tick', exc)
+        else:
+            self.health.clear('tick')
+
+    def _advance_rounds(self) -> None:
         with self.lock:
             if self.core.current is None:
                 limit = self.gate_policy.max_rounds
-                if time.monotonic() >= self.next_round_at and (limit == 0 or self.rounds_started < limit):
+                due = time.monotonic() >= self.next_round_at and (limit == 0 or self.rounds_started < limit)
+                if due:
                     self.next_round_at = time.monotonic() + self.gate_policy.round_period_s
-                    self._open_round()
+            else:
+                due = False
+        if due:
+            try:
+                self._open_round()
+            except RoundError as exc:
+                self.get_logger().error(f'automatic round not opened ({exc.reason}): {exc}')
+            return
+        with self.lock:
+            if self.core.current is None or self.closing:
                 return
-            if self.closing:
-                return
+            for robot in self.core.drop_revoked():
+                self.get_logger().warning(f'round {self.core.current.config.round_id}: {robot} was revoked; '
+                                          'its update was taken out of the sum')
             if self.core.expired():
                 round_id = self.core.current.config.round_id
                 self._finish({'round_id': round_id, 'outcome': 'expired_without_quorum',
@@ -251,7 +384,7 @@ class AggregatorNode(LifecycleNode):
             self.phase = 'decrypting'
             request = DecryptAggregate.Request(round_id=round_id, round_config=current.config.serialize(),
                                                request=self.core.aggregate_request())
-            response = self._call_key_service(request)
+            response = self._call_key_service(self.key_service, request)
             if not response.success:
                 raise RoundError(response.reason, f'key service refused: {response.message}')
             candidate = self.core.candidate(bytes(response.result))
@@ -275,7 +408,10 @@ class AggregatorNode(LifecycleNode):
                     self.deployed_success = metrics.success_rate
             outcome['deployed_success_rate'] = self.deployed_success
         except (RoundError, VerificationError) as exc:
-            outcome.update(outcome='failed', reason=getattr(exc, 'reason', 'error'), detail=str(exc))
+            outcome.update(outcome='failed', reason=exc.reason, detail=str(exc))
+            self.get_logger().error(f'round {round_id} failed: {exc}')
+        except STATE_ERRORS as exc:
+            outcome.update(outcome='failed', reason=self._state_fault(exc), detail=str(exc))
             self.get_logger().error(f'round {round_id} failed: {exc}')
         except Exception as exc:  # noqa: BLE001 - a failed round must not take the server down.
             outcome.update(outcome='failed', reason='error', detail=f'{type(exc).__name__}: {exc}')
@@ -316,11 +452,12 @@ class AggregatorNode(LifecycleNode):
         self.get_logger().info(f'model {model.model_version} deployed to the fleet')
         return model.model_version
 
-    def _call_key_service(self, request):
-        if not self.key_service.wait_for_service(timeout_sec=30.0):
+    def _call_key_service(self, client, request):
+        """Call one of the key service's services from a worker or callback thread and wait for it."""
+        if not client.wait_for_service(timeout_sec=30.0):
             raise RoundError('key_service_unavailable', 'the key service did not answer within 30 s')
         done = threading.Event()
-        future = self.key_service.call_async(request)
+        future = client.call_async(request)
         future.add_done_callback(lambda _f: done.set())
         if not done.wait(timeout=120.0):
             raise RoundError('key_service_timeout', 'no answer from the key service within 120 s')
@@ -334,11 +471,21 @@ class AggregatorNode(LifecycleNode):
         return next((rate for rate in reversed(recorded) if rate is not None), None)
 
     def _finish(self, outcome: dict) -> None:
+        """Record a round's outcome and close it; if the disk refuses, the tick retries (`unrecorded`)."""
         with self.lock:
-            outcome['closed_at'] = time.time()
-            self.core.close_round(outcome)
-            with open(self.core.paths.server / 'rounds.jsonl', 'a') as log:
-                log.write(json.dumps(outcome) + '\n')
+            outcome.setdefault('closed_at', time.time())
+            try:
+                current = self.core.current
+                if current is not None and current.config.round_id == outcome['round_id']:
+                    self.core.close_round(outcome)
+                with open(self.core.paths.server / 'rounds.jsonl', 'a') as log:
+                    log.write(json.dumps(outcome) + '\n')
+            except OSError as exc:
+                self.unrecorded = outcome
+                self._state_fault(exc)
+                return
+            self.unrecorded = None
+            self.health.clear('storage')
             self.phase = 'idle'
             self.closing = False
             self.round_closed.notify_all()
@@ -348,32 +495,46 @@ class AggregatorNode(LifecycleNode):
     # Services and action.
     def _on_trigger(self, request, response):
         try:
+            self._check_kms()
             response.round_id = self._open_round(request.deadline_seconds)
             response.accepted = True
             response.message = 'round opened'
         except RoundError as exc:
             response.accepted = False
             response.message = str(exc)
+        except STATE_ERRORS as exc:
+            response.accepted = False
+            response.message = self._refuse_request('TriggerRound', exc)
         return response
 
     def _on_revoke(self, request, response):
+        try:
+            self._check_kms()
+        except STATE_ERRORS as exc:
+            response.success = False
+            response.message = self._refuse_request('RevokeRobot', exc)
+            return response
         try:
             with self.lock:
                 self.core.kms.revoke_key(request.robot_id, request.reason or 'revoked by operator')
             response.success = True
             response.message = f'{request.robot_id} revoked'
             self.get_logger().warning(f'revoked {request.robot_id}: {request.reason}')
-        except Exception as exc:  # noqa: BLE001 - unknown or already revoked robots are reported.
+        except KMSError as exc:  # unknown or already revoked robot, over-long reason
             response.success = False
-            response.message = f'{type(exc).__name__}: {exc}'
+            response.message = f'{exc.reason}: {exc}'
         return response
 
     def _run_round_action(self, goal_handle):
         try:
+            self._check_kms()
             round_id = self._open_round(goal_handle.request.deadline_seconds, goal_handle.request.quorum)
         except RoundError as exc:
             goal_handle.abort()
             return RunRound.Result(success=False, message=str(exc))
+        except STATE_ERRORS as exc:
+            goal_handle.abort()
+            return RunRound.Result(success=False, message=self._refuse_request('RunRound', exc))
         feedback = RunRound.Feedback()
         with self.lock:
             while self.core.current is not None and self.core.current.config.round_id == round_id:
@@ -384,7 +545,11 @@ class AggregatorNode(LifecycleNode):
                 feedback.seconds_remaining = max(0.0, current.config.deadline - time.time())
                 goal_handle.publish_feedback(feedback)
                 self.round_closed.wait(timeout=1.0)
-        outcome = _last_outcome(self.core.paths.server / 'rounds.jsonl', round_id)
+        try:
+            outcome = _last_outcome(self.core.paths.server / 'rounds.jsonl', round_id)
+        except (OSError, ValueError) as exc:  # unreadable or corrupt round log
+            self.get_logger().error(f'round {round_id}: outcome unreadable: {type(exc).__name__}: {exc}')
+            outcome = {'detail': f'round {round_id} closed, but its outcome is unreadable: {exc}'}
         if outcome.get('outcome') == 'aggregated':
             goal_handle.succeed()
         else:

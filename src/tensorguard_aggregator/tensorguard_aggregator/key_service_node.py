@@ -1,21 +1,25 @@
-"""The key service's node: serves ``DecryptAggregate`` in its own process, nothing else.
+"""The key service's node: serves ``IssueRoundKey`` and ``DecryptAggregate`` in its own process, nothing else.
 
 A thin shell around `KeyServiceCore`; it never subscribes to updates, so it never sees an
 individual robot's body. Refusals are answered with a reason and counted; the node keeps running.
+It re-verifies the KMS every second and before each decryption: while the audit log or state file
+does not verify it refuses and reports ERROR on ``/diagnostics``, and recovers once they do.
 """
 from __future__ import annotations
 
 import sys
-from collections import Counter
 
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 
-from tensorguard_msgs.srv import DecryptAggregate
+from tensorguard_crypto.kms import KMSError
+from tensorguard_msgs.srv import DecryptAggregate, IssueRoundKey
 from tensorguard_ros import topics
+from tensorguard_ros.diagnostics import DiagnosticsPublisher, Health
 from tensorguard_ros.node_main import enable_autostart, spin_node
 from tensorguard_ros.params import declare_dataclass_parameters
 
 from tensorguard_aggregator.key_service import DecryptionRefused, KeyServiceCore, KeyServicePolicy
+from tensorguard_aggregator.kms_check import KMSCheck
 from tensorguard_aggregator.provisioning import passphrase_from_environment
 
 
@@ -26,40 +30,90 @@ class KeyServiceNode(LifecycleNode):
         super().__init__('key_service')
         self.policy = declare_dataclass_parameters(self, KeyServicePolicy)
         self.core: KeyServiceCore | None = None
-        self.service = None
-        self.refusals: Counter[str] = Counter()
+        self.kms_check: KMSCheck | None = None
+        self.handles = []
+        self.decryptions = 0
+        self.health = Health(self.get_logger())
+        self.diagnostics = DiagnosticsPublisher(self, self.health, self.policy.fleet_dir, self._diagnostic_values)
+        self.probe = self.create_timer(1.0, self._probe)
         enable_autostart(self)
 
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
         try:
             self.core = KeyServiceCore(self.policy, passphrase_from_environment())
         except Exception as exc:  # noqa: BLE001 - start-up failures are reported and refused.
-            self.get_logger().error(f'configure failed: {type(exc).__name__}: {exc}')
+            self.health.fault('configure', f'configure failed: {type(exc).__name__}: {exc}')
             return TransitionCallbackReturn.FAILURE
+        self.health.clear('configure')
+        self.kms_check = KMSCheck(self.core.kms)
         self.get_logger().info(f'configured: decrypts aggregates of at least {self.policy.min_quorum} robots')
         return TransitionCallbackReturn.SUCCESS
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
-        self.service = self.create_service(DecryptAggregate, topics.DECRYPT_AGGREGATE, self._on_request)
+        self.handles = [self.create_service(DecryptAggregate, topics.DECRYPT_AGGREGATE, self._on_request),
+                         self.create_service(IssueRoundKey, topics.ISSUE_ROUND_KEY, self._on_round_key)]
         return super().on_activate(state)
 
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
-        if self.service is not None:
-            self.destroy_service(self.service)
-            self.service = None
+        for service in self.handles:
+            self.destroy_service(service)
+        self.handles = []
         return super().on_deactivate(state)
+
+    def _on_round_key(self, request, response):
+        try:
+            response.announcement = self.core.round_key(request.round_id)
+        except DecryptionRefused as exc:
+            self.health.refuse(exc.reason)
+            response.success, response.reason, response.message = False, exc.reason, str(exc)
+            self.get_logger().warning(f'refused a key for round {request.round_id} ({exc.reason}): {exc}')
+            return response
+        response.success = True
+        self.get_logger().info(f'issued the lattice key of round {request.round_id}')
+        return response
 
     def _on_request(self, request, response):
         try:
+            self._check_kms()
             result, contributors = self.core.decrypt(bytes(request.round_config), bytes(request.request))
         except DecryptionRefused as exc:
-            self.refusals[exc.reason] += 1
+            self.health.refuse(exc.reason)
             response.success, response.reason, response.message = False, exc.reason, str(exc)
             self.get_logger().warning(f'refused round {request.round_id} ({exc.reason}): {exc}')
             return response
+        self.decryptions += 1
         response.success, response.contributors, response.result = True, contributors, result
         self.get_logger().info(f'decrypted round {request.round_id}: aggregate of {contributors} robots')
         return response
+
+    def _check_kms(self) -> None:
+        """Re-verify the KMS audit log and state file if they changed; the 'kms' condition follows the
+        result; raises `DecryptionRefused` while they do not verify."""
+        try:
+            self.kms_check()
+        except KMSError as exc:
+            self.health.fault('kms', f'KMS audit log or state file unusable ({exc.reason}): {exc}')
+            raise DecryptionRefused(exc.reason, f'the KMS cannot be used: {exc}') from None
+        self.health.clear('kms')
+
+    def _probe(self) -> None:
+        """Every second: re-verify the KMS, so /diagnostics shows a bad state before a request meets it."""
+        if self.kms_check is None:
+            return
+        try:
+            self._check_kms()
+        except DecryptionRefused:
+            return  # reported as the 'kms' condition
+        except Exception as exc:  # noqa: BLE001 - last resort: a timer must not take the key service down.
+            self.health.refuse('internal_error')
+            self.health.fault('probe', f'probe failed: {type(exc).__name__}: {exc}')
+            return
+        self.health.clear('probe')
+
+    def _diagnostic_values(self) -> dict[str, str]:
+        """Key/values of the key service's /diagnostics status."""
+        return {'configured': str(self.core is not None), 'decryptions': str(self.decryptions),
+                'min_quorum': str(self.policy.min_quorum)}
 
 
 def main(args: list[str] | None = None) -> int:

@@ -1,4 +1,4 @@
-"""Fleet provisioning (ROS-free): server identities, the key service's lattice keys, robot enrolment.
+"""Fleet provisioning (ROS-free): server identities, robot enrolment, secrets sealed at rest.
 
 Layout of a fleet directory (the fleet server's ``server/`` and each robot's ``robots/<id>/``
 would live on different machines in production; a simulated fleet keeps them side by side):
@@ -6,17 +6,19 @@ would live on different machines in production; a simulated fleet keeps them sid
     server/kms/audit.log            KMS hash-chained audit log (+ .state.json)
     server/aggregator.key           Ed25519, role aggregator: signs round configs and manifests
     server/server.key               Ed25519, role server: signs models
-    server/key_service.key          Ed25519, role key_service: signs decrypted aggregates
-    server/key_service_lattice.sealed   the key service's ring-LWE secret, scrypt + AES-256-GCM
-    server/key_service_lattice.pub      its public key (robots pin its SHA-256)
+    server/key_service.key          Ed25519, role key_service: signs round keys and decrypted aggregates
+    server/key_service/rounds/<r>/  the key service's per-round lattice key (key_service.py)
+    server/rounds/<r>/              the aggregator's round state and per-round transport key (rounds.py)
     robots/<id>/identity.key        the robot's Ed25519 key
-    robots/<id>/trust.json          pinned server keys + key-service lattice key digest
+    robots/<id>/trust.json          pinned public keys of the aggregator, the model server and the key service
+
+There is no long-term lattice key: the key service makes one per round and destroys it after the
+round's single decryption, so a later theft of the server's files opens no past round.
 
 Every private file is written 0600 and encrypted under the passphrase (``TENSORGUARD_KEY_PASSPHRASE``).
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import secrets
@@ -27,12 +29,10 @@ from pathlib import Path
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from tensorguard_crypto.identity import Role
+from tensorguard_crypto.identity import Role, check_id
 from tensorguard_crypto.keystore import (DEFAULT_SCRYPT_LOG2_N, PASSPHRASE_ENV, derive_file_key, generate_key,
                                          load_key)
 from tensorguard_crypto.kms import KeyManagementSystem, KeyMetadata
-from tensorguard_crypto.params import SecAggParams
-from tensorguard_crypto.secagg import KeyService, KeyServiceSecretKey, generate_key_service_keys
 
 _SEALED_MAGIC = b'TGSEAL1'
 _SALT_BYTES = 16
@@ -64,22 +64,12 @@ class FleetPaths:
         return self.server / 'kms' / 'audit.log'
 
     def server_key(self, key_id: str) -> Path:
-        """Identity key file of one server component."""
-        return self.server / f'{key_id}.key'
-
-    @property
-    def lattice_secret(self) -> Path:
-        """The key service's sealed ring-LWE secret."""
-        return self.server / 'key_service_lattice.sealed'
-
-    @property
-    def lattice_public(self) -> Path:
-        """The key service's ring-LWE public key."""
-        return self.server / 'key_service_lattice.pub'
+        """Identity key file of one server component (the id is checked first: it becomes a file name)."""
+        return self.server / f'{check_id(key_id, "server key id")}.key'
 
     def robot_dir(self, robot_id: str) -> Path:
-        """A robot's directory."""
-        return self.root / 'robots' / robot_id
+        """A robot's directory (the id is checked first: it becomes a directory name)."""
+        return self.root / 'robots' / check_id(robot_id, 'robot id')
 
     def kms(self) -> KeyManagementSystem:
         """The fleet's KMS."""
@@ -95,6 +85,29 @@ def seal(path: Path, secret: bytes, passphrase: bytes, context: bytes) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, 'wb') as f:
         f.write(blob)
+
+
+def destroy(path: Path) -> None:
+    """Overwrite a secret file with zeros, flush, unlink it and flush its directory.
+
+    On a journaling or copy-on-write file system (or an SSD) old blocks may survive the overwrite;
+    what this guarantees is that no TensorGuard process can read the secret again, which is what
+    forward secrecy against a later theft of the directory needs together with full-disk encryption.
+    """
+    try:
+        size = path.stat().st_size
+        with open(path, 'r+b') as f:
+            f.write(bytes(size))
+            f.flush()
+            os.fsync(f.fileno())
+        path.unlink()
+    except FileNotFoundError:
+        return
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
 
 
 def unseal(path: Path, passphrase: bytes, context: bytes) -> bytes:
@@ -119,16 +132,13 @@ def _register(kms: KeyManagementSystem, key_id: str, role: Role, public_key: byt
                                          role=role, public_key=public_key))
 
 
-def provision_server(paths: FleetPaths, passphrase: bytes, params: SecAggParams, owner: str = 'fleet') -> None:
-    """Create the server's three identities and the key service's lattice key pair; enrol them."""
+def provision_server(paths: FleetPaths, passphrase: bytes, owner: str = 'fleet') -> None:
+    """Create the server's three identities and enrol them."""
     kms = paths.kms()
     for key_id, role in ((AGGREGATOR_ID, Role.AGGREGATOR), (SERVER_ID, Role.SERVER),
                          (KEY_SERVICE_ID, Role.KEY_SERVICE)):
         identity = generate_key(paths.server_key(key_id), passphrase=passphrase, key_id=key_id, role=role)
         _register(kms, key_id, role, identity.public_key_bytes(), owner)
-    secret, public = generate_key_service_keys(params)
-    seal(paths.lattice_secret, secret.to_bytes(), passphrase, KEY_SERVICE_ID.encode())
-    paths.lattice_public.write_bytes(public.to_bytes())
 
 
 def enroll_robot(paths: FleetPaths, robot_id: str, passphrase: bytes, owner: str = 'fleet') -> Path:
@@ -139,10 +149,8 @@ def enroll_robot(paths: FleetPaths, robot_id: str, passphrase: bytes, owner: str
     _register(kms, robot_id, Role.ROBOT, identity.public_key_bytes(), owner)
     pinned = {key_id: {'role': kms.get(key_id).metadata.role.value,
                        'public_key': kms.public_key_for(key_id).hex()}
-              for key_id in (AGGREGATOR_ID, SERVER_ID)}
-    trust = {'keys': pinned,
-             'key_service_public_key_sha256': hashlib.sha256(paths.lattice_public.read_bytes()).hexdigest()}
-    (robot_dir / 'trust.json').write_text(json.dumps(trust, indent=2))
+              for key_id in (AGGREGATOR_ID, SERVER_ID, KEY_SERVICE_ID)}
+    (robot_dir / 'trust.json').write_text(json.dumps({'keys': pinned}, indent=2))
     return robot_dir
 
 
@@ -152,12 +160,6 @@ def passphrase_from_environment() -> bytes:
     if not value:
         raise ProvisioningError(f'set {PASSPHRASE_ENV} to open the server keys')
     return value.encode()
-
-
-def load_key_service(paths: FleetPaths, passphrase: bytes, params: SecAggParams) -> KeyService:
-    """Open the sealed lattice secret into this process's memory only."""
-    secret = unseal(paths.lattice_secret, passphrase, KEY_SERVICE_ID.encode())
-    return KeyService(KeyServiceSecretKey.from_bytes(secret, params))
 
 
 def load_server_identity(paths: FleetPaths, key_id: str, passphrase: bytes):
