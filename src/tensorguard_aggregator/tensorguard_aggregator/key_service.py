@@ -148,6 +148,10 @@ class KeyServiceCore:
                     self.params.n, self.params.coefficient_bits, self.params.plaintext_bits, self.params.min_clients):
                 raise DecryptionRefused('round_parameters_mismatch',
                                         f'round {config.round_id} uses parameters this key service does not hold')
+            request = verify_aggregate_request(request_blob, self.kms, config)
+            robots = sorted(c.robot_id for c in request.contributions)
+            if len(robots) < self.policy.min_quorum:
+                raise QuorumNotMet(f'{len(robots)} contributors, the key service requires {self.policy.min_quorum}')
             directory = self._round_dir(config.round_id)
             if (directory / 'decrypted.json').exists():
                 raise DecryptionRefused('round_already_decrypted',
@@ -156,10 +160,6 @@ class KeyServiceCore:
             if not announcement_path.exists() or announcement_path.read_bytes() != config.round_key:
                 raise DecryptionRefused('unknown_round_key',
                                         f'round {config.round_id} does not carry the key this key service issued')
-            request = verify_aggregate_request(request_blob, self.kms, config)
-            robots = sorted(c.robot_id for c in request.contributions)
-            if len(robots) < self.policy.min_quorum:
-                raise QuorumNotMet(f'{len(robots)} contributors, the key service requires {self.policy.min_quorum}')
             record = json.dumps({'round_id': config.round_id, 'robots': robots, 'at': time.time()}).encode()
             if not _write_exclusive(directory / 'decrypted.json', record):
                 raise DecryptionRefused('round_already_decrypted',

@@ -13,6 +13,7 @@ lose is on disk before it is acknowledged:
     <server>/rounds/<id>/updates/<robot>    every accepted UpdatePackage, written atomically
     <server>/rounds/<id>/removed/<robot>    updates taken out of the sum (revoked mid-round)
     <server>/rounds/<id>/quarantine/<robot> stored updates that failed re-verification on resume
+    <server>/rounds/<id>/aggregate.bin      the key service's signed AggregateResult (DP-noised sum)
     <server>/rounds/<id>/outcome.json       written when the round is closed (absent: still open)
     <server>/models/<version>.tgm           signed ModelPackages; the highest valid one is current
 
@@ -421,6 +422,7 @@ class Aggregator:
             raise RoundError('wrong_round', 'aggregate result is bound to another round')
         if sorted(result.contributors) != sorted(self.current.contributors):
             raise RoundError('contributors_mismatch', 'the key service decrypted another set of robots')
+        _write_atomic(self.current.directory / 'aggregate.bin', result_blob)
         summed = update_codec.decode_aggregate(self.current.codec, result.aggregate)
         floor = segment_weight_floor(self.current.codec, len(result.contributors), self.policy.min_segment_weight)
         indices = adapter_round_coordinates(config.round_seed, self.model_policy, config.num_coordinates)

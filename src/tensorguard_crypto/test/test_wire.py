@@ -131,7 +131,7 @@ def test_envelope_errors_are_distinct(server, robot):
     package = make_update(robot, make_round_config(server))
     envelope = _envelope(package)
     with pytest.raises(UnsupportedSchemaVersion):
-        UpdatePackage.deserialize(_pack({**envelope, 'schema': 2}))
+        UpdatePackage.deserialize(_pack({**envelope, 'schema': 1}))
     with pytest.raises(WrongRecordKind):
         UpdatePackage.deserialize(_pack({**envelope, 'kind': 'ModelPackage'}))
     with pytest.raises(WrongRecordKind):
