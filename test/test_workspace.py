@@ -79,3 +79,15 @@ def test_test_command_fails_when_a_test_fails(tmp_path):
     result = _run_test_command(str(tmp_path))
     assert result.returncode == 1
     assert '1 failed, 1 passed' in result.stdout
+
+
+def test_operator_command_is_on_path_after_sourcing_env():
+    """The documented `tensorguard` command runs after `source scripts/env.sh` in a clean shell: colcon's
+    package hook puts install/tensorguard_crypto/bin on PATH (the console script itself stays in lib/)."""
+    environment = {'HOME': os.environ.get('HOME', '/root'), 'PATH': '/usr/local/bin:/usr/bin:/bin', 'LANG': 'C.UTF-8'}
+    result = subprocess.run(['bash', '-c', 'source scripts/env.sh && command -v tensorguard && tensorguard --help'],
+                            cwd=ROOT, env=environment, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    located, _, usage = result.stdout.partition('\n')
+    assert located == str(ROOT / 'install' / 'tensorguard_crypto' / 'bin' / 'tensorguard')
+    assert usage.startswith('usage: tensorguard') and 'kms' in usage

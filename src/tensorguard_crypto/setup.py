@@ -10,6 +10,7 @@ setup(
     data_files=[
         ('share/ament_index/resource_index/packages', [f'resource/{PACKAGE}']),
         (f'share/{PACKAGE}', ['package.xml']),
+        ('bin', ['bin/tensorguard']),  # on PATH via colcon's hook for install/<pkg>/bin (the console script is in lib/)
     ],
     install_requires=['setuptools', 'numpy', 'cryptography', 'msgpack'],
     zip_safe=True,

@@ -1,7 +1,8 @@
 """`tensorguard` operator command line: info, keygen, bench and the KMS (register, revoke, rotate, list, verify-log).
 
-Exit codes: 0 success, 2 usage error, 3 key file error, 4 KMS refusal, 5 audit log or state
-tampered, 6 HSM error.
+Exit codes: 0 success, 2 usage error (including a malformed key id or a non-positive count), 3 key
+file error, 4 KMS refusal or unusable KMS files (audit log or state path not a readable regular file),
+5 audit log or state tampered, 6 HSM error. Every failure prints one `error:` line, never a traceback.
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from typing import Sequence
 
 from . import keystore, wire
 from .hsm import DEFAULT_MODULE, MODULE_ENV, HsmError, HsmSession
-from .identity import Role, fingerprint
+from .identity import InvalidId, Role, check_id, fingerprint
 from .kms import AuditLogTampered, KeyManagementSystem, KeyMetadata, KMSError, StateMismatch
 
 AUDIT_LOG_ENV = 'TENSORGUARD_KMS_AUDIT_LOG'
@@ -32,6 +33,25 @@ class CliError(Exception):
     def __init__(self, message: str, exit_code: int) -> None:
         super().__init__(message)
         self.exit_code = exit_code
+
+
+def _positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (a count of packages or bytes)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f'{text!r} is not an integer') from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f'{value} must be at least 1')
+    return value
+
+
+def _key_id(text: str) -> str:
+    """argparse type: a key id of the id grammar (identity.ID_PATTERN)."""
+    try:
+        return check_id(text, 'key id')
+    except InvalidId as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def _version(distribution: str) -> str:
@@ -171,7 +191,8 @@ def _bench(args: argparse.Namespace) -> None:
         round_id=1, round_seed=os.urandom(32), model_version=1, num_coordinates=1, total_coordinates=1,
         num_experts=1, clipping_norm=1.0, noise_mu=1.0, scale=1.0, plaintext_bits=16, min_clients=1,
         security_level=128, ring_degree=1024, modulus_bits=27, deadline=now + 3600, quorum=1,
-        key_service_public_key=b'', key_service_key_id='ks', aggregator_key_id='agg', signer_key_id='server',
+        round_key=b'', aggregator_transport_key=bytes(wire.TRANSPORT_KEY_BYTES), key_service_key_id='ks',
+        aggregator_key_id='agg', signer_key_id='server',
         created_at=now).signed_by(server)
     packages = [UpdatePackage(
         robot_id=robot.key_id, round_id=1, round_seed=config.round_seed, config_digest=config.config_digest(),
@@ -208,7 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     keygen = commands.add_parser('keygen', help='create an Ed25519 identity key (file or hsm:// path)')
     keygen.add_argument('path', help='key file to create, or hsm://slot/N/LABEL / hsm://token/T/LABEL')
-    keygen.add_argument('--key-id', required=True)
+    keygen.add_argument('--key-id', required=True, type=_key_id)
     keygen.add_argument('--role', choices=[role.value for role in Role], default=Role.ROBOT.value)
     keygen.add_argument('--security-level', type=int, default=128)
     keygen.add_argument('--scrypt-log2-n', type=int, default=keystore.DEFAULT_SCRYPT_LOG2_N,
@@ -216,8 +237,8 @@ def build_parser() -> argparse.ArgumentParser:
     keygen.set_defaults(handler=_keygen)
 
     bench = commands.add_parser('bench', help='time wire decoding, verification, signing and the key-file KDF')
-    bench.add_argument('--packages', type=int, default=20)
-    bench.add_argument('--body-bytes', type=int, default=1024 * 1024)
+    bench.add_argument('--packages', type=_positive_int, default=20)
+    bench.add_argument('--body-bytes', type=_positive_int, default=1024 * 1024)
     bench.set_defaults(handler=_bench)
 
     kms = commands.add_parser('kms', help='key management system')
@@ -226,7 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
     actions = kms.add_subparsers(dest='action', required=True)
     for name, handler in (('register', _register), ('rotate', _rotate)):
         action = actions.add_parser(name)
-        action.add_argument('key_id')
+        action.add_argument('key_id', type=_key_id)
         action.add_argument('--key-file', help='key file (public header only is read) or hsm:// path')
         action.add_argument('--public-key', help='raw Ed25519 public key in hex')
         action.set_defaults(handler=handler)
@@ -237,7 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
         else:
             action.add_argument('--reason', default='')
     revoke = actions.add_parser('revoke')
-    revoke.add_argument('key_id')
+    revoke.add_argument('key_id', type=_key_id)
     revoke.add_argument('--reason', default='')
     revoke.set_defaults(handler=_revoke)
     listing = actions.add_parser('list')

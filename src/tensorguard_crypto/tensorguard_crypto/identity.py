@@ -3,11 +3,20 @@
 Ed25519 (RFC 8032) via the `cryptography` package. Every signature is made over a domain-separated
 message (a context tag naming what is signed, then the canonical bytes), so a signature made for one
 kind of record can never be replayed as another kind.
+
+Ids (robots, keys, server components) follow one grammar, `ID_PATTERN`, because they also name
+files and directories (key files, a robot's fleet directory, an update's file in a round): no '/',
+no '.', no upper case, at most 63 characters.
+
+Public keys enrolled in the KMS must also pass `check_public_key_strength`: a canonical encoding of a
+point in the prime-order subgroup. OpenSSL accepts small-order keys, and with the identity point as
+public key the signature (R = identity, S = 0) verifies every message.
 """
 from __future__ import annotations
 
 import enum
 import hashlib
+import re
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -18,6 +27,16 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 PUBLIC_KEY_BYTES = 32
 SIGNATURE_BYTES = 64
 MAX_CONTEXT_BYTES = 64
+MAX_ID_CHARS = 63
+ID_PATTERN = re.compile(r'[a-z0-9][a-z0-9_-]{0,62}')
+
+# Edwards25519 (RFC 8032 section 5.1): field prime p, curve constant d, order L of the base point's
+# prime-order subgroup, and sqrt(-1) mod p (used by point decoding, section 5.1.3).
+_P = 2 ** 255 - 19
+_D = -121665 * pow(121666, -1, _P) % _P
+_L = 2 ** 252 + 27742317777372353535851937790883648493
+_SQRT_M1 = pow(2, (_P - 1) // 4, _P)
+_COFACTOR = 8
 
 
 class Role(str, enum.Enum):
@@ -41,6 +60,20 @@ class InvalidPublicKey(IdentityError):
     reason = 'invalid_public_key'
 
 
+class WeakPublicKey(InvalidPublicKey):
+    """A 32-byte Ed25519 public key that must not be trusted: a non-canonical encoding, a point of
+    small order (a forged signature then verifies any message) or a point outside the prime-order
+    subgroup."""
+
+    reason = 'weak_public_key'
+
+
+class InvalidId(IdentityError):
+    """An id (robot, key or component) outside `ID_PATTERN`; ids also name files and directories."""
+
+    reason = 'invalid_id'
+
+
 class SignatureInvalid(IdentityError):
     """A signature does not verify under the given public key and context."""
 
@@ -58,6 +91,17 @@ class Signer(Protocol):
 
     def sign(self, context: bytes, message: bytes) -> bytes:
         """64-byte Ed25519 signature over the domain-separated message."""
+
+
+def check_id(value: object, what: str) -> str:
+    """Return `value` if it is a valid id (`ID_PATTERN`, at most `MAX_ID_CHARS`), else raise `InvalidId`
+    naming `what`; call it before an id is used to build a path."""
+    if type(value) is not str:
+        raise InvalidId(f'{what} must be a string, got {type(value).__name__}')
+    if not ID_PATTERN.fullmatch(value):
+        raise InvalidId(f'{what} {value[:80]!r} is not a valid id: 1 to {MAX_ID_CHARS} characters of a-z, 0-9, '
+                        f"'_' and '-', starting with a letter or digit")
+    return value
 
 
 def signing_input(context: bytes, message: bytes) -> bytes:
@@ -80,6 +124,72 @@ def load_public_key(public_key: bytes) -> Ed25519PublicKey:
         return Ed25519PublicKey.from_public_bytes(bytes(public_key))
     except ValueError:
         raise InvalidPublicKey('bytes are not a valid Ed25519 public key') from None
+
+
+_Point = tuple[int, int, int, int]
+_IDENTITY: _Point = (0, 1, 1, 0)
+
+
+def _point_add(first: _Point, second: _Point) -> _Point:
+    """Sum of two points in extended coordinates (X, Y, Z, T), x = X/Z, y = Y/Z, x*y = T/Z: the
+    complete addition formulas of RFC 8032 section 5.1.4 (also valid for doubling)."""
+    x1, y1, z1, t1 = first
+    x2, y2, z2, t2 = second
+    a = (y1 - x1) * (y2 - x2) % _P
+    b = (y1 + x1) * (y2 + x2) % _P
+    c = 2 * _D * t1 * t2 % _P
+    d = 2 * z1 * z2 % _P
+    e, f, g, h = b - a, d - c, d + c, b + a
+    return e * f % _P, g * h % _P, f * g % _P, e * h % _P
+
+
+def _point_multiply(scalar: int, point: _Point) -> _Point:
+    """[scalar]point by double-and-add (variable time: used on public keys only)."""
+    result = _IDENTITY
+    while scalar:
+        if scalar & 1:
+            result = _point_add(result, point)
+        point = _point_add(point, point)
+        scalar >>= 1
+    return result
+
+
+def _is_identity(point: _Point) -> bool:
+    x, y, z, _ = point
+    return x % _P == 0 and (y - z) % _P == 0
+
+
+def _decode_point(encoding: bytes) -> _Point:
+    """Strict point decoding of RFC 8032 section 5.1.3: refuses y >= p and x = 0 with the sign bit set
+    (non-canonical encodings) and y values with no curve point."""
+    value = int.from_bytes(encoding, 'little')
+    sign, y = value >> 255, value & ((1 << 255) - 1)
+    if y >= _P:
+        raise WeakPublicKey('public key is a non-canonical encoding (y >= 2^255 - 19)')
+    u, v = (y * y - 1) % _P, (_D * y * y + 1) % _P
+    x = u * pow(v, 3, _P) * pow(u * pow(v, 7, _P), (_P - 5) // 8, _P) % _P
+    if v * x * x % _P != u:
+        x = x * _SQRT_M1 % _P  # v x^2 = -u: multiply by sqrt(-1)
+        if v * x * x % _P != u:
+            raise InvalidPublicKey('public key bytes do not encode a point of Ed25519')
+    if x == 0 and sign:
+        raise WeakPublicKey('public key is a non-canonical encoding (x = 0 with the sign bit set)')
+    if x & 1 != sign:
+        x = _P - x
+    return x, y, 1, x * y % _P
+
+
+def check_public_key_strength(public_key: bytes) -> None:
+    """Refuse an Ed25519 public key that decodes (RFC 8032 section 5.1.3) to anything but a canonical
+    point of the prime-order subgroup: `WeakPublicKey` for a non-canonical encoding, one of the 8 points
+    of small order (for which forged signatures verify) or a point with a small-order component."""
+    if not isinstance(public_key, (bytes, bytearray)) or len(public_key) != PUBLIC_KEY_BYTES:
+        raise InvalidPublicKey(f'an Ed25519 public key is exactly {PUBLIC_KEY_BYTES} bytes')
+    point = _decode_point(bytes(public_key))
+    if _is_identity(_point_multiply(_COFACTOR, point)):
+        raise WeakPublicKey('public key is a point of small order (a forged signature would verify any message)')
+    if not _is_identity(_point_multiply(_L, point)):
+        raise WeakPublicKey('public key is not in the prime-order subgroup (it has a small-order component)')
 
 
 def verify_signature(public_key: bytes, context: bytes, message: bytes, signature: bytes) -> None:

@@ -27,8 +27,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
-from .identity import PUBLIC_KEY_BYTES, Identity, Role, fingerprint
-from .wire import ID_PATTERN, MAX_ID_CHARS
+from .identity import PUBLIC_KEY_BYTES, Identity, InvalidId, Role, check_id, fingerprint
 
 PASSPHRASE_ENV = 'TENSORGUARD_KEY_PASSPHRASE'
 MAGIC = b'TGKEY\x00'
@@ -77,6 +76,19 @@ class KeyFileCorrupt(KeyStoreError):
     """The file is truncated, has extra bytes, or is not a TensorGuard key file."""
 
     reason = 'key_file_corrupt'
+
+
+class KeyPathInvalid(KeyStoreError):
+    """The key file path cannot hold a key file: a directory or other non-regular file, a path under a
+    regular file, or a directory that cannot be created."""
+
+    reason = 'key_path_invalid'
+
+
+class InvalidKeyFileId(KeyStoreError, InvalidId):
+    """A key id, given for a new key file or read from a key file's header, outside identity.ID_PATTERN."""
+
+    reason = 'invalid_id'
 
 
 class WrongPassphrase(KeyStoreError):
@@ -150,9 +162,11 @@ def _parse(path: Path, data: bytes) -> _ParsedFile:
     if len(data) != expected:
         raise corrupt
     try:
-        key_id = data[pos:pos + key_id_len].decode()
+        key_id = check_id(data[pos:pos + key_id_len].decode(), 'key id')
     except UnicodeDecodeError:
         raise corrupt from None
+    except InvalidId as error:
+        raise InvalidKeyFileId(f'{path}: {error}') from None
     pos += key_id_len
     log2_n, r, p = data[pos:pos + 3]
     if not MIN_SCRYPT_LOG2_N <= log2_n <= MAX_SCRYPT_LOG2_N or (r, p) != (SCRYPT_R, SCRYPT_P):
@@ -168,13 +182,18 @@ def _parse(path: Path, data: bytes) -> _ParsedFile:
 
 def _read_private_file(path: Path) -> bytes:
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except FileNotFoundError:
         raise KeyFileNotFound(f'{path}: no such key file') from None
+    except NotADirectoryError:
+        raise KeyPathInvalid(f'{path}: not a key file (a parent of the path is not a directory)') from None
     except OSError as error:
         raise KeyStoreError(f'{path}: cannot open key file ({error.strerror})') from None
+    status = os.fstat(fd)
+    if not stat.S_ISREG(status.st_mode):
+        os.close(fd)
+        raise KeyPathInvalid(f'{path}: not a key file (a directory or other non-regular file)')
     with os.fdopen(fd, 'rb') as handle:
-        status = os.fstat(handle.fileno())
         if status.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
             raise LoosePermissions(
                 f'{path}: permissions {stat.filemode(status.st_mode)} are too open; run chmod 600 {path}')
@@ -201,9 +220,13 @@ def generate_key(path: str | os.PathLike, security_level: int = 128, passphrase:
         raise KeyStoreError(f'scrypt_log2_n must be in [{MIN_SCRYPT_LOG2_N}, {MAX_SCRYPT_LOG2_N}]')
     path = Path(path)
     key_id = path.stem if key_id is None else key_id
-    if len(key_id) > MAX_ID_CHARS or not ID_PATTERN.fullmatch(key_id):
-        raise KeyStoreError(f'key_id must match {ID_PATTERN.pattern} and be at most {MAX_ID_CHARS} characters')
+    try:
+        check_id(key_id, 'key_id')
+    except InvalidId as error:
+        raise InvalidKeyFileId(str(error)) from None
     secret = _passphrase(passphrase)
+    if path.is_dir():
+        raise KeyPathInvalid(f'{path}: is a directory; give the path of the key file to create')
     if path.exists():
         raise KeyFileExists(f'{path}: already exists; refusing to overwrite a key file')
     identity = Identity.generate(key_id, Role(role))
@@ -219,18 +242,26 @@ def generate_key(path: str | os.PathLike, security_level: int = 128, passphrase:
 
 
 def _write_new_private_file(path: Path, data: bytes) -> None:
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    temporary = path.with_name(f'.{path.name}.{secrets.token_hex(8)}.tmp')
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     try:
-        os.fchmod(fd, 0o600)
-        os.write(fd, data)
-        os.fsync(fd)
-        os.close(fd)
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as error:
+        blocking = next((parent for parent in path.parents if parent.exists() and not parent.is_dir()), None)
+        raise KeyPathInvalid(f'{path}: {blocking} is not a directory' if blocking is not None else
+                             f'{path}: cannot create its directory ({error.strerror})') from None
+    temporary = path.with_name(f'.{path.name}.{secrets.token_hex(8)}.tmp')
+    try:
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
         try:
-            os.link(temporary, path)
-        except FileExistsError:
-            raise KeyFileExists(f'{path}: already exists; refusing to overwrite a key file') from None
+            os.fchmod(fd, 0o600)
+            os.write(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.link(temporary, path)
+    except FileExistsError:
+        raise KeyFileExists(f'{path}: already exists; refusing to overwrite a key file') from None
+    except OSError as error:
+        raise KeyStoreError(f'{path}: cannot write the key file ({error.strerror})') from None
     finally:
         temporary.unlink(missing_ok=True)
 

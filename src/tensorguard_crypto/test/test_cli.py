@@ -121,3 +121,83 @@ def test_console_entry_point_runs_as_a_process():
 def test_bench_prints_measurements(capsys):
     code, out, _ = run(capsys, 'bench', '--packages', '2', '--body-bytes', '1000')
     assert code == EXIT_OK and 'RoundVerifier.verify' in out and 'scrypt key derivation' in out
+
+
+# --- Review issue 10: usage errors, unusable or garbage KMS files, weak and duplicate keys ---
+
+def _one_error_line(err: str) -> bool:
+    return err.startswith('error: ') and err.count('\n') == 1 and 'Traceback' not in err
+
+
+@pytest.mark.parametrize('argv', [['bench', '--packages', '0'], ['bench', '--packages', '-3'],
+                                  ['bench', '--body-bytes', '0'], ['bench', '--packages', 'many']])
+def test_bench_refuses_non_positive_counts(capsys, argv):
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == EXIT_USAGE and '--' in capsys.readouterr().err
+
+
+@pytest.mark.parametrize('argv', [['keygen', 'k.key', '--key-id', '../x'], ['kms', 'register', 'a/b', '--owner', 'o'],
+                                  ['kms', 'rotate', 'Robot', '--public-key', '00'], ['kms', 'revoke', '.'],
+                                  ['kms', 'revoke', ''], ['kms', 'revoke', 'r' * 64]])
+def test_malformed_key_ids_are_usage_errors(operator, capsys, argv):
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == EXIT_USAGE and 'not a valid id' in capsys.readouterr().err
+    assert not (operator / 'kms').exists() and not (operator / 'k.key').exists()
+
+
+@pytest.mark.parametrize('where', ['audit_dir', 'audit_under_file', 'audit_fifo', 'state_dir', 'state_under_file'])
+def test_unusable_kms_paths_exit_with_one_error_line(operator, capsys, where):
+    regular = operator / 'regular'
+    regular.write_text('x')
+    (operator / 'dir').mkdir()
+    os.mkfifo(operator / 'fifo')
+    good_log = str(operator / 'kms' / 'audit.log')
+    audit, state = {'audit_dir': (str(operator / 'dir'), None), 'audit_under_file': (str(regular / 'a.log'), None),
+                    'audit_fifo': (str(operator / 'fifo'), None), 'state_dir': (good_log, str(operator / 'dir')),
+                    'state_under_file': (good_log, str(regular / 's.json'))}[where]
+    argv = ['kms', '--audit-log', audit] + (['--state', state] if state else []) + ['list']
+    code, _, err = run(capsys, *argv)
+    assert code == EXIT_KMS and _one_error_line(err), err
+
+
+def test_unreadable_audit_log_exits_with_one_error_line(operator):
+    """Run as another process: as root, without the capabilities that bypass file permissions."""
+    log = operator / 'kms' / 'audit.log'
+    KeyManagementSystem(log)
+    log.write_text('')
+    log.chmod(0)
+    prefix = ['setpriv', '--bounding-set', '-dac_override,-dac_read_search'] if os.geteuid() == 0 else []
+    environment = {**os.environ, 'PYTHONPATH': str(Path(__file__).parents[1])}
+    result = subprocess.run(prefix + [sys.executable, '-m', 'tensorguard_crypto.cli', 'kms', '--audit-log', str(log),
+                                      'list'], capture_output=True, text=True, env=environment, timeout=60)
+    assert result.returncode == EXIT_KMS and _one_error_line(result.stderr), result.stderr
+    assert 'Permission denied' in result.stderr
+
+
+def test_garbage_kms_files_exit_tampered(operator, capsys):
+    assert run(capsys, 'kms', 'register', 'robot_1', '--owner', 'o')[0] == EXIT_OK
+    log = operator / 'kms' / 'audit.log'
+    state = log.with_name(log.name + '.state.json')
+    original_log, original_state = log.read_bytes(), state.read_bytes()
+    for path, garbage in ((log, b'[' * 100_000), (log, bytes(range(256))), (state, b'{' * 100_000),
+                          (state, b'{"format": 1, "keys": ' + b'9' * 5000 + b'}')):
+        path.write_bytes(garbage)
+        code, _, err = run(capsys, 'kms', 'verify-log')
+        assert code == EXIT_TAMPERED and _one_error_line(err) and 'FAILED' in err, err
+        log.write_bytes(original_log)
+        state.write_bytes(original_state)
+    assert run(capsys, 'kms', 'verify-log')[0] == EXIT_OK
+
+
+def test_weak_and_duplicate_public_keys_are_kms_refusals(operator, capsys):
+    identity_point = (1).to_bytes(32, 'little').hex()
+    code, _, err = run(capsys, 'kms', 'register', 'robot_1', '--public-key', identity_point, '--owner', 'o')
+    assert code == EXIT_KMS and 'small order' in err
+    key = operator / 'robot_1.key'
+    assert run(capsys, 'keygen', str(key), '--key-id', 'robot_1', '--scrypt-log2-n', '15')[0] == EXIT_OK
+    public_key = read_key_info(key).public_key.hex()
+    assert run(capsys, 'kms', 'register', 'robot_1', '--public-key', public_key, '--owner', 'o')[0] == EXIT_OK
+    code, _, err = run(capsys, 'kms', 'register', 'robot_2', '--public-key', public_key, '--owner', 'o')
+    assert code == EXIT_KMS and "already enrolled as 'robot_1'" in err and _one_error_line(err)

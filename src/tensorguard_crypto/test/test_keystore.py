@@ -6,11 +6,11 @@ import stat
 
 import pytest
 
-from tensorguard_crypto.identity import Role
-from tensorguard_crypto.keystore import (PASSPHRASE_ENV, KeyFileCorrupt, KeyFileExists, KeyFileNotFound,
-                                         KeyStoreError, LoosePermissions, MissingPassphrase,
-                                         UnsupportedSecurityLevel, WrongPassphrase, generate_key, load_key,
-                                         read_key_info)
+from tensorguard_crypto.identity import InvalidId, Role
+from tensorguard_crypto.keystore import (PASSPHRASE_ENV, InvalidKeyFileId, KeyFileCorrupt, KeyFileExists,
+                                         KeyFileNotFound, KeyPathInvalid, KeyStoreError, LoosePermissions,
+                                         MissingPassphrase, UnsupportedSecurityLevel, WrongPassphrase, generate_key,
+                                         load_key, read_key_info)
 
 PASSPHRASE = 'correct horse battery staple'
 FAST = 15  # scrypt log2 N for tests; the default (17) is exercised once below
@@ -138,3 +138,46 @@ def test_no_key_bytes_in_logs_or_exception_messages(tmp_path, caplog):
                    base64.urlsafe_b64encode(seed).decode().rstrip('='), repr(seed)[2:-1], PASSPHRASE):
         assert needle not in haystack
     assert seed not in haystack.encode('utf-8', 'surrogateescape')
+
+
+# --- Review issue 10: ids in key files, unusable key paths ---
+
+@pytest.mark.parametrize('bad', ['../x', 'a/b', 'Robot', '.', '', 'r' * 64])
+def test_generate_refuses_ids_outside_the_grammar(tmp_path, bad):
+    with pytest.raises(InvalidKeyFileId) as info:
+        generate_key(tmp_path / 'k.key', passphrase=PASSPHRASE, key_id=bad, scrypt_log2_n=FAST)
+    assert isinstance(info.value, InvalidId) and info.value.reason == 'invalid_id'
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_key_file_whose_header_names_a_path_like_id_is_refused(tmp_path):
+    """An edited header is normally caught by AES-GCM at load time; the public header alone (read by
+    `tensorguard kms register --key-file`) must not hand a path-like id to the caller either."""
+    path = tmp_path / 'k.key'
+    generate_key(path, passphrase=PASSPHRASE, key_id='robot_x', scrypt_log2_n=FAST)
+    path.write_bytes(path.read_bytes().replace(b'robot_x', b'../x/..', 1))
+    with pytest.raises(InvalidKeyFileId, match='key id'):
+        read_key_info(path)
+    with pytest.raises(InvalidKeyFileId):
+        load_key(path, PASSPHRASE)
+
+
+def test_directory_fifo_or_path_under_a_file_is_not_a_key_file(tmp_path):
+    directory = tmp_path / 'dir.key'
+    directory.mkdir(mode=0o700)
+    os.mkfifo(tmp_path / 'fifo.key', 0o600)
+    regular = tmp_path / 'regular'
+    regular.write_text('x')
+    for path in (directory, tmp_path / 'fifo.key', regular / 'k.key'):
+        for action in (lambda: load_key(path, PASSPHRASE), lambda: read_key_info(path)):
+            with pytest.raises(KeyPathInvalid) as info:
+                action()
+            assert info.value.reason == 'key_path_invalid' and str(path) in str(info.value)
+
+
+@pytest.mark.parametrize('where', ['regular/k.key', 'regular/sub/k.key', 'dir'])
+def test_keygen_where_no_key_file_can_be_created(tmp_path, where):
+    (tmp_path / 'regular').write_text('x')
+    (tmp_path / 'dir').mkdir()
+    with pytest.raises(KeyPathInvalid, match='regular is not a directory|is a directory'):
+        generate_key(tmp_path / where, passphrase=PASSPHRASE, key_id='robot_1', scrypt_log2_n=FAST)
