@@ -1,1 +1,1 @@
-"""ROS glue shared by TensorGuard edge and server nodes: topics, QoS, message conversions."""
+"""ROS glue shared by TensorGuard edge and server nodes: topics, QoS, message conversions, /diagnostics health."""

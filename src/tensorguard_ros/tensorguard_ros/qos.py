@@ -8,6 +8,10 @@
   episode: reliable with a deep queue (1000 frames, 10 s at 100 Hz), since a simulated robot
   publishes a whole episode in a burst.
 - Status streams are telemetry: best effort, volatile, depth 1; a lost sample is replaced by the next.
+- ``/diagnostics`` is telemetry too, but shared with standard tools (diagnostic_aggregator,
+  rqt_robot_monitor) whose subscriptions may be reliable, which a best-effort writer never
+  matches: reliable (it matches both kinds of reader), volatile, depth 10 so a change reported at
+  once and the periodic report right after it both reach a slow reader.
 """
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 
@@ -43,5 +47,12 @@ STATUS = QoSProfile(
     history=HistoryPolicy.KEEP_LAST,
     depth=1,
     reliability=ReliabilityPolicy.BEST_EFFORT,
+    durability=DurabilityPolicy.VOLATILE,
+)
+
+DIAGNOSTICS = QoSProfile(
+    history=HistoryPolicy.KEEP_LAST,
+    depth=10,
+    reliability=ReliabilityPolicy.RELIABLE,
     durability=DurabilityPolicy.VOLATILE,
 )
