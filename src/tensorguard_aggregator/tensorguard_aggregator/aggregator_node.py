@@ -31,6 +31,7 @@ from rclpy.action import ActionServer
 from rclpy.callback_groups import ReentrantCallbackGroup
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 
+from tensorguard_crypto.fleet import passphrase_from_environment
 from tensorguard_crypto.kms import KMSError
 from tensorguard_crypto.verify import VerificationError, decode
 from tensorguard_crypto.wire import UpdatePackage
@@ -46,7 +47,6 @@ from tensorguard_ros.params import declare_dataclass_parameters
 
 from tensorguard_aggregator.bootstrap_model import load_held_out
 from tensorguard_aggregator.kms_check import KMSCheck
-from tensorguard_aggregator.provisioning import passphrase_from_environment
 from tensorguard_aggregator.rounds import Aggregator, RoundError, RoundPolicy
 
 # Bad state on disk: the KMS cannot be used (its audit log or state file does not verify or cannot
@@ -129,6 +129,7 @@ class AggregatorNode(LifecycleNode):
             self.health.fault('configure', f'configure failed: {type(exc).__name__}: {exc}')
             return TransitionCallbackReturn.FAILURE
         self.health.clear('configure')
+        self._report_state_set_aside()
         self.kms_check = KMSCheck(self.core.kms)
         self.config_pub = self.create_publisher(RoundConfig, topics.ROUND_CONFIG, qos.LATCHED)
         self.model_pub = self.create_publisher(ModelUpdate, topics.MODEL_UPDATES, qos.LATCHED)
@@ -140,6 +141,18 @@ class AggregatorNode(LifecycleNode):
             f'configured: model version {self.core.model.model_version}'
             + (f', resumed round {resumed.config.round_id} with {len(resumed.contributors)} updates' if resumed else ''))
         return TransitionCallbackReturn.SUCCESS
+
+    def _report_state_set_aside(self) -> None:
+        """Count what the core set aside on start (quarantined updates, an abandoned round, an
+        unreadable model file) and hold an ERROR on /diagnostics until the next round closes."""
+        problems = self.core.state_problems
+        for reason, count in problems.items():
+            for _ in range(count):
+                self.health.refuse(reason)
+        if problems:
+            self.health.fault('stored_state', 'state on disk set aside at start: ' + ', '.join(
+                f'{reason} x{count}' for reason, count in sorted(problems.items()))
+                + f' (see {self.core.rounds_dir}/<round>/quarantine and the node log)')
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         self.handles = [
@@ -205,8 +218,8 @@ class AggregatorNode(LifecycleNode):
         if self.key_service.service_is_ready() and self.round_keys.service_is_ready():
             self.health.clear('key_service')
         elif time.monotonic() - self.activated_at > KEY_SERVICE_GRACE_S:
-            self.health.fault('key_service', f'key service unreachable: no server for {topics.DECRYPT_AGGREGATE} '
-                                             f'and {topics.ISSUE_ROUND_KEY}')
+            self.health.fault('key_service', f'key service unreachable: {topics.DECRYPT_AGGREGATE} or '
+                                             f'{topics.ISSUE_ROUND_KEY} has no server')
 
     def _publish_fleet_status(self) -> None:
         """FleetStatus; while the KMS does not verify it carries the last verified roster."""
@@ -486,6 +499,7 @@ class AggregatorNode(LifecycleNode):
                 return
             self.unrecorded = None
             self.health.clear('storage')
+            self.health.clear('stored_state')
             self.phase = 'idle'
             self.closing = False
             self.round_closed.notify_all()

@@ -10,12 +10,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from tensorguard_crypto.fleet import FleetPaths
 from tensorguard_learning.demonstrations import Demonstration, DemonstrationStore
 from tensorguard_learning.metaworld_source import record_demonstrations
 from tensorguard_learning.policy import PolicyConfig, build_policy
 from tensorguard_learning.training import BCData, TrainingBudget, pretrain
-
-from tensorguard_aggregator.provisioning import FleetPaths
 
 HELD_OUT_SEED = 500_000
 

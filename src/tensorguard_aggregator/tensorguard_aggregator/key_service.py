@@ -32,15 +32,14 @@ import time
 from pathlib import Path
 
 from tensorguard_crypto import update_codec
+from tensorguard_crypto.fleet import KEY_SERVICE_ID, FleetPaths, load_server_identity
+from tensorguard_crypto.keystore import KeyStoreError, destroy_secret, seal_secret, unseal_secret
 from tensorguard_crypto.kms import KMSError
 from tensorguard_crypto.params import standard_params
 from tensorguard_crypto.secagg import KeyService, KeyServiceSecretKey, SecAggError, generate_key_service_keys
 from tensorguard_crypto.verify import QuorumNotMet, VerificationError, verify_aggregate_request, verify_round_config
 from tensorguard_crypto.wire import AggregateResult, RoundKeyAnnouncement
 from tensorguard_ros.config_fields import described
-
-from tensorguard_aggregator.provisioning import (KEY_SERVICE_ID, FleetPaths, ProvisioningError, destroy,
-                                                 load_server_identity, seal, unseal)
 
 logger = logging.getLogger(__name__)
 
@@ -118,8 +117,8 @@ class KeyServiceCore:
                 return announcement_path.read_bytes()
             directory.mkdir(parents=True, exist_ok=True)
             secret, public = generate_key_service_keys(self.params)
-            destroy(secret_path)
-            seal(secret_path, secret.to_bytes(), self._passphrase, self._secret_context(round_id))
+            destroy_secret(secret_path)
+            seal_secret(secret_path, secret.to_bytes(), self._passphrase, self._secret_context(round_id))
             announcement = RoundKeyAnnouncement(
                 round_id=round_id, security_level=self.params.security_bits, ring_degree=self.params.n,
                 modulus_bits=self.params.coefficient_bits, plaintext_bits=self.params.plaintext_bits,
@@ -131,7 +130,7 @@ class KeyServiceCore:
         except DecryptionRefused as exc:
             self._log(round_id, [], exc.reason)
             raise
-        except (OSError, ProvisioningError) as exc:
+        except (OSError, KeyStoreError) as exc:
             self._log(round_id, [], 'key_state_unreadable')
             raise DecryptionRefused('key_state_unreadable', f'round {round_id}: {type(exc).__name__}: {exc}') from None
         self._log(round_id, [], 'round_key_issued')
@@ -174,7 +173,7 @@ class KeyServiceCore:
         except KMSError as exc:
             self._log(round_id, [], exc.reason)
             raise DecryptionRefused(exc.reason, f'the KMS cannot be used: {exc}') from None
-        except (OSError, ProvisioningError) as exc:
+        except (OSError, KeyStoreError) as exc:
             self._log(round_id, [], 'key_state_unreadable')
             raise DecryptionRefused('key_state_unreadable', f'{type(exc).__name__}: {exc}') from None
         except (SecAggError, ValueError) as exc:
@@ -190,13 +189,13 @@ class KeyServiceCore:
         """Open the round's sealed secret, decrypt, and destroy the secret whatever happens."""
         secret_path = self._round_dir(config.round_id) / 'secret.sealed'
         try:
-            secret = unseal(secret_path, self._passphrase, self._secret_context(config.round_id))
+            secret = unseal_secret(secret_path, self._passphrase, self._secret_context(config.round_id))
             key_service = KeyService(KeyServiceSecretKey.from_bytes(secret, self.params))
             return update_codec.decrypt_aggregate(
                 self.params, config.round_seed, key_service, request.summed_bodies,
                 [c.key_ciphertext for c in request.contributions])
         finally:
-            destroy(secret_path)
+            destroy_secret(secret_path)
             self._log(config.round_id, [], 'round_key_destroyed')
 
     def _log(self, round_id: int | None, robots: list[str], outcome: str) -> None:

@@ -11,6 +11,7 @@ import sys
 
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 
+from tensorguard_crypto.fleet import passphrase_from_environment
 from tensorguard_crypto.kms import KMSError
 from tensorguard_msgs.srv import DecryptAggregate, IssueRoundKey
 from tensorguard_ros import topics
@@ -20,7 +21,6 @@ from tensorguard_ros.params import declare_dataclass_parameters
 
 from tensorguard_aggregator.key_service import DecryptionRefused, KeyServiceCore, KeyServicePolicy
 from tensorguard_aggregator.kms_check import KMSCheck
-from tensorguard_aggregator.provisioning import passphrase_from_environment
 
 
 class KeyServiceNode(LifecycleNode):
@@ -35,7 +35,7 @@ class KeyServiceNode(LifecycleNode):
         self.decryptions = 0
         self.health = Health(self.get_logger())
         self.diagnostics = DiagnosticsPublisher(self, self.health, self.policy.fleet_dir, self._diagnostic_values)
-        self.probe = self.create_timer(1.0, self._probe)
+        self.create_timer(1.0, self._probe)
         enable_autostart(self)
 
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:

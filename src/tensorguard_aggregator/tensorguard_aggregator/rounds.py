@@ -36,8 +36,10 @@ import numpy as np
 
 from tensorguard_crypto import update_codec
 from tensorguard_crypto.accountant import DPPolicyProfile
+from tensorguard_crypto.fleet import AGGREGATOR_ID, KEY_SERVICE_ID, SERVER_ID, FleetPaths, load_server_identity
 from tensorguard_crypto.hybrid import HybridError, SealedBoxKey
 from tensorguard_crypto.identity import Role
+from tensorguard_crypto.keystore import KeyStoreError, destroy_secret, seal_secret, unseal_secret
 from tensorguard_crypto.kms import KeyManagementSystem, KMSError
 from tensorguard_crypto.secagg import BodyCiphertext, SecAggError
 from tensorguard_crypto.verify import (MalformedPackage, RoundVerifier, VerificationError, check_signature, decode,
@@ -48,9 +50,6 @@ from tensorguard_learning.aggregation import ExpertDrivenStrategy, apply_update
 from tensorguard_learning.compression import adapter_round_coordinates
 from tensorguard_learning.policy import MoEPolicy
 from tensorguard_ros.config_fields import described
-
-from tensorguard_aggregator.provisioning import (AGGREGATOR_ID, KEY_SERVICE_ID, SERVER_ID, FleetPaths,
-                                                 ProvisioningError, destroy, load_server_identity, seal, unseal)
 
 logger = logging.getLogger(__name__)
 
@@ -188,8 +187,8 @@ class Aggregator:
                                        noise_multiplier=policy.noise_multiplier, min_clients=policy.min_clients,
                                        bits=policy.plaintext_bits)
         self.strategy = ExpertDrivenStrategy(quorum_threshold=policy.quorum)
-        self.rounds_dir = self.paths.server / 'rounds'
-        self.models_dir = self.paths.server / 'models'
+        self.rounds_dir = self.paths.rounds_dir
+        self.models_dir = self.paths.models_dir
         self.current: OpenRound | None = None
         self.model: ModelPackage | None = None
         self.model_policy: MoEPolicy | None = None
@@ -282,9 +281,9 @@ class Aggregator:
             raise RoundError(exc.reason, f'round {round_id}: {exc}') from None
         directory = self.rounds_dir / str(round_id)
         directory.mkdir(parents=True, exist_ok=True)
-        destroy(directory / 'transport.sealed')
-        seal(directory / 'transport.sealed', transport.secret_bytes(), self._passphrase,
-             self._transport_context(round_id))
+        destroy_secret(directory / 'transport.sealed')
+        seal_secret(directory / 'transport.sealed', transport.secret_bytes(), self._passphrase,
+                    self._transport_context(round_id))
         _write_atomic(directory / 'config.bin', config.serialize())
         self.current = OpenRound(directory, config, codec, self._verifier(config, codec, time.time), transport)
         return config
@@ -298,10 +297,10 @@ class Aggregator:
         directory = self.rounds_dir / str(ids[-1])
         try:
             config = verify_round_config((directory / 'config.bin').read_bytes(), self.kms)
-            transport = SealedBoxKey.from_secret_bytes(
-                unseal(directory / 'transport.sealed', self._passphrase, self._transport_context(config.round_id)))
+            transport = SealedBoxKey.from_secret_bytes(unseal_secret(
+                directory / 'transport.sealed', self._passphrase, self._transport_context(config.round_id)))
             codec = self._codec(config.round_seed)
-        except (VerificationError, OSError, ProvisioningError, HybridError, KMSError, ValueError) as exc:
+        except (VerificationError, OSError, KeyStoreError, HybridError, KMSError, ValueError) as exc:
             self._problem('round_state_unreadable', f'round {ids[-1]}: {type(exc).__name__}: {exc}')
             self._abandon(directory, ids[-1], f'round state unreadable on resume ({type(exc).__name__})')
             return
@@ -433,5 +432,5 @@ class Aggregator:
     def close_round(self, outcome: dict) -> None:
         """Record the round's outcome and destroy its transport secret; the next round may open."""
         _write_atomic(self.current.directory / 'outcome.json', json.dumps(outcome, indent=2).encode())
-        destroy(self.current.directory / 'transport.sealed')
+        destroy_secret(self.current.directory / 'transport.sealed')
         self.current = None

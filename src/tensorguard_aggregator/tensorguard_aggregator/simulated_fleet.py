@@ -1,8 +1,10 @@
 """A simulated fleet learning privately over real ROS 2: the README's main command.
 
 It does what an operator and N robot owners would do, then watches:
-1. provisions a fleet directory: server identities enrolled in the KMS, an initial
-   model pre-trained on the server's own demonstrations, and N enrolled robots with trust files;
+1. provisions a fleet directory with the library calls behind ``tensorguard fleet init`` / ``enroll`` and
+   ``tensorguard robot install``: server identities enrolled in the KMS, an initial model pre-trained on
+   the server's own demonstrations, and N enrolled robots, each given a bundle (``<run>/bundles/``)
+   that is installed into its ``robots/<id>/``;
 2. starts every node in its own process, configured from ``config/fleet.yaml``: the key service,
    the aggregator, and per robot (namespace ``/robot_<i>``) a Meta-World ``sim_robot`` and its
    ``edge_node``;
@@ -34,8 +36,8 @@ import yaml
 from tensorguard_aggregator.aggregator_node import GatePolicy
 from tensorguard_aggregator.bootstrap_model import BootstrapSpec, build_initial_policy, record_held_out
 from tensorguard_aggregator.fleet_monitor import run_rounds
-from tensorguard_aggregator.provisioning import FleetPaths, enroll_robot, provision_server
 from tensorguard_aggregator.rounds import Aggregator, RoundPolicy
+from tensorguard_crypto.fleet import FleetPaths, enroll_robot_bundle, install_bundle, provision_server
 from tensorguard_crypto.params import standard_params
 from tensorguard_learning.evaluation import evaluate_policy
 from tensorguard_learning.policy import MoEPolicy
@@ -81,7 +83,8 @@ def load_config(params_path: Path, plan_path: Path) -> tuple[dict, FleetPlan]:
 
 
 def provision(fleet: FleetPaths, shared: dict, plan: FleetPlan, passphrase: bytes, log) -> MoEPolicy:
-    """Server keys, the initial model and the held-out set, then every robot's enrolment."""
+    """Server keys, the initial model and the held-out set, then every robot's enrolment: a bundle per
+    robot in ``<fleet>/../bundles/``, installed into ``robots/<id>/`` as `tensorguard robot install` does."""
     params = standard_params(shared['security_level'], shared['plaintext_bits'], shared['max_clients'],
                              shared['min_clients'])
     provision_server(fleet, passphrase)
@@ -102,9 +105,13 @@ def provision(fleet: FleetPaths, shared: dict, plan: FleetPlan, passphrase: byte
     log(f'initial model: base pre-trained on {", ".join(plan.pretrain_tasks)} '
         f'({time.monotonic() - started:.0f} s), adapter {policy.cfg.num_experts} experts (top-{policy.cfg.top_k}, '
         f'{sum(policy.segment_sizes()):,} federated parameters)')
+    bundles = fleet.root.parent / 'bundles'
     for i in range(plan.robots):
-        enroll_robot(fleet, f'robot_{i + 1}', passphrase)
-    log(f'enrolled {plan.robots} robots')
+        robot_id = f'robot_{i + 1}'
+        bundle = bundles / f'{robot_id}.bundle.tar'
+        enroll_robot_bundle(fleet, robot_id, passphrase, bundle)
+        install_bundle(bundle, fleet.robot_dir(robot_id), passphrase)
+    log(f'enrolled {plan.robots} robots (bundles in {bundles}, installed into {fleet.root / "robots"})')
     return policy
 
 

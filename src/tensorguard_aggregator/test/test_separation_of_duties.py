@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 
 from tensorguard_aggregator.key_service import DecryptionRefused, KeyServiceCore, KeyServicePolicy
-from tensorguard_aggregator.provisioning import AGGREGATOR_ID, FleetPaths, enroll_robot, provision_server, unseal
 from tensorguard_aggregator.rounds import Aggregator, RoundPolicy
 from tensorguard_crypto import update_codec
+from tensorguard_crypto.fleet import AGGREGATOR_ID, FleetPaths, enroll_robot, provision_server
 from tensorguard_crypto.identity import Identity
-from tensorguard_crypto.keystore import load_key
+from tensorguard_crypto.keystore import load_key, unseal_secret
 from tensorguard_crypto.secagg import (BodyCiphertext, KeyCiphertext, KeyService, KeyServiceSecretKey, SummedKey,
                                        unpack_residues)
 from tensorguard_crypto.skellam import SkellamDecoder
@@ -110,8 +110,8 @@ def round_with_updates(server: Server, robots=ROBOTS) -> tuple[dict[str, np.ndar
 def key_service_round_secret(server: Server, round_id: int) -> KeyServiceSecretKey:
     """What a compromised key service (or a thief with its files and passphrase) holds during the round."""
     path = server.paths.server / 'key_service' / 'rounds' / str(round_id) / 'secret.sealed'
-    return KeyServiceSecretKey.from_bytes(unseal(path, PASSPHRASE, f'key_service/round/{round_id}'.encode()),
-                                          server.key_service.params)
+    secret = unseal_secret(path, PASSPHRASE, f'key_service/round/{round_id}'.encode())
+    return KeyServiceSecretKey.from_bytes(secret, server.key_service.params)
 
 
 def open_single_key(secret: KeyServiceSecretKey, key_ciphertext: bytes) -> SummedKey:
@@ -175,7 +175,7 @@ def test_thief_of_the_server_files_after_the_round_opens_nothing_of_it(server, t
         for path in stolen.rglob('*'):
             if path.is_file() and path.suffix != '.key':
                 with pytest.raises(Exception):
-                    unseal(path, PASSPHRASE, context.encode())
+                    unseal_secret(path, PASSPHRASE, context.encode())
     assert not list(stolen.rglob('secret.sealed')) and not list(stolen.rglob('transport.sealed'))
     with pytest.raises(DecryptionRefused) as refused:
         server.key_service.round_key(round_id)

@@ -1,8 +1,12 @@
-"""`tensorguard` operator command line: info, keygen, bench and the KMS (register, revoke, rotate, list, verify-log).
+"""`tensorguard` operator command line: info, keygen, bench, the KMS (register, revoke, rotate, list,
+verify-log), a fleet (init, enroll, rotate, revoke, status) and a robot's side of enrolment (install).
 
 Exit codes: 0 success, 2 usage error (including a malformed key id or a non-positive count), 3 key
-file error, 4 KMS refusal or unusable KMS files (audit log or state path not a readable regular file),
-5 audit log or state tampered, 6 HSM error. Every failure prints one `error:` line, never a traceback.
+file error (also a wrong, short or missing passphrase), 4 KMS refusal or unusable KMS files (audit log
+or state path not a readable regular file), 5 audit log or state tampered, 6 HSM error, 7 fleet
+directory, bundle or robot directory refused or unusable (and `fleet status` finding problems).
+Every failure prints one `error:` line, never a traceback. Passphrases come from
+TENSORGUARD_KEY_PASSPHRASE or a terminal prompt, never from the command line.
 """
 from __future__ import annotations
 
@@ -18,13 +22,14 @@ from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Sequence
 
-from . import keystore, wire
+from . import fleet, keystore, wire
+from .fleet import FleetPaths
 from .hsm import DEFAULT_MODULE, MODULE_ENV, HsmError, HsmSession
 from .identity import InvalidId, Role, check_id, fingerprint
 from .kms import AuditLogTampered, KeyManagementSystem, KeyMetadata, KMSError, StateMismatch
 
 AUDIT_LOG_ENV = 'TENSORGUARD_KMS_AUDIT_LOG'
-EXIT_OK, EXIT_USAGE, EXIT_KEY_FILE, EXIT_KMS, EXIT_TAMPERED, EXIT_HSM = 0, 2, 3, 4, 5, 6
+EXIT_OK, EXIT_USAGE, EXIT_KEY_FILE, EXIT_KMS, EXIT_TAMPERED, EXIT_HSM, EXIT_FLEET = 0, 2, 3, 4, 5, 6, 7
 
 
 class CliError(Exception):
@@ -81,15 +86,17 @@ def _info(_: argparse.Namespace) -> None:
         print(f'{name:<{width}}  {value}')
 
 
-def _passphrase_for_new_key() -> str:
-    if os.environ.get(keystore.PASSPHRASE_ENV):
-        return os.environ[keystore.PASSPHRASE_ENV]
-    if not sys.stdin.isatty():
-        raise CliError(f'set {keystore.PASSPHRASE_ENV} or run interactively to enter a passphrase', EXIT_KEY_FILE)
-    first = getpass.getpass('New key passphrase: ')
-    if first != getpass.getpass('Repeat passphrase: '):
-        raise CliError('passphrases differ', EXIT_KEY_FILE)
-    return first
+def _passphrase(what: str, new: bool) -> bytes:
+    """From TENSORGUARD_KEY_PASSPHRASE, else typed at the terminal (twice for new keys); never from argv."""
+    value = os.environ.get(keystore.PASSPHRASE_ENV)
+    if not value:
+        if not sys.stdin.isatty():
+            raise CliError(f'set {keystore.PASSPHRASE_ENV} or run interactively to enter the passphrase of {what}',
+                           EXIT_KEY_FILE)
+        value = getpass.getpass(f'{"New passphrase" if new else "Passphrase"} for {what}: ')
+        if new and value != getpass.getpass('Repeat passphrase: '):
+            raise CliError('passphrases differ', EXIT_KEY_FILE)
+    return keystore.resolve_passphrase(value)
 
 
 def _print_public(key_id: str, role: Role, public_key: bytes, where: str) -> None:
@@ -104,7 +111,7 @@ def _keygen(args: argparse.Namespace) -> None:
             signer = session.generate_signer(args.key_id, role)
             _print_public(args.key_id, role, signer.public_key_bytes(), args.path)
         return
-    identity = keystore.generate_key(args.path, args.security_level, _passphrase_for_new_key(),
+    identity = keystore.generate_key(args.path, args.security_level, _passphrase('the new key', new=True),
                                      key_id=args.key_id, role=role, scrypt_log2_n=args.scrypt_log2_n)
     _print_public(identity.key_id, role, identity.public_key_bytes(), args.path)
 
@@ -171,6 +178,79 @@ def _list(args: argparse.Namespace) -> None:
 def _verify_log(args: argparse.Namespace) -> None:
     report = _kms(args).verify_log()
     print(f'audit log OK: {report.entries} entries, head {report.head_hash}')
+
+
+def _fleet_init(args: argparse.Namespace) -> None:
+    paths = FleetPaths(args.fleet_dir)
+    fleet.require_unprovisioned(paths)
+    for record in fleet.provision_server(paths, _passphrase('the fleet server keys', new=True), args.owner):
+        print(_record_line(record))
+    print(f'fleet {paths.root}: server identities in {paths.server}, KMS audit log {paths.kms_log}. '
+          f'Next: enrol robots with `tensorguard fleet enroll {paths.root} ROBOT --bundle FILE` and publish '
+          'the initial model (docs/operations.md, "Provisioning").')
+
+
+def _print_bundle(record, bundle: Path) -> None:
+    print(_record_line(record))
+    print(f'bundle {bundle} (mode 0600): carry it to the robot only, run `tensorguard robot install {bundle} DIR` '
+          'there, then delete it')
+
+
+def _fleet_enroll(args: argparse.Namespace) -> None:
+    paths = FleetPaths(args.fleet_dir)
+    fleet.check_enrollment(paths, args.robot_id, args.bundle)
+    passphrase = _passphrase(f'the key of {args.robot_id}', new=True)
+    _print_bundle(fleet.enroll_robot_bundle(paths, args.robot_id, passphrase, args.bundle, args.owner), args.bundle)
+
+
+def _fleet_rotate(args: argparse.Namespace) -> None:
+    paths = FleetPaths(args.fleet_dir)
+    fleet.check_enrollment(paths, args.robot_id, args.bundle, rotate=True)
+    passphrase = _passphrase(f'the new key of {args.robot_id}', new=True)
+    _print_bundle(fleet.rotate_robot_bundle(paths, args.robot_id, passphrase, args.bundle, args.reason), args.bundle)
+
+
+def _fleet_revoke(args: argparse.Namespace) -> None:
+    print(_record_line(fleet.revoke_robot(FleetPaths(args.fleet_dir), args.robot_id, args.reason)))
+
+
+def _identity_line(identity: fleet.IdentityStatus) -> str:
+    reason = f'  ({identity.revocation_reason})' if identity.revocation_reason else ''
+    return (f'  {identity.key_id:<24} {identity.role:<12} {identity.status:<8} v{identity.version:<3} '
+            f'{identity.fingerprint}{reason}')
+
+
+def _fleet_status(args: argparse.Namespace) -> None:
+    status = fleet.fleet_status(FleetPaths(args.fleet_dir))
+    if args.json:
+        print(json.dumps(status.to_json(), indent=1))
+    else:
+        revoked = sum(robot.status == 'revoked' for robot in status.robots)
+        rounds = (f'{status.rounds} on disk, {status.rounds_closed} closed'
+                  + (f', round {status.round_open} open' if status.round_open is not None else '')
+                  + f'; the key service decrypted {status.rounds_decrypted}')
+        models = (f'{status.model_versions} on disk, current version {status.current_model}'
+                  if status.current_model is not None else 'none yet (the aggregator needs a signed initial model)')
+        print('\n'.join([
+            f'fleet directory    {status.root}',
+            f'KMS audit log      verified: {status.audit_log_entries} entries, head {status.audit_log_head}',
+            'server identities', *map(_identity_line, status.server_identities),
+            f'robots             {len(status.robots) - revoked} active, {revoked} revoked',
+            *map(_identity_line, status.robots),
+            f'models             {models}',
+            f'rounds             {rounds}',
+            'problems           ' + ('none' if not status.problems else ''), *(f'  {p}' for p in status.problems)]))
+    if status.problems:
+        raise CliError(f'fleet status found {len(status.problems)} problem(s)', EXIT_FLEET)
+
+
+def _robot_install(args: argparse.Namespace) -> None:
+    files = fleet.install_bundle(args.bundle, args.robot_dir, _passphrase('the robot key in the bundle', new=False),
+                                 args.replace)
+    robot_dir = args.robot_dir.resolve()
+    print(f'installed {files.robot_id} (public key fingerprint {fingerprint(files.public_key)}) into {robot_dir}\n'
+          f'robot launch arguments: robot_id:={files.robot_id} key_path:={robot_dir / fleet.ROBOT_KEY_FILE} '
+          f'trust_path:={robot_dir / fleet.TRUST_FILE}')
 
 
 def _timed(action, repeats: int) -> float:
@@ -265,6 +345,44 @@ def build_parser() -> argparse.ArgumentParser:
     listing.add_argument('--json', action='store_true')
     listing.set_defaults(handler=_list)
     actions.add_parser('verify-log').set_defaults(handler=_verify_log)
+
+    fleet_parser = commands.add_parser('fleet', help='provision and run a fleet directory (operator, server side)')
+    fleet_actions = fleet_parser.add_subparsers(dest='action', required=True)
+    init = fleet_actions.add_parser('init', help='server identities and the KMS in a new fleet directory')
+    init.add_argument('fleet_dir', type=Path, help='fleet directory (server/ is created in it)')
+    init.add_argument('--owner', default='fleet', help='owner recorded in the KMS')
+    init.set_defaults(handler=_fleet_init)
+    for name, handler, text in (('enroll', _fleet_enroll, 'create, enrol and bundle a new robot identity'),
+                                ('rotate', _fleet_rotate, 'give a robot a new key (used from the next round)')):
+        action = fleet_actions.add_parser(name, help=text)
+        action.add_argument('fleet_dir', type=Path)
+        action.add_argument('robot_id', type=_key_id)
+        action.add_argument('--bundle', type=Path, required=True,
+                            help='robot bundle to write: a tar of identity.key and trust.json, mode 0600, '
+                                 'never overwritten')
+        if name == 'enroll':
+            action.add_argument('--owner', default='fleet', help='owner recorded in the KMS')
+        else:
+            action.add_argument('--reason', default='', help='recorded in the audit log')
+        action.set_defaults(handler=handler)
+    revoke_robot = fleet_actions.add_parser('revoke', help='revoke a robot, permanently')
+    revoke_robot.add_argument('fleet_dir', type=Path)
+    revoke_robot.add_argument('robot_id', type=_key_id)
+    revoke_robot.add_argument('--reason', required=True, help='recorded in the audit log')
+    revoke_robot.set_defaults(handler=_fleet_revoke)
+    status = fleet_actions.add_parser('status', help='verify the KMS; identities, models and rounds on disk')
+    status.add_argument('fleet_dir', type=Path)
+    status.add_argument('--json', action='store_true')
+    status.set_defaults(handler=_fleet_status)
+
+    robot = commands.add_parser('robot', help="a robot's side of enrolment")
+    robot_actions = robot.add_subparsers(dest='action', required=True)
+    install = robot_actions.add_parser('install', help='check a robot bundle and install its two files')
+    install.add_argument('bundle', type=Path)
+    install.add_argument('robot_dir', type=Path, help='directory to hold identity.key and trust.json')
+    install.add_argument('--replace', action='store_true',
+                         help='replace an installed identity (after `fleet rotate`)')
+    install.set_defaults(handler=_robot_install)
     return parser
 
 
@@ -288,6 +406,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except HsmError as error:
         print(f'error: {error}', file=sys.stderr)
         return EXIT_HSM
+    except fleet.ProvisioningError as error:
+        print(f'error: {error}', file=sys.stderr)
+        return EXIT_FLEET
+    except OSError as error:
+        if args.command not in ('fleet', 'robot'):
+            raise
+        print(f'error: {error}', file=sys.stderr)
+        return EXIT_FLEET
     return EXIT_OK
 
 

@@ -1,15 +1,17 @@
 """The `tensorguard` operator CLI: commands, clear errors and exit codes."""
+import io
 import json
 import os
 import secrets
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 import pytest
 
-from tensorguard_crypto.cli import (EXIT_HSM, EXIT_KEY_FILE, EXIT_KMS, EXIT_OK, EXIT_TAMPERED, EXIT_USAGE,
-                                    main)
+from tensorguard_crypto.cli import (EXIT_FLEET, EXIT_HSM, EXIT_KEY_FILE, EXIT_KMS, EXIT_OK, EXIT_TAMPERED,
+                                    EXIT_USAGE, main)
 from tensorguard_crypto.keystore import PASSPHRASE_ENV, load_key, read_key_info
 from tensorguard_crypto.kms import KeyManagementSystem
 
@@ -201,3 +203,154 @@ def test_weak_and_duplicate_public_keys_are_kms_refusals(operator, capsys):
     assert run(capsys, 'kms', 'register', 'robot_1', '--public-key', public_key, '--owner', 'o')[0] == EXIT_OK
     code, _, err = run(capsys, 'kms', 'register', 'robot_2', '--public-key', public_key, '--owner', 'o')
     assert code == EXIT_KMS and "already enrolled as 'robot_1'" in err and _one_error_line(err)
+
+
+# --- Issue 11: operator commands for a real fleet (fleet init/enroll/rotate/revoke/status, robot install) ---
+
+ROBOT_PASSPHRASE = 'robot_1 passphrase 77'
+
+
+def _fleet_run(capsys, outputs: list, *argv):
+    code, out, err = run(capsys, *argv)
+    outputs.append(out + err)
+    return code, out, err
+
+
+def test_fleet_commands_provision_enrol_install_rotate_revoke(operator, capsys, monkeypatch):
+    fleet_dir, robot_dir, outputs = operator / 'fleet', operator / 'robot_1', []
+    code, out, _ = _fleet_run(capsys, outputs, 'fleet', 'init', str(fleet_dir))
+    assert code == EXIT_OK and all(name in out for name in ('aggregator', 'server', 'key_service'))
+    code, _, err = _fleet_run(capsys, outputs, 'fleet', 'init', str(fleet_dir))
+    assert code == EXIT_FLEET and 'not empty' in err and _one_error_line(err)
+
+    monkeypatch.setenv(PASSPHRASE_ENV, ROBOT_PASSPHRASE)  # the robot's own passphrase, set for its enrolment
+    bundle = operator / 'out' / 'robot_1.tar'
+    code, out, _ = _fleet_run(capsys, outputs, 'fleet', 'enroll', str(fleet_dir), 'robot_1', '--bundle', str(bundle))
+    assert code == EXIT_OK and 'robot install' in out and oct(bundle.stat().st_mode & 0o777) == '0o600'
+    code, _, err = _fleet_run(capsys, outputs, 'fleet', 'enroll', str(fleet_dir), 'robot_1', '--bundle',
+                              str(operator / 'again.tar'))
+    assert code == EXIT_KMS and 'already registered' in err
+    code, _, err = _fleet_run(capsys, outputs, 'fleet', 'enroll', str(fleet_dir), 'robot_2', '--bundle', str(bundle))
+    assert code == EXIT_FLEET and 'refusing to overwrite' in err
+    assert not (operator / 'again.tar').exists()
+
+    code, out, _ = _fleet_run(capsys, outputs, 'robot', 'install', str(bundle), str(robot_dir))
+    assert code == EXIT_OK and f'key_path:={robot_dir / "identity.key"}' in out and 'robot_id:=robot_1' in out
+    assert load_key(robot_dir / 'identity.key', ROBOT_PASSPHRASE).key_id == 'robot_1'
+    code, _, err = _fleet_run(capsys, outputs, 'robot', 'install', str(bundle), str(robot_dir))
+    assert code == EXIT_FLEET and 'already exist' in err
+
+    rotated = operator / 'out' / 'robot_1.v2.tar'
+    code, out, _ = _fleet_run(capsys, outputs, 'fleet', 'rotate', str(fleet_dir), 'robot_1', '--bundle', str(rotated),
+                              '--reason', 'yearly')
+    assert code == EXIT_OK and ' v2 ' in out
+    assert _fleet_run(capsys, outputs, 'robot', 'install', str(rotated), str(robot_dir), '--replace')[0] == EXIT_OK
+    kms = KeyManagementSystem(fleet_dir / 'server' / 'kms' / 'audit.log')
+    assert read_key_info(robot_dir / 'identity.key').public_key == kms.public_key_for('robot_1')
+
+    code, out, _ = _fleet_run(capsys, outputs, 'fleet', 'status', str(fleet_dir))
+    assert code == EXIT_OK and 'robot_1' in out and '1 active, 0 revoked' in out and 'verified: 5 entries' in out
+    with pytest.raises(SystemExit) as info:
+        main(['fleet', 'revoke', str(fleet_dir), 'robot_1'])  # a revocation always says why
+    assert info.value.code == EXIT_USAGE
+    code, out, _ = _fleet_run(capsys, outputs, 'fleet', 'revoke', str(fleet_dir), 'robot_1', '--reason', 'stolen')
+    assert code == EXIT_OK and 'revoked' in out
+    for robot in ('robot_1', 'server', 'nobody'):
+        code, _, err = _fleet_run(capsys, outputs, 'fleet', 'revoke', str(fleet_dir), robot, '--reason', 'x')
+        assert code == EXIT_FLEET and _one_error_line(err), err
+    code, out, _ = _fleet_run(capsys, outputs, 'fleet', 'status', str(fleet_dir), '--json')
+    status = json.loads(out)
+    assert code == EXIT_OK and [(r['key_id'], r['status'], r['revocation_reason']) for r in status['robots']] == [
+        ('robot_1', 'revoked', 'stolen')]
+    assert not any(PASSPHRASE in text or ROBOT_PASSPHRASE in text for text in outputs)
+
+
+def test_fleet_refusals_wrong_passphrase_crafted_bundle_and_status_problems(operator, capsys, monkeypatch):
+    fleet_dir, bundle = operator / 'fleet', operator / 'robot_1.tar'
+    code, _, err = run(capsys, 'fleet', 'enroll', str(fleet_dir), 'robot_1', '--bundle', str(bundle))
+    assert code == EXIT_FLEET and 'fleet init' in err and not fleet_dir.exists()
+    assert run(capsys, 'fleet', 'init', str(fleet_dir))[0] == EXIT_OK
+    assert run(capsys, 'fleet', 'enroll', str(fleet_dir), 'robot_1', '--bundle', str(bundle))[0] == EXIT_OK
+
+    monkeypatch.setenv(PASSPHRASE_ENV, 'the wrong passphrase')
+    code, _, err = run(capsys, 'robot', 'install', str(bundle), str(operator / 'robot'))
+    assert code == EXIT_KEY_FILE and 'wrong passphrase' in err and not (operator / 'robot').exists()
+    monkeypatch.setenv(PASSPHRASE_ENV, PASSPHRASE)
+
+    bundle.chmod(0o644)
+    code, _, err = run(capsys, 'robot', 'install', str(bundle), str(operator / 'robot'))
+    assert code == EXIT_KEY_FILE and 'chmod 600' in err
+    bundle.chmod(0o600)
+    crafted = operator / 'crafted.tar'
+    with tarfile.open(crafted, 'w') as archive, tarfile.open(bundle) as genuine:
+        for member in genuine.getmembers():
+            archive.addfile(member, genuine.extractfile(member))
+        evil = tarfile.TarInfo('../escape.sh')
+        evil.size = 4
+        archive.addfile(evil, io.BytesIO(b'boom'))
+    crafted.chmod(0o600)
+    code, _, err = run(capsys, 'robot', 'install', str(crafted), str(operator / 'robot'))
+    assert code == EXIT_FLEET and "'../escape.sh'" in err and _one_error_line(err)
+    assert not (operator / 'robot').exists() and not (operator.parent / 'escape.sh').exists()
+
+    server_key = fleet_dir / 'server' / 'server.key'
+    server_key.chmod(0o644)
+    code, out, err = run(capsys, 'fleet', 'status', str(fleet_dir))
+    assert code == EXIT_FLEET and 'chmod 600' in out and '1 problem' in err
+    server_key.chmod(0o600)
+    log = fleet_dir / 'server' / 'kms' / 'audit.log'
+    log.write_text(log.read_text().replace('"robot_1"', '"robot_2"', 1))
+    code, _, err = run(capsys, 'fleet', 'status', str(fleet_dir))
+    assert code == EXIT_TAMPERED and 'FAILED' in err
+
+
+def _options(parser) -> list[str]:
+    found = []
+    for action in parser._actions:
+        found += action.option_strings
+        for sub in getattr(action, 'choices', None) or {}:
+            if isinstance(action.choices, dict):
+                found += _options(action.choices[sub])
+    return found
+
+
+def test_passphrases_never_come_from_argv():
+    from tensorguard_crypto.cli import build_parser
+    assert not [option for option in _options(build_parser()) if 'pass' in option or 'pin' in option]
+    with pytest.raises(SystemExit) as info:
+        main(['fleet', 'init', 'somewhere', '--passphrase', 'secret passphrase'])
+    assert info.value.code == EXIT_USAGE and not Path('somewhere').exists()
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_passphrase_prompt_asks_twice_for_new_keys_and_once_to_install(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv(PASSPHRASE_ENV, raising=False)
+    code, _, err = run(capsys, 'fleet', 'init', str(tmp_path / 'fleet'))
+    assert code == EXIT_KEY_FILE and PASSPHRASE_ENV in err  # no terminal, no variable: refused, nothing made
+    assert not (tmp_path / 'fleet' / 'server' / 'server.key').exists()
+    monkeypatch.setattr('sys.stdin', _Terminal())
+    answers, prompts = [], []
+
+    def answer(prompt: str) -> str:
+        prompts.append(prompt)
+        return answers.pop(0)
+    monkeypatch.setattr('getpass.getpass', answer)
+    answers[:] = [PASSPHRASE, PASSPHRASE + 'x']
+    code, _, err = run(capsys, 'fleet', 'init', str(tmp_path / 'fleet'))
+    assert code == EXIT_KEY_FILE and 'differ' in err and not (tmp_path / 'fleet' / 'server' / 'server.key').exists()
+    answers[:] = ['short', 'short']
+    code, _, err = run(capsys, 'fleet', 'init', str(tmp_path / 'fleet'))
+    assert code == EXIT_KEY_FILE and 'at least 8' in err
+    answers[:], prompts[:] = [PASSPHRASE, PASSPHRASE], []
+    code, out, err = run(capsys, 'fleet', 'init', str(tmp_path / 'fleet'))
+    assert code == EXIT_OK and len(prompts) == 2 and PASSPHRASE not in out + err
+    answers[:] = [ROBOT_PASSPHRASE, ROBOT_PASSPHRASE]
+    bundle = tmp_path / 'robot_1.tar'
+    assert run(capsys, 'fleet', 'enroll', str(tmp_path / 'fleet'), 'robot_1', '--bundle', str(bundle))[0] == EXIT_OK
+    answers[:], prompts[:] = [ROBOT_PASSPHRASE], []
+    assert run(capsys, 'robot', 'install', str(bundle), str(tmp_path / 'robot'))[0] == EXIT_OK
+    assert len(prompts) == 1 and 'Passphrase for' in prompts[0]

@@ -4,6 +4,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from tensorguard_crypto import wire
+from tensorguard_crypto.fleet import FleetPaths
 from tensorguard_crypto.identity import (ID_PATTERN, MAX_ID_CHARS, Identity, InvalidId, InvalidPublicKey, Role,
                                          SignatureInvalid, WeakPublicKey, check_id, check_public_key_strength,
                                          fingerprint, verify_signature)
@@ -70,7 +71,6 @@ def test_wire_uses_the_same_grammar():
 @pytest.mark.parametrize('value', BAD_IDS)
 def test_fleet_paths_refuse_ids_before_building_a_path(tmp_path, value):
     """Before the fix, `robot_dir('../x')` was a directory outside `robots/` and enrolment wrote there."""
-    from tensorguard_aggregator.provisioning import FleetPaths
     paths = FleetPaths(tmp_path / 'fleet')
     with pytest.raises(InvalidId):
         paths.robot_dir(value)

@@ -3,14 +3,15 @@ import base64
 import logging
 import os
 import stat
+from pathlib import Path
 
 import pytest
 
 from tensorguard_crypto.identity import InvalidId, Role
 from tensorguard_crypto.keystore import (PASSPHRASE_ENV, InvalidKeyFileId, KeyFileCorrupt, KeyFileExists,
                                          KeyFileNotFound, KeyPathInvalid, KeyStoreError, LoosePermissions,
-                                         MissingPassphrase, UnsupportedSecurityLevel, WrongPassphrase, generate_key,
-                                         load_key, read_key_info)
+                                         MissingPassphrase, UnsupportedSecurityLevel, WrongPassphrase, destroy_secret,
+                                         generate_key, load_key, read_key_info, seal_secret, unseal_secret)
 
 PASSPHRASE = 'correct horse battery staple'
 FAST = 15  # scrypt log2 N for tests; the default (17) is exercised once below
@@ -181,3 +182,96 @@ def test_keygen_where_no_key_file_can_be_created(tmp_path, where):
     (tmp_path / 'dir').mkdir()
     with pytest.raises(KeyPathInvalid, match='regular is not a directory|is a directory'):
         generate_key(tmp_path / where, passphrase=PASSPHRASE, key_id='robot_1', scrypt_log2_n=FAST)
+
+
+# --- Sealed secrets: the key-file construction and checks, with a context (a round's lattice or transport secret) ---
+
+SECRET = bytes(range(256)) * 4
+
+
+def _independent_seal(secret: bytes, passphrase: bytes, context: bytes, log2_n: int = FAST) -> bytes:
+    """The documented layout built with `cryptography` directly, not with the code under test."""
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+    from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
+    salt, nonce = os.urandom(16), os.urandom(12)
+    header = b'TGSEAL1' + bytes([log2_n]) + salt + nonce
+    key = Scrypt(salt=salt, length=32, n=2 ** log2_n, r=8, p=1).derive(passphrase)
+    return header + AESGCM(key).encrypt(nonce, secret, header + context)
+
+
+def test_sealed_secret_round_trip_mode_context_and_layout(tmp_path):
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+    from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
+    path = tmp_path / 'rounds' / '3' / 'secret.sealed'
+    seal_secret(path, SECRET, PASSPHRASE, b'key_service/round/3')
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600 and stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+    assert unseal_secret(path, PASSPHRASE, b'key_service/round/3') == SECRET
+    data = path.read_bytes()
+    assert SECRET not in data and data[:7] == b'TGSEAL1' and data[7] == 17
+    key = Scrypt(salt=data[8:24], length=32, n=2 ** 17, r=8, p=1).derive(PASSPHRASE.encode())
+    assert AESGCM(key).decrypt(data[24:36], data[36:], data[:36] + b'key_service/round/3') == SECRET
+    other = tmp_path / 'independent.sealed'
+    other.write_bytes(_independent_seal(SECRET, PASSPHRASE.encode(), b'ctx'))
+    other.chmod(0o600)
+    assert unseal_secret(other, PASSPHRASE, b'ctx') == SECRET
+
+
+def test_sealed_secret_refusals(tmp_path):
+    path = tmp_path / 'transport.sealed'
+    path.write_bytes(_independent_seal(SECRET, PASSPHRASE.encode(), b'round/1'))
+    path.chmod(0o600)
+    with pytest.raises(WrongPassphrase, match='wrong passphrase'):
+        unseal_secret(path, PASSPHRASE, b'round/2')
+    with pytest.raises(WrongPassphrase):
+        unseal_secret(path, 'not the passphrase', b'round/1')
+    original = path.read_bytes()
+    for position in (len(original) - 1, 40, 10):  # tag, ciphertext, salt: all authenticated
+        edited = bytearray(original)
+        edited[position] ^= 1
+        path.write_bytes(bytes(edited))
+        with pytest.raises(WrongPassphrase, match='modified'):
+            unseal_secret(path, PASSPHRASE, b'round/1')
+    for garbage, match in ((original[:40], 'truncated or corrupt'), (b'TGKEY\x00' + original[6:], 'not a sealed'),
+                           (original[:7] + bytes([40]) + original[8:], 'scrypt'),
+                           (original[:7] + bytes([10]) + original[8:], 'scrypt')):
+        path.write_bytes(garbage)
+        with pytest.raises(KeyFileCorrupt, match=match):
+            unseal_secret(path, PASSPHRASE, b'round/1')
+    path.write_bytes(original)
+    path.chmod(0o640)
+    with pytest.raises(LoosePermissions, match='chmod 600'):
+        unseal_secret(path, PASSPHRASE, b'round/1')
+    path.chmod(0o600)
+    with pytest.raises(KeyFileExists, match='sealed secret'):
+        seal_secret(path, b'other', PASSPHRASE, b'round/1')
+    assert path.read_bytes() == original
+    os.symlink(path, tmp_path / 'link.sealed')
+    with pytest.raises(KeyStoreError):
+        unseal_secret(tmp_path / 'link.sealed', PASSPHRASE, b'round/1')
+    with pytest.raises(KeyFileNotFound):
+        unseal_secret(tmp_path / 'absent.sealed', PASSPHRASE, b'round/1')
+
+
+def test_storage_errors_are_also_os_errors():
+    """The aggregator counts storage failures (`OSError`) as `storage_error`; a sealed secret that cannot
+    be written stays one of them. /proc accepts no new file, even from root."""
+    with pytest.raises(OSError) as info:
+        seal_secret(Path('/proc/self/secret.sealed'), SECRET, PASSPHRASE, b'c')
+    assert isinstance(info.value, KeyStoreError) and info.value.reason == 'key_storage_error'
+    assert 'cannot write the sealed secret' in str(info.value)
+
+
+def test_destroy_secret_zeroes_unlinks_and_never_follows_links(tmp_path):
+    path = tmp_path / 'secret.sealed'
+    path.write_bytes(b'secret bytes')
+    alias = tmp_path / 'hardlink'
+    os.link(path, alias)  # a second name shows the bytes were overwritten before the unlink
+    destroy_secret(path)
+    assert not path.exists() and alias.read_bytes() == bytes(len(b'secret bytes'))
+    destroy_secret(path)  # absent: nothing to do
+    target = tmp_path / 'precious'
+    target.write_bytes(b'not a secret')
+    os.symlink(target, tmp_path / 'link.sealed')
+    with pytest.raises(KeyStoreError):
+        destroy_secret(tmp_path / 'link.sealed')
+    assert target.read_bytes() == b'not a secret'

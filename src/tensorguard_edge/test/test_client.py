@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 from tensorguard_aggregator.key_service import KeyServiceCore, KeyServicePolicy
-from tensorguard_aggregator.provisioning import FleetPaths, enroll_robot, provision_server
 from tensorguard_aggregator import rounds
 from tensorguard_aggregator.rounds import Aggregator, RoundError, RoundPolicy
+from tensorguard_crypto.fleet import FleetPaths, enroll_robot, provision_server
 from tensorguard_crypto.identity import Identity, Role
 from tensorguard_crypto.secagg import generate_key_service_keys
 from tensorguard_crypto.wire import RoundKeyAnnouncement
