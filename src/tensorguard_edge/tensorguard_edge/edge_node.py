@@ -75,7 +75,7 @@ class EdgeNode(LifecycleNode):
         self.assembler = EpisodeAssembler(self._store_episode, self.config.state_dim, self.config.action_dim)
         self.update_pub = self.create_publisher(EncryptedUpdate, topics.ENCRYPTED_UPDATES, qos.UPDATES)
         self.status_pub = self.create_publisher(RobotStatus, 'status', qos.STATUS)
-        self.diag_pub = self.create_publisher(DiagnosticArray, '/diagnostics', qos.STATUS)
+        self.diag_pub = self.create_publisher(DiagnosticArray, topics.DIAGNOSTICS, qos.DIAGNOSTICS)
         self.get_logger().info(f'{self.config.robot_id}: configured, {self.client.status().episodes} episodes '
                                f'in store, model version {self.client.status().model_version}')
         return TransitionCallbackReturn.SUCCESS
