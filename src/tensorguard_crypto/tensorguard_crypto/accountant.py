@@ -45,10 +45,10 @@ def skellam_rdp(orders: Sequence[int], l2_sensitivity: float, l1_sensitivity: fl
                 variance: float) -> np.ndarray:
     """Skellam RDP eps(alpha) per order for one release (Agarwal-Kairouz-Liu 2021, formula above)."""
     if variance <= 0 or l2_sensitivity < 0 or l1_sensitivity < 0:
-        raise AccountantError("variance must be positive and sensitivities non-negative")
+        raise AccountantError('variance must be positive and sensitivities non-negative')
     alpha = np.asarray(orders, dtype=np.float64)
     if np.any(alpha <= 1) or np.any(alpha != np.floor(alpha)):
-        raise AccountantError("orders must be integers greater than 1")
+        raise AccountantError('orders must be integers greater than 1')
     d1, d2sq, mu = l1_sensitivity, l2_sensitivity**2, variance
     return alpha * d2sq / (2 * mu) + np.minimum(((2 * alpha - 1) * d2sq + 6 * d1) / (4 * mu**2), 3 * d1 / (2 * mu))
 
@@ -56,7 +56,7 @@ def skellam_rdp(orders: Sequence[int], l2_sensitivity: float, l1_sensitivity: fl
 def rdp_to_epsilon(orders: Sequence[int], rdp: np.ndarray, delta: float) -> tuple[float, int]:
     """(epsilon, best order) from an RDP curve (Canonne-Kamath-Steinke 2020, Proposition 12)."""
     if not 0 < delta < 1:
-        raise AccountantError(f"delta must be in (0, 1), got {delta}")
+        raise AccountantError(f'delta must be in (0, 1), got {delta}')
     alpha = np.asarray(orders, dtype=np.float64)
     eps = np.asarray(rdp) + np.log1p(-1 / alpha) - (math.log(delta) + np.log(alpha)) / (alpha - 1)
     best = int(np.argmin(eps))
@@ -84,9 +84,9 @@ class DPPolicyProfile:
 
     def __post_init__(self) -> None:
         if not (self.epsilon_budget > 0 and math.isfinite(self.epsilon_budget)):
-            raise AccountantError(f"epsilon_budget must be positive and finite, got {self.epsilon_budget}")
+            raise AccountantError(f'epsilon_budget must be positive and finite, got {self.epsilon_budget}')
         if not 0 < self.delta < 1:
-            raise AccountantError(f"delta must be in (0, 1), got {self.delta}")
+            raise AccountantError(f'delta must be in (0, 1), got {self.delta}')
 
     def skellam_config(self, dim: int, max_clients: int) -> SkellamConfig:
         """The encoder configuration this policy implies for a `dim`-vector round."""
@@ -109,7 +109,7 @@ class PrivacyLedger:
             self.rdp = np.zeros(len(self.orders))
         self.rdp = np.asarray(self.rdp, dtype=np.float64)
         if self.rdp.shape != (len(self.orders),):
-            raise AccountantError("rdp curve does not match the orders")
+            raise AccountantError('rdp curve does not match the orders')
 
     def epsilon(self) -> float:
         """(epsilon at the profile's delta) spent so far."""
@@ -128,14 +128,14 @@ class PrivacyLedger:
         recorded even past the budget (check `exceeded()`).
         """
         if round_id in self.rounds:
-            raise AccountantError(f"round {round_id!r} already charged")
+            raise AccountantError(f'round {round_id!r} already charged')
         if config.clipping_norm != self.profile.clipping_norm:
-            raise AccountantError("round config uses a different clipping norm than the policy")
+            raise AccountantError('round config uses a different clipping norm than the policy')
         after = self.epsilon_after(config)
         if self.profile.hard_stop_enabled and after > self.profile.epsilon_budget:
             raise PrivacyBudgetExceeded(
-                f"round {round_id!r} would raise epsilon from {self.epsilon():.4f} to {after:.4f}, "
-                f"over the budget {self.profile.epsilon_budget} (delta={self.profile.delta})")
+                f'round {round_id!r} would raise epsilon from {self.epsilon():.4f} to {after:.4f}, '
+                f'over the budget {self.profile.epsilon_budget} (delta={self.profile.delta})')
         self.rdp = self.rdp + round_rdp(config, self.orders)
         self.rounds.append(round_id)
         return after
@@ -146,13 +146,13 @@ class PrivacyLedger:
 
     def to_dict(self) -> dict:
         """JSON-ready state for persisting the ledger across restarts."""
-        return {"orders": list(self.orders), "rounds": list(self.rounds), "rdp": [float(v) for v in self.rdp]}
+        return {'orders': list(self.orders), 'rounds': list(self.rounds), 'rdp': [float(v) for v in self.rdp]}
 
     @classmethod
     def from_dict(cls, profile: DPPolicyProfile, state: dict) -> "PrivacyLedger":
         """Restore a ledger saved with `to_dict`."""
         try:
-            return cls(profile, tuple(int(a) for a in state["orders"]), [str(r) for r in state["rounds"]],
-                       np.asarray(state["rdp"], dtype=np.float64))
+            return cls(profile, tuple(int(a) for a in state['orders']), [str(r) for r in state['rounds']],
+                       np.asarray(state['rdp'], dtype=np.float64))
         except (KeyError, TypeError, ValueError) as exc:
-            raise AccountantError(f"invalid ledger state: {exc}") from exc
+            raise AccountantError(f'invalid ledger state: {exc}') from exc

@@ -50,12 +50,12 @@ class SecretRandom:
     def random_bytes(self, count: int) -> bytes:
         """`count` bytes of keystream."""
         if count < 0:
-            raise RandomnessError(f"byte count must be non-negative, got {count}")
+            raise RandomnessError(f'byte count must be non-negative, got {count}')
         return self._stream.update(bytes(count))
 
     def words64(self, count: int) -> np.ndarray:
         """`count` uniform 64-bit words."""
-        return np.frombuffer(self.random_bytes(8 * count), dtype="<u8").astype(np.uint64)
+        return np.frombuffer(self.random_bytes(8 * count), dtype='<u8').astype(np.uint64)
 
     def uniform01(self, shape: int | tuple[int, ...]) -> np.ndarray:
         """Uniform doubles k * 2^-53 in [0, 1)."""
@@ -75,7 +75,7 @@ class SecretRandom:
     def centered_binomial(self, eta: int, shape: int | tuple[int, ...]) -> np.ndarray:
         """Centred binomial CBD(eta) = sum of eta coin differences (variance eta/2), int64."""
         if not 1 <= eta <= 32:
-            raise RandomnessError(f"centred-binomial eta must be in 1..32, got {eta}")
+            raise RandomnessError(f'centred-binomial eta must be in 1..32, got {eta}')
         count = int(np.prod(shape))
         words = self.words64(count)
         mask = np.uint64((1 << eta) - 1)
@@ -96,7 +96,7 @@ class SecretRandom:
         12 (1993), run on all pending samples at once until every one is accepted.
         """
         if not (lam >= 0 and math.isfinite(lam)):
-            raise RandomnessError(f"Poisson mean must be finite and >= 0, got {lam}")
+            raise RandomnessError(f'Poisson mean must be finite and >= 0, got {lam}')
         count = int(np.prod(shape))
         if lam == 0:
             return np.zeros(shape, dtype=np.int64)
@@ -108,7 +108,7 @@ class SecretRandom:
         top = int(lam + 40 * math.sqrt(lam) + 40)
         ks = np.arange(top + 1, dtype=np.float64)
         cdf = np.cumsum(np.exp(ks * math.log(lam) - lam - _log_factorial(ks)))
-        return np.searchsorted(cdf, self.uniform01(count), side="right").astype(np.int64)
+        return np.searchsorted(cdf, self.uniform01(count), side='right').astype(np.int64)
 
     def _poisson_ptrs(self, lam: float, count: int) -> np.ndarray:
         slam, loglam = math.sqrt(lam), math.log(lam)
@@ -125,7 +125,7 @@ class SecretRandom:
             k = np.floor((2 * a / np.maximum(us, 1e-300) + b) * u + lam + 0.43)
             quick = (us >= 0.07) & (v <= v_r)
             usable = (k >= 0) & ~((us < 0.013) & (v > us))
-            with np.errstate(divide="ignore"):
+            with np.errstate(divide='ignore'):
                 log_accept = np.log(v * inv_alpha / (a / np.maximum(us * us, 1e-300) + b))
             exact = usable & (log_accept <= -lam + k * loglam - _log_factorial(np.maximum(k, 0)))
             accepted = quick | exact
@@ -136,7 +136,7 @@ class SecretRandom:
     def skellam(self, variance: float, shape: int | tuple[int, ...]) -> np.ndarray:
         """Symmetric Skellam noise Poisson(variance/2) - Poisson(variance/2), int64."""
         if not (variance >= 0 and math.isfinite(variance)):
-            raise RandomnessError(f"Skellam variance must be finite and >= 0, got {variance}")
+            raise RandomnessError(f'Skellam variance must be finite and >= 0, got {variance}')
         return self.poisson(variance / 2, shape) - self.poisson(variance / 2, shape)
 
 
@@ -144,7 +144,7 @@ def public_xof(*parts: bytes) -> "hashlib._Hash":
     """SHAKE-128 over length-prefixed parts (unambiguous domain separation)."""
     xof = hashlib.shake_128()
     for part in parts:
-        xof.update(struct.pack("<Q", len(part)))
+        xof.update(struct.pack('<Q', len(part)))
         xof.update(part)
     return xof
 
@@ -157,12 +157,12 @@ def public_uniform_mod(q: int, count: int, *parts: bytes) -> np.ndarray:
     `count` values are accepted.
     """
     if not 2 <= q < 2**32:
-        raise RandomnessError(f"modulus must be in [2, 2^32), got {q}")
+        raise RandomnessError(f'modulus must be in [2, 2^32), got {q}')
     xof = public_xof(*parts)
     mask = np.uint32((1 << (q - 1).bit_length()) - 1)
     words = count + count // 8 + 16
     while True:
-        raw = np.frombuffer(xof.digest(4 * words), dtype="<u4") & mask
+        raw = np.frombuffer(xof.digest(4 * words), dtype='<u4') & mask
         accepted = raw[raw < np.uint32(q)]
         if accepted.size >= count:
             return accepted[:count].astype(np.uint64)

@@ -203,7 +203,7 @@ def _active_robot(kms: KeyManagementSystem, robot_id: str) -> KeyRecord:
     except UnknownKey:
         raise NotARobot(f'{robot_id!r} is not enrolled in this fleet') from None
     if record.metadata.role is not Role.ROBOT:
-        raise NotARobot(f'{robot_id!r} is the fleet\'s {record.metadata.role.value} identity, not a robot '
+        raise NotARobot(f"{robot_id!r} is the fleet's {record.metadata.role.value} identity, not a robot "
                         '(use `tensorguard kms` for server keys)')
     if record.status is KeyStatus.REVOKED:
         raise NotARobot(f'robot {robot_id!r} was revoked; revocation is permanent (enrol a new robot id)')

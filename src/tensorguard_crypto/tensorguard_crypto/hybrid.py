@@ -88,7 +88,8 @@ class SealedBoxKey:
     def open(self, sealed: bytes, context: bytes) -> bytes:
         """Decrypt and authenticate a blob made by `seal` for this key and `context`."""
         if len(sealed) < SEAL_OVERHEAD_BYTES:
-            raise HybridError(f'sealed blob of {len(sealed)} bytes is shorter than its {SEAL_OVERHEAD_BYTES}-byte overhead')
+            raise HybridError(f'sealed blob of {len(sealed)} bytes is shorter than its '
+                              f'{SEAL_OVERHEAD_BYTES}-byte overhead')
         ephemeral_public = bytes(sealed[:PUBLIC_KEY_BYTES])
         try:
             shared = self._private.exchange(X25519PublicKey.from_public_bytes(ephemeral_public))

@@ -28,8 +28,17 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, BinaryIO, Iterator
 
-from .identity import (IdentityError, InvalidId, InvalidPublicKey, Role, WeakPublicKey, check_id,
-                       check_public_key_strength, fingerprint, load_public_key)
+from .identity import (
+    IdentityError,
+    InvalidId,
+    InvalidPublicKey,
+    Role,
+    WeakPublicKey,
+    check_id,
+    check_public_key_strength,
+    fingerprint,
+    load_public_key,
+)
 
 GENESIS_HASH = '0' * 64
 STATE_FORMAT = 1

@@ -75,27 +75,28 @@ class SecAggParams:
     def __post_init__(self) -> None:
         table = HE_STANDARD_TERNARY_MAX_LOG_Q.get(self.security_bits)
         if table is None:
-            raise ParameterError(f"security level {self.security_bits} not in the HE standard table (128, 192, 256)")
+            raise ParameterError(f'security level {self.security_bits} not in the HE standard table (128, 192, 256)')
         if self.n not in table:
-            raise ParameterError(f"ring degree n={self.n} not in the HE standard table ({sorted(table)})")
+            raise ParameterError(f'ring degree n={self.n} not in the HE standard table ({sorted(table)})')
         if self.q.bit_length() > table[self.n]:
             raise ParameterError(
-                f"log2 q = {self.q.bit_length()} exceeds {table[self.n]}, the HE standard maximum for "
-                f"{self.security_bits}-bit security at n={self.n}")
+                f'log2 q = {self.q.bit_length()} exceeds {table[self.n]}, the HE standard maximum for '
+                f'{self.security_bits}-bit security at n={self.n}')
         if not is_prime(self.q) or (self.q - 1) % (2 * self.n) or self.q >= 2**32:
-            raise ParameterError(f"q={self.q} must be a prime below 2^32 with q = 1 mod 2n")
+            raise ParameterError(f'q={self.q} must be a prime below 2^32 with q = 1 mod 2n')
         if not 1 <= self.plaintext_bits <= 30:
-            raise ParameterError(f"plaintext_bits must be in 1..30, got {self.plaintext_bits}")
+            raise ParameterError(f'plaintext_bits must be in 1..30, got {self.plaintext_bits}')
         if not 1 <= self.min_clients <= self.max_clients:
-            raise ParameterError(f"need 1 <= min_clients <= max_clients, got {self.min_clients}, {self.max_clients}")
+            raise ParameterError(f'need 1 <= min_clients <= max_clients, got {self.min_clients}, {self.max_clients}')
         if not 20 <= self.failure_log2 <= 128:
-            raise ParameterError(f"failure_log2 must be in 20..128, got {self.failure_log2}")
+            raise ParameterError(f'failure_log2 must be in 20..128, got {self.failure_log2}')
         if not self.body_budget_ok(self.max_clients):
             raise ParameterError(
-                f"max_clients={self.max_clients} exceeds the body noise budget of this parameter set "
-                f"(at most {self.max_supported_clients()} clients for b={self.plaintext_bits}, log2 q={self.q.bit_length()})")
+                f'max_clients={self.max_clients} exceeds the body noise budget of this parameter set '
+                f'(at most {self.max_supported_clients()} clients for b={self.plaintext_bits}, '
+                f'log2 q={self.q.bit_length()})')
         if not self.key_budget_ok(self.max_clients):
-            raise ParameterError(f"max_clients={self.max_clients} exceeds the key-layer noise budget")
+            raise ParameterError(f'max_clients={self.max_clients} exceeds the key-layer noise budget')
 
     def body_budget_ok(self, clients: int) -> bool:
         """True if `clients` summed bodies decrypt: 2^b (2 |E| + clients) < q (centred window)."""
@@ -149,7 +150,7 @@ class SecAggParams:
 
     def domain(self) -> bytes:
         """Bytes binding derived public randomness to this ring (n, q)."""
-        return struct.pack("<IQ", self.n, self.q)
+        return struct.pack('<IQ', self.n, self.q)
 
     def ring(self) -> NegacyclicRing:
         """The ring R_q of this parameter set (tables cached per (n, q))."""
@@ -173,6 +174,6 @@ def standard_params(security_bits: int = 128, plaintext_bits: int = 20, max_clie
     """
     table = HE_STANDARD_TERNARY_MAX_LOG_Q.get(security_bits)
     if table is None:
-        raise ParameterError(f"security level {security_bits} not in the HE standard table (128, 192, 256)")
+        raise ParameterError(f'security level {security_bits} not in the HE standard table (128, 192, 256)')
     n = min(n for n, max_log_q in table.items() if max_log_q >= DEFAULT_PRIME.bit_length())
     return SecAggParams(security_bits, n, DEFAULT_PRIME, plaintext_bits, max_clients, min_clients)

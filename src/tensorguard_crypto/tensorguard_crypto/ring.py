@@ -67,12 +67,12 @@ def _prime_factors(n: int) -> list[int]:
 def primitive_root_of_unity(order: int, q: int) -> int:
     """Smallest-generator-derived primitive `order`-th root of unity mod prime q."""
     if (q - 1) % order:
-        raise RingError(f"q={q} has no primitive root of unity of order {order}")
+        raise RingError(f'q={q} has no primitive root of unity of order {order}')
     factors = _prime_factors(q - 1)
     for g in range(2, q):
         if all(pow(g, (q - 1) // f, q) != 1 for f in factors):
             return pow(g, (q - 1) // order, q)
-    raise RingError(f"no generator found for q={q}")
+    raise RingError(f'no generator found for q={q}')
 
 
 def _bit_reverse(values: np.ndarray, bits: int) -> np.ndarray:
@@ -94,14 +94,14 @@ class NegacyclicRing:
 
     def __post_init__(self) -> None:
         if self.n < 2 or self.n & (self.n - 1):
-            raise RingError(f"ring degree n={self.n} must be a power of two >= 2")
+            raise RingError(f'ring degree n={self.n} must be a power of two >= 2')
         if not (2 < self.q < 2**32) or not is_prime(self.q):
-            raise RingError(f"modulus q={self.q} must be a prime below 2^32")
+            raise RingError(f'modulus q={self.q} must be a prime below 2^32')
         if (self.q - 1) % (2 * self.n):
-            raise RingError(f"q={self.q} is not 1 mod 2n={2 * self.n}: no negacyclic NTT")
+            raise RingError(f'q={self.q} is not 1 mod 2n={2 * self.n}: no negacyclic NTT')
         psi = primitive_root_of_unity(2 * self.n, self.q)
         if pow(psi, self.n, self.q) != self.q - 1:
-            raise RingError("psi^n != -1; not a primitive 2n-th root")
+            raise RingError('psi^n != -1; not a primitive 2n-th root')
         log_n = self.n.bit_length() - 1
         rev = _bit_reverse(np.arange(self.n, dtype=np.int64), log_n)
         powers = np.array([pow(psi, int(e), self.q) for e in range(self.n)], dtype=U64)
@@ -110,13 +110,13 @@ class NegacyclicRing:
         psi_rev, psi_inv_rev = powers[rev], inv_powers[rev]
         pair = np.arange(self.n // 2)
         groups = [1 << s for s in range(log_n)]
-        object.__setattr__(self, "_fwd_twiddles", tuple(psi_rev[m + pair % m] for m in groups))
-        object.__setattr__(self, "_inv_twiddles", tuple(psi_inv_rev[m + pair % m] for m in reversed(groups)))
-        object.__setattr__(self, "_n_inv", pow(self.n, -1, self.q))
+        object.__setattr__(self, '_fwd_twiddles', tuple(psi_rev[m + pair % m] for m in groups))
+        object.__setattr__(self, '_inv_twiddles', tuple(psi_inv_rev[m + pair % m] for m in reversed(groups)))
+        object.__setattr__(self, '_n_inv', pow(self.n, -1, self.q))
 
     def _check(self, a: np.ndarray) -> np.ndarray:
         if a.dtype != U64 or a.ndim < 1 or a.shape[-1] != self.n:
-            raise RingError(f"expected uint64 array with last axis {self.n}, got {a.dtype} {a.shape}")
+            raise RingError(f'expected uint64 array with last axis {self.n}, got {a.dtype} {a.shape}')
         return a
 
     def _reduce_below_2q(self, x: np.ndarray, scratch: np.ndarray) -> None:
@@ -201,7 +201,7 @@ class NegacyclicRing:
         """Map small signed integers (|v| < q) to residues in [0, q)."""
         v = np.asarray(values, dtype=np.int64)
         if v.size and (int(v.min()) <= -self.q or int(v.max()) >= self.q):
-            raise RingError("signed values must have absolute value below q")
+            raise RingError('signed values must have absolute value below q')
         out = (v + self.q).view(U64)
         self._reduce_below_2q(out, np.empty_like(out))
         return out

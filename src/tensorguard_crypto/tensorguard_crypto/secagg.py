@@ -31,8 +31,8 @@ from .csprng import SecretRandom, public_uniform_mod
 from .params import ERROR_ETA, SecAggParams
 
 U64 = np.uint64
-_DOMAIN_A = b"TensorGuard/secagg/v1/body-a"
-_DOMAIN_PK = b"TensorGuard/secagg/v1/pk-a"
+_DOMAIN_A = b'TensorGuard/secagg/v1/body-a'
+_DOMAIN_PK = b'TensorGuard/secagg/v1/pk-a'
 _ENCRYPT_BLOCK_CHUNKS = 16
 
 
@@ -44,29 +44,30 @@ def pack_residues(values: np.ndarray, bits: int) -> bytes:
     """Pack residues (< 2^bits, bits <= 32) into exactly ceil(count * bits / 8) bytes, little-endian."""
     flat = np.ascontiguousarray(values, dtype=U64).reshape(-1)
     if bits % 8 == 0:
-        return flat.astype("<u8").view(np.uint8).reshape(-1, 8)[:, : bits // 8].tobytes()
-    bit_matrix = np.unpackbits(flat.astype("<u8").view(np.uint8).reshape(-1, 8), axis=1, bitorder="little")
-    return np.packbits(bit_matrix[:, :bits].reshape(-1), bitorder="little").tobytes()
+        return flat.astype('<u8').view(np.uint8).reshape(-1, 8)[:, : bits // 8].tobytes()
+    bit_matrix = np.unpackbits(flat.astype('<u8').view(np.uint8).reshape(-1, 8), axis=1, bitorder='little')
+    return np.packbits(bit_matrix[:, :bits].reshape(-1), bitorder='little').tobytes()
 
 
 def unpack_residues(data: bytes, count: int, bits: int) -> np.ndarray:
     """Inverse of `pack_residues`; the byte length must match exactly."""
     if len(data) != (count * bits + 7) // 8:
-        raise SecAggError(f"expected {(count * bits + 7) // 8} bytes for {count} values of {bits} bits, got {len(data)}")
+        raise SecAggError(f'expected {(count * bits + 7) // 8} bytes for {count} values of {bits} bits, '
+                          f'got {len(data)}')
     raw = np.frombuffer(data, dtype=np.uint8)
     if bits % 8 == 0:
         padded = np.zeros((count, 8), dtype=np.uint8)
         padded[:, : bits // 8] = raw.reshape(count, bits // 8)
-        return padded.view("<u8").reshape(-1).astype(U64)
+        return padded.view('<u8').reshape(-1).astype(U64)
     bit_matrix = np.zeros((count, 64), dtype=np.uint8)
-    bit_matrix[:, :bits] = np.unpackbits(raw, bitorder="little")[: count * bits].reshape(count, bits)
-    return np.packbits(bit_matrix, axis=1, bitorder="little").view("<u8").reshape(-1).astype(U64)
+    bit_matrix[:, :bits] = np.unpackbits(raw, bitorder='little')[: count * bits].reshape(count, bits)
+    return np.packbits(bit_matrix, axis=1, bitorder='little').view('<u8').reshape(-1).astype(U64)
 
 
 def _checked_residues(data: bytes, shape: tuple[int, int], params: SecAggParams, what: str) -> np.ndarray:
     values = unpack_residues(data, shape[0] * shape[1], params.coefficient_bits)
     if np.any(values >= U64(params.q)):
-        raise SecAggError(f"{what} has a coefficient >= q")
+        raise SecAggError(f'{what} has a coefficient >= q')
     return values.reshape(shape)
 
 
@@ -74,7 +75,7 @@ def public_body_elements(params: SecAggParams, round_seed: bytes, label: str, fi
                          count: int) -> np.ndarray:
     """NTT-domain public ring elements a_j for chunks first_chunk .. first_chunk + count - 1."""
     parts = (_DOMAIN_A, params.domain(), bytes(round_seed), label.encode())
-    return np.stack([public_uniform_mod(params.q, params.n, *parts, struct.pack("<Q", j))
+    return np.stack([public_uniform_mod(params.q, params.n, *parts, struct.pack('<Q', j))
                      for j in range(first_chunk, first_chunk + count)])
 
 
@@ -87,7 +88,7 @@ class BodyCiphertext:
 
     def __post_init__(self) -> None:
         if self.values.dtype != U64 or self.values.ndim != 2 or self.values.shape[1] != self.params.n:
-            raise SecAggError(f"body must be a uint64 (chunks, {self.params.n}) array")
+            raise SecAggError(f'body must be a uint64 (chunks, {self.params.n}) array')
 
     @property
     def chunks(self) -> int:
@@ -102,10 +103,11 @@ class BodyCiphertext:
     def from_bytes(cls, data: bytes, params: SecAggParams, num_values: int) -> "BodyCiphertext":
         """Parse bodies of a `num_values` vector; exact length and every residue < q are enforced."""
         if num_values < 1:
-            raise SecAggError(f"num_values must be positive, got {num_values}")
+            raise SecAggError(f'num_values must be positive, got {num_values}')
         if len(data) != params.body_bytes(num_values):
-            raise SecAggError(f"body of {num_values} values must be {params.body_bytes(num_values)} bytes, got {len(data)}")
-        return cls(params, _checked_residues(data, (params.chunks(num_values), params.n), params, "body"))
+            raise SecAggError(f'body of {num_values} values must be {params.body_bytes(num_values)} bytes, '
+                              f'got {len(data)}')
+        return cls(params, _checked_residues(data, (params.chunks(num_values), params.n), params, 'body'))
 
 
 @dataclass(frozen=True, eq=False)
@@ -124,8 +126,8 @@ class KeyCiphertext:
     def from_bytes(cls, data: bytes, params: SecAggParams) -> "KeyCiphertext":
         """Parse a key ciphertext; exact length and every residue < q are enforced."""
         if len(data) != params.key_ciphertext_bytes:
-            raise SecAggError(f"key ciphertext must be {params.key_ciphertext_bytes} bytes, got {len(data)}")
-        c0, c1 = _checked_residues(data, (2, params.n), params, "key ciphertext")
+            raise SecAggError(f'key ciphertext must be {params.key_ciphertext_bytes} bytes, got {len(data)}')
+        c0, c1 = _checked_residues(data, (2, params.n), params, 'key ciphertext')
         return cls(params, c0, c1)
 
 
@@ -150,8 +152,8 @@ class KeyServicePublicKey:
         """Parse a public key; exact length and every residue < q are enforced."""
         expected = 32 + (params.n * params.coefficient_bits + 7) // 8
         if len(data) != expected:
-            raise SecAggError(f"public key must be {expected} bytes, got {len(data)}")
-        return cls(params, data[:32], _checked_residues(data[32:], (1, params.n), params, "public key")[0])
+            raise SecAggError(f'public key must be {expected} bytes, got {len(data)}')
+        return cls(params, data[:32], _checked_residues(data[32:], (1, params.n), params, 'public key')[0])
 
 
 @dataclass(frozen=True, eq=False)
@@ -162,7 +164,7 @@ class KeyServiceSecretKey:
     s: np.ndarray = field(repr=False)
 
     def __repr__(self) -> str:
-        return f"KeyServiceSecretKey(n={self.params.n}, <secret>)"
+        return f'KeyServiceSecretKey(n={self.params.n}, <secret>)'
 
     def to_bytes(self) -> bytes:
         """One byte per coefficient (s + 1 in {0, 1, 2}); store it encrypted at rest."""
@@ -173,7 +175,7 @@ class KeyServiceSecretKey:
         """Parse a secret key; exact length and ternary coefficients are enforced."""
         raw = np.frombuffer(data, dtype=np.uint8)
         if raw.size != params.n or np.any(raw > 2):
-            raise SecAggError(f"secret key must be {params.n} bytes with values in {{0, 1, 2}}")
+            raise SecAggError(f'secret key must be {params.n} bytes with values in {{0, 1, 2}}')
         return cls(params, raw.astype(np.int8) - 1)
 
 
@@ -202,9 +204,9 @@ class RoundEncryptor:
 
     def __init__(self, params: SecAggParams, round_seed: bytes, key_service_pk: KeyServicePublicKey) -> None:
         if len(round_seed) != 32:
-            raise SecAggError(f"round_seed must be 32 bytes, got {len(round_seed)}")
+            raise SecAggError(f'round_seed must be 32 bytes, got {len(round_seed)}')
         if key_service_pk.params != params:
-            raise SecAggError("key service public key was made for different parameters")
+            raise SecAggError('key service public key was made for different parameters')
         self.params = params
         self.round_seed = bytes(round_seed)
         self._rng = SecretRandom()
@@ -221,7 +223,7 @@ class RoundEncryptor:
         """k_i encrypted under the key service's public key (send with the bodies)."""
         return self._key_ciphertext
 
-    def encrypt(self, values: np.ndarray, label: str = "") -> BodyCiphertext:
+    def encrypt(self, values: np.ndarray, label: str = '') -> BodyCiphertext:
         """Encrypt an integer vector with entries in [0, 2^b) under this round's key.
 
         Each label may be used once per round: two bodies under the same k_i and a_j would
@@ -230,11 +232,11 @@ class RoundEncryptor:
         params, ring = self.params, self._ring
         flat = np.asarray(values).reshape(-1)
         if flat.size == 0 or not np.issubdtype(flat.dtype, np.integer):
-            raise SecAggError("values must be a non-empty integer array")
+            raise SecAggError('values must be a non-empty integer array')
         if flat.min() < 0 or flat.max() >= params.plaintext_modulus:
-            raise SecAggError(f"values must lie in [0, 2^{params.plaintext_bits})")
+            raise SecAggError(f'values must lie in [0, 2^{params.plaintext_bits})')
         if label in self._labels:
-            raise SecAggError(f"label {label!r} already encrypted this round; keys must not be reused")
+            raise SecAggError(f'label {label!r} already encrypted this round; keys must not be reused')
         self._labels.add(label)
         chunks = params.chunks(flat.size)
         message = np.zeros(chunks * params.n, dtype=np.int64)
@@ -264,12 +266,12 @@ def _reduce_sum(acc: np.ndarray, q: int) -> np.ndarray:
 def sum_bodies(bodies: Sequence[BodyCiphertext]) -> BodyCiphertext:
     """Coefficient-wise sum mod q of bodies of the same shape and parameters."""
     if not bodies:
-        raise SecAggError("no bodies to sum")
+        raise SecAggError('no bodies to sum')
     first = bodies[0]
     acc = np.zeros_like(first.values)
     for body in bodies:
         if body.values.shape != acc.shape or (body.params is not first.params and body.params != first.params):
-            raise SecAggError("bodies differ in parameters or length")
+            raise SecAggError('bodies differ in parameters or length')
         acc += body.values
     return BodyCiphertext(first.params, _reduce_sum(acc, first.params.q))
 
@@ -277,10 +279,10 @@ def sum_bodies(bodies: Sequence[BodyCiphertext]) -> BodyCiphertext:
 def sum_key_ciphertexts(ciphertexts: Sequence[KeyCiphertext]) -> KeyCiphertext:
     """Coefficient-wise sum mod q of key ciphertexts."""
     if not ciphertexts:
-        raise SecAggError("no key ciphertexts to sum")
+        raise SecAggError('no key ciphertexts to sum')
     params = ciphertexts[0].params
     if any(ct.params != params for ct in ciphertexts):
-        raise SecAggError("key ciphertexts differ in parameters")
+        raise SecAggError('key ciphertexts differ in parameters')
     c0 = _reduce_sum(np.sum([ct.c0 for ct in ciphertexts], axis=0, dtype=U64), params.q)
     c1 = _reduce_sum(np.sum([ct.c1 for ct in ciphertexts], axis=0, dtype=U64), params.q)
     return KeyCiphertext(params, c0, c1)
@@ -307,15 +309,15 @@ class KeyService:
         """Sum the given key ciphertexts and decrypt the sum (refuses fewer than min_clients)."""
         count = len(key_ciphertexts)
         if not self.params.min_clients <= count <= self.params.max_clients:
-            raise SecAggError(f"need between {self.params.min_clients} and {self.params.max_clients} "
-                              f"key ciphertexts, got {count}")
+            raise SecAggError(f'need between {self.params.min_clients} and {self.params.max_clients} '
+                              f'key ciphertexts, got {count}')
         total = sum_key_ciphertexts(key_ciphertexts)
         ring = self._ring
         noisy = ring.centered(ring.intt(ring.add(total.c0, ring.pointwise(total.c1, self._s_ntt))))
         scale = self.params.key_scale
         key = np.floor_divide(noisy + scale // 2, scale)
         if np.any(np.abs(key) > count):
-            raise SecAggError("summed key ciphertexts do not decrypt to a sum of ternary keys")
+            raise SecAggError('summed key ciphertexts do not decrypt to a sum of ternary keys')
         return SummedKey(self.params, count, ring.ntt(ring.from_signed(key)))
 
     def decrypt_sum(self, summed_body: BodyCiphertext, summed_key: SummedKey, round_seed: bytes,
@@ -323,11 +325,12 @@ class KeyService:
         """Decrypt summed bodies with the matching summed key: sum of plaintexts mod 2^b (uint64)."""
         params, ring = self.params, self._ring
         if len(round_seed) != 32:
-            raise SecAggError(f"round_seed must be 32 bytes, got {len(round_seed)}")
+            raise SecAggError(f'round_seed must be 32 bytes, got {len(round_seed)}')
         if summed_body.params != params or summed_key.params != params:
-            raise SecAggError("ciphertexts were made for different parameters")
+            raise SecAggError('ciphertexts were made for different parameters')
         if summed_body.chunks != params.chunks(num_values):
-            raise SecAggError(f"body has {summed_body.chunks} chunks, {num_values} values need {params.chunks(num_values)}")
+            raise SecAggError(f'body has {summed_body.chunks} chunks, '
+                              f'{num_values} values need {params.chunks(num_values)}')
         out = np.empty(summed_body.chunks * params.n, dtype=U64).reshape(summed_body.chunks, params.n)
         for start in range(0, summed_body.chunks, _ENCRYPT_BLOCK_CHUNKS):
             block = slice(start, min(start + _ENCRYPT_BLOCK_CHUNKS, summed_body.chunks))

@@ -25,7 +25,7 @@ import numpy as np
 
 from .csprng import SecretRandom, public_signs
 
-_DOMAIN_ROTATION = b"TensorGuard/dp/v1/rotation"
+_DOMAIN_ROTATION = b'TensorGuard/dp/v1/rotation'
 _MAX_ROUNDING_TRIES = 1000
 _ROTATION_FAILURE_LOG2 = 40
 
@@ -82,19 +82,19 @@ class SkellamConfig:
 
     def __post_init__(self) -> None:
         if self.dim < 1:
-            raise DPError(f"dim must be positive, got {self.dim}")
+            raise DPError(f'dim must be positive, got {self.dim}')
         if not (self.clipping_norm > 0 and math.isfinite(self.clipping_norm)):
-            raise DPError(f"clipping_norm must be positive and finite, got {self.clipping_norm}")
+            raise DPError(f'clipping_norm must be positive and finite, got {self.clipping_norm}')
         if not (self.noise_multiplier > 0 and math.isfinite(self.noise_multiplier)):
-            raise DPError(f"noise_multiplier must be positive and finite, got {self.noise_multiplier}")
+            raise DPError(f'noise_multiplier must be positive and finite, got {self.noise_multiplier}')
         if not 1 <= self.min_clients <= self.max_clients:
-            raise DPError(f"need 1 <= min_clients <= max_clients, got {self.min_clients}, {self.max_clients}")
+            raise DPError(f'need 1 <= min_clients <= max_clients, got {self.min_clients}, {self.max_clients}')
         if not 2 <= self.bits <= 30:
-            raise DPError(f"bits must be in 2..30, got {self.bits}")
+            raise DPError(f'bits must be in 2..30, got {self.bits}')
         if not 0 <= self.beta < 1:
-            raise DPError(f"beta must be in [0, 1), got {self.beta}")
+            raise DPError(f'beta must be in [0, 1), got {self.beta}')
         if self.scale <= 0:
-            raise DPError(f"{self.bits} bits cannot hold the sum of {self.max_clients} clients at this noise level")
+            raise DPError(f'{self.bits} bits cannot hold the sum of {self.max_clients} clients at this noise level')
 
     @property
     def padded_dim(self) -> int:
@@ -181,7 +181,7 @@ class SkellamEncoder:
         cfg = self.config
         x = np.asarray(update, dtype=np.float64).reshape(-1)
         if x.size != cfg.dim or not np.all(np.isfinite(x)):
-            raise DPError(f"update must be {cfg.dim} finite values, got {x.size}")
+            raise DPError(f'update must be {cfg.dim} finite values, got {x.size}')
         norm = float(np.linalg.norm(x))
         if norm > cfg.clipping_norm:
             x = x * (cfg.clipping_norm / norm)
@@ -202,7 +202,7 @@ class SkellamEncoder:
             rounded = base + self._rng.bernoulli(fraction)
             if math.sqrt(float(np.dot(rounded.astype(np.float64), rounded))) <= bound:
                 return rounded
-        raise DPError("conditional randomised rounding did not meet its norm bound; beta too small")
+        raise DPError('conditional randomised rounding did not meet its norm bound; beta too small')
 
 
 class SkellamDecoder:
@@ -217,7 +217,7 @@ class SkellamDecoder:
         cfg = self.config
         values = np.asarray(aggregate).reshape(-1)
         if values.size != cfg.padded_dim:
-            raise DPError(f"aggregate must have {cfg.padded_dim} values, got {values.size}")
+            raise DPError(f'aggregate must have {cfg.padded_dim} values, got {values.size}')
         modulus, half = 1 << cfg.bits, 1 << (cfg.bits - 1)
         centred = ((values.astype(np.int64) + half) & (modulus - 1)) - half
         y = centred / cfg.scale
@@ -228,11 +228,11 @@ class SkellamDecoder:
     def decode_mean(self, aggregate: np.ndarray, clients: int) -> np.ndarray:
         """Estimated mean of the clipped updates of `clients` robots."""
         if clients < 1:
-            raise DPError(f"clients must be positive, got {clients}")
+            raise DPError(f'clients must be positive, got {clients}')
         return self.decode_sum(aggregate) / clients
 
 
 def _rotation_signs(config: SkellamConfig, round_seed: bytes) -> np.ndarray:
     if len(round_seed) != 32:
-        raise DPError(f"round_seed must be 32 bytes, got {len(round_seed)}")
+        raise DPError(f'round_seed must be 32 bytes, got {len(round_seed)}')
     return public_signs(config.padded_dim, _DOMAIN_ROTATION, bytes(round_seed))

@@ -23,8 +23,16 @@ import numpy as np
 from tensorguard_crypto import hybrid
 from tensorguard_crypto.accountant import DPPolicyProfile
 from tensorguard_crypto.params import SecAggParams, standard_params
-from tensorguard_crypto.secagg import (BodyCiphertext, KeyCiphertext, KeyService, KeyServicePublicKey,
-                                       RoundEncryptor, pack_residues, sum_bodies, unpack_residues)
+from tensorguard_crypto.secagg import (
+    BodyCiphertext,
+    KeyCiphertext,
+    KeyService,
+    KeyServicePublicKey,
+    RoundEncryptor,
+    pack_residues,
+    sum_bodies,
+    unpack_residues,
+)
 from tensorguard_crypto.skellam import SkellamConfig, SkellamDecoder, SkellamEncoder
 from tensorguard_crypto.wire import RoundConfigPackage
 

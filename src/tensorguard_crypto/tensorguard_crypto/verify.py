@@ -14,9 +14,19 @@ from typing import Callable, Iterable, Protocol, TypeVar
 
 from .identity import IdentityError, Role
 from .kms import KeyRevoked, KMSError, UnknownKey
-from .wire import (DEFAULT_MAX_PACKAGE_BYTES, AggregateRequest, ContributionRecord, FieldTooLarge,
-                   ModelPackage, PackageTooLarge, RoundConfigPackage, RoundKeyAnnouncement, SignedRecord,
-                   UpdatePackage, WireFormatError)
+from .wire import (
+    DEFAULT_MAX_PACKAGE_BYTES,
+    AggregateRequest,
+    ContributionRecord,
+    FieldTooLarge,
+    ModelPackage,
+    PackageTooLarge,
+    RoundConfigPackage,
+    RoundKeyAnnouncement,
+    SignedRecord,
+    UpdatePackage,
+    WireFormatError,
+)
 
 
 class VerificationError(Exception):

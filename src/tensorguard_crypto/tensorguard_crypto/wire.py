@@ -549,6 +549,8 @@ class RoundConfigPackage(SignedRecord):
     aggregator_key_id: str = _f(_Str())
     signer_key_id: str = _f(_Str())
     created_at: float = _f(_Float(0.0, MAX_UNIX_SECONDS))
+    # The aggregation strategy's name (tensorguard_learning.aggregation): it fixes the update layout.
+    aggregation_strategy: str = _f(_Str(), default='expert_driven')
     signature: bytes = _signature_field()
 
     def __post_init__(self) -> None:

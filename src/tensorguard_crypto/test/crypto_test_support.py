@@ -22,7 +22,8 @@ def make_round_config(server: Identity, round_id: int = 7, **overrides) -> Round
     fields = dict(round_id=round_id, round_seed=os.urandom(32), model_version=3, num_coordinates=4096,
                   total_coordinates=65536, num_experts=4, clipping_norm=1.0, noise_mu=25.0, scale=256.0,
                   plaintext_bits=20, min_clients=3, security_level=128, ring_degree=2048, modulus_bits=54,
-                  deadline=time.time() + 3600, quorum=3, round_key=os.urandom(2048), aggregator_transport_key=os.urandom(32),
+                  deadline=time.time() + 3600, quorum=3, round_key=os.urandom(2048),
+                  aggregator_transport_key=os.urandom(32),
                   key_service_key_id='key_service', aggregator_key_id='aggregator', signer_key_id=server.key_id,
                   created_at=time.time())
     fields.update(overrides)

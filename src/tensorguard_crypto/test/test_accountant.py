@@ -4,8 +4,16 @@ import math
 import numpy as np
 import pytest
 
-from tensorguard_crypto.accountant import (RDP_ORDERS, AccountantError, DPPolicyProfile, PrivacyBudgetExceeded,
-                                           PrivacyLedger, rdp_to_epsilon, round_rdp, skellam_rdp)
+from tensorguard_crypto.accountant import (
+    RDP_ORDERS,
+    AccountantError,
+    DPPolicyProfile,
+    PrivacyBudgetExceeded,
+    PrivacyLedger,
+    rdp_to_epsilon,
+    round_rdp,
+    skellam_rdp,
+)
 
 
 def test_skellam_rdp_by_hand_small_correction_branch():
@@ -62,7 +70,7 @@ def test_round_uses_sensitivity_after_rounding():
 def test_epsilon_grows_with_rounds_and_shrinks_with_noise():
     cfg = profile().skellam_config(dim=4096, max_clients=100)
     ledger = PrivacyLedger(profile(epsilon_budget=1e6))
-    spent = [ledger.charge(f"r{i}", cfg) for i in range(5)]
+    spent = [ledger.charge(f'r{i}', cfg) for i in range(5)]
     assert all(a < b for a, b in zip(spent, spent[1:]))
     assert ledger.epsilon() == pytest.approx(spent[-1])
     noisier = profile(noise_multiplier=2.0).skellam_config(dim=4096, max_clients=100)
@@ -76,39 +84,39 @@ def test_epsilon_grows_with_rounds_and_shrinks_with_noise():
 def test_hard_stop_refuses_the_round_that_would_exceed():
     cfg = profile().skellam_config(dim=4096, max_clients=100)
     probe = PrivacyLedger(profile(epsilon_budget=1e6))
-    probe.charge("a", cfg)
-    two_rounds = probe.charge("b", cfg)
+    probe.charge('a', cfg)
+    two_rounds = probe.charge('b', cfg)
     ledger = PrivacyLedger(profile(epsilon_budget=two_rounds + 1e-9))
-    ledger.charge("a", cfg)
-    ledger.charge("b", cfg)
-    with pytest.raises(PrivacyBudgetExceeded, match="over the budget"):
-        ledger.charge("c", cfg)
-    assert ledger.rounds == ["a", "b"] and ledger.epsilon() == pytest.approx(two_rounds)
+    ledger.charge('a', cfg)
+    ledger.charge('b', cfg)
+    with pytest.raises(PrivacyBudgetExceeded, match='over the budget'):
+        ledger.charge('c', cfg)
+    assert ledger.rounds == ['a', 'b'] and ledger.epsilon() == pytest.approx(two_rounds)
     assert not ledger.exceeded()
 
 
 def test_without_hard_stop_rounds_are_recorded_and_flagged():
     cfg = profile().skellam_config(dim=4096, max_clients=100)
     ledger = PrivacyLedger(profile(epsilon_budget=1.0, hard_stop_enabled=False))
-    ledger.charge("a", cfg)
+    ledger.charge('a', cfg)
     assert ledger.exceeded()
 
 
 def test_ledger_persists_and_rejects_bad_input():
     cfg = profile().skellam_config(dim=100, max_clients=20)
     ledger = PrivacyLedger(profile(epsilon_budget=100.0))
-    ledger.charge("r1", cfg)
+    ledger.charge('r1', cfg)
     restored = PrivacyLedger.from_dict(ledger.profile, ledger.to_dict())
-    assert restored.epsilon() == pytest.approx(ledger.epsilon()) and restored.rounds == ["r1"]
-    with pytest.raises(AccountantError, match="already charged"):
-        ledger.charge("r1", cfg)
-    with pytest.raises(AccountantError, match="clipping norm"):
-        ledger.charge("r2", profile(clipping_norm=2.0).skellam_config(dim=100, max_clients=20))
-    with pytest.raises(AccountantError, match="invalid ledger"):
-        PrivacyLedger.from_dict(ledger.profile, {"orders": [2]})
-    with pytest.raises(AccountantError, match="epsilon_budget"):
+    assert restored.epsilon() == pytest.approx(ledger.epsilon()) and restored.rounds == ['r1']
+    with pytest.raises(AccountantError, match='already charged'):
+        ledger.charge('r1', cfg)
+    with pytest.raises(AccountantError, match='clipping norm'):
+        ledger.charge('r2', profile(clipping_norm=2.0).skellam_config(dim=100, max_clients=20))
+    with pytest.raises(AccountantError, match='invalid ledger'):
+        PrivacyLedger.from_dict(ledger.profile, {'orders': [2]})
+    with pytest.raises(AccountantError, match='epsilon_budget'):
         profile(epsilon_budget=0.0)
-    with pytest.raises(AccountantError, match="orders"):
+    with pytest.raises(AccountantError, match='orders'):
         skellam_rdp([1], 1.0, 1.0, 1.0)
-    with pytest.raises(AccountantError, match="delta"):
+    with pytest.raises(AccountantError, match='delta'):
         rdp_to_epsilon([2], np.array([0.1]), 0.0)

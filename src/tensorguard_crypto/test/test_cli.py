@@ -10,8 +10,16 @@ from pathlib import Path
 
 import pytest
 
-from tensorguard_crypto.cli import (EXIT_FLEET, EXIT_HSM, EXIT_KEY_FILE, EXIT_KMS, EXIT_OK, EXIT_TAMPERED,
-                                    EXIT_USAGE, main)
+from tensorguard_crypto.cli import (
+    EXIT_FLEET,
+    EXIT_HSM,
+    EXIT_KEY_FILE,
+    EXIT_KMS,
+    EXIT_OK,
+    EXIT_TAMPERED,
+    EXIT_USAGE,
+    main,
+)
 from tensorguard_crypto.keystore import PASSPHRASE_ENV, load_key, read_key_info
 from tensorguard_crypto.kms import KeyManagementSystem
 

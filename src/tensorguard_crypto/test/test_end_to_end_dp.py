@@ -7,8 +7,14 @@ import pytest
 
 from tensorguard_crypto.accountant import DPPolicyProfile, PrivacyBudgetExceeded, PrivacyLedger
 from tensorguard_crypto.params import standard_params
-from tensorguard_crypto.secagg import (BodyCiphertext, KeyCiphertext, KeyService, RoundEncryptor,
-                                       generate_key_service_keys, sum_bodies)
+from tensorguard_crypto.secagg import (
+    BodyCiphertext,
+    KeyCiphertext,
+    KeyService,
+    RoundEncryptor,
+    generate_key_service_keys,
+    sum_bodies,
+)
 from tensorguard_crypto.skellam import SkellamDecoder, SkellamEncoder
 
 ROBOTS = 16
@@ -29,7 +35,7 @@ def test_sixteen_robots_private_mean_within_predicted_noise():
     bodies, key_cts, ledgers = [], [], []
     for update in updates:
         ledger = PrivacyLedger(policy)
-        ledger.charge("round-1", config)
+        ledger.charge('round-1', config)
         ledgers.append(ledger)
         encryptor = RoundEncryptor(params, seed, public)
         encoded = SkellamEncoder(config, seed).encode(update)
@@ -40,7 +46,7 @@ def test_sixteen_robots_private_mean_within_predicted_noise():
     total = sum_bodies([BodyCiphertext.from_bytes(b, params, config.padded_dim) for b in bodies])
     # key service: sums the robots' key ciphertexts itself and decrypts the sum only
     aggregate = KeyService(secret).aggregate(total, [KeyCiphertext.from_bytes(k, params) for k in key_cts],
-                                             seed, "", config.padded_dim)
+                                             seed, '', config.padded_dim)
     mean = SkellamDecoder(config, seed).decode_mean(aggregate, ROBOTS)
 
     clipped = [u * min(1.0, config.clipping_norm / np.linalg.norm(u)) for u in updates]
@@ -62,6 +68,6 @@ def test_robot_hard_stop_blocks_the_over_budget_round():
     policy = DPPolicyProfile(clipping_norm=1.0, epsilon_budget=6.0, noise_multiplier=1.0, min_clients=ROBOTS)
     config = policy.skellam_config(1000, max_clients=100)
     ledger = PrivacyLedger(policy)
-    ledger.charge("round-1", config)
+    ledger.charge('round-1', config)
     with pytest.raises(PrivacyBudgetExceeded):
-        ledger.charge("round-2", config)
+        ledger.charge('round-2', config)

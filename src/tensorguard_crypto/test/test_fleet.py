@@ -11,11 +11,30 @@ from pathlib import Path
 import pytest
 
 from tensorguard_crypto import fleet, keystore
-from tensorguard_crypto.fleet import (AGGREGATOR_ID, KEY_SERVICE_ID, SERVER_ID, BundleExists, FleetAlreadyProvisioned,
-                                      FleetNotProvisioned, FleetPaths, InvalidBundle, NotARobot, RobotFilesExist)
+from tensorguard_crypto.fleet import (
+    AGGREGATOR_ID,
+    KEY_SERVICE_ID,
+    SERVER_ID,
+    BundleExists,
+    FleetAlreadyProvisioned,
+    FleetNotProvisioned,
+    FleetPaths,
+    InvalidBundle,
+    NotARobot,
+    RobotFilesExist,
+)
 from tensorguard_crypto.identity import Role
-from tensorguard_crypto.keystore import (PASSPHRASE_ENV, KeyFileExists, LoosePermissions, MissingPassphrase,
-                                         WrongPassphrase, key_file_info, load_key, new_identity_file, read_key_info)
+from tensorguard_crypto.keystore import (
+    PASSPHRASE_ENV,
+    KeyFileExists,
+    LoosePermissions,
+    MissingPassphrase,
+    WrongPassphrase,
+    key_file_info,
+    load_key,
+    new_identity_file,
+    read_key_info,
+)
 from tensorguard_crypto.kms import AuditLogTampered, KeyAlreadyRegistered, KeyManagementSystem, KMSStorageError
 
 PASSPHRASE = b'fleet test passphrase'

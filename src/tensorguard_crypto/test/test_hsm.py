@@ -9,8 +9,18 @@ from pathlib import Path
 import pkcs11
 import pytest
 
-from tensorguard_crypto.hsm import (EnvelopeError, HsmKeyExists, HsmKeyNotFound, HsmLoginFailed, HsmSession,
-                                    HsmTokenNotFound, HsmUnavailable, HsmUri, InvalidHsmUri, key_protection)
+from tensorguard_crypto.hsm import (
+    EnvelopeError,
+    HsmKeyExists,
+    HsmKeyNotFound,
+    HsmLoginFailed,
+    HsmSession,
+    HsmTokenNotFound,
+    HsmUnavailable,
+    HsmUri,
+    InvalidHsmUri,
+    key_protection,
+)
 from tensorguard_crypto.identity import Identity, Role, verify_signature
 from tensorguard_crypto.verify import PinnedKeys, verify_model_package
 from tensorguard_crypto.wire import RoundConfigPackage, model_package

@@ -5,9 +5,20 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from tensorguard_crypto import wire
 from tensorguard_crypto.fleet import FleetPaths
-from tensorguard_crypto.identity import (ID_PATTERN, MAX_ID_CHARS, Identity, InvalidId, InvalidPublicKey, Role,
-                                         SignatureInvalid, WeakPublicKey, check_id, check_public_key_strength,
-                                         fingerprint, verify_signature)
+from tensorguard_crypto.identity import (
+    ID_PATTERN,
+    MAX_ID_CHARS,
+    Identity,
+    InvalidId,
+    InvalidPublicKey,
+    Role,
+    SignatureInvalid,
+    WeakPublicKey,
+    check_id,
+    check_public_key_strength,
+    fingerprint,
+    verify_signature,
+)
 
 
 def test_signature_verifies_with_public_key():

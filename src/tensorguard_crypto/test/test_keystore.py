@@ -8,10 +8,25 @@ from pathlib import Path
 import pytest
 
 from tensorguard_crypto.identity import InvalidId, Role
-from tensorguard_crypto.keystore import (PASSPHRASE_ENV, InvalidKeyFileId, KeyFileCorrupt, KeyFileExists,
-                                         KeyFileNotFound, KeyPathInvalid, KeyStoreError, LoosePermissions,
-                                         MissingPassphrase, UnsupportedSecurityLevel, WrongPassphrase, destroy_secret,
-                                         generate_key, load_key, read_key_info, seal_secret, unseal_secret)
+from tensorguard_crypto.keystore import (
+    PASSPHRASE_ENV,
+    InvalidKeyFileId,
+    KeyFileCorrupt,
+    KeyFileExists,
+    KeyFileNotFound,
+    KeyPathInvalid,
+    KeyStoreError,
+    LoosePermissions,
+    MissingPassphrase,
+    UnsupportedSecurityLevel,
+    WrongPassphrase,
+    destroy_secret,
+    generate_key,
+    load_key,
+    read_key_info,
+    seal_secret,
+    unseal_secret,
+)
 
 PASSPHRASE = 'correct horse battery staple'
 FAST = 15  # scrypt log2 N for tests; the default (17) is exercised once below
@@ -170,7 +185,7 @@ def test_directory_fifo_or_path_under_a_file_is_not_a_key_file(tmp_path):
     regular = tmp_path / 'regular'
     regular.write_text('x')
     for path in (directory, tmp_path / 'fifo.key', regular / 'k.key'):
-        for action in (lambda: load_key(path, PASSPHRASE), lambda: read_key_info(path)):
+        for action in (lambda path=path: load_key(path, PASSPHRASE), lambda path=path: read_key_info(path)):
             with pytest.raises(KeyPathInvalid) as info:
                 action()
             assert info.value.reason == 'key_path_invalid' and str(path) in str(info.value)

@@ -12,9 +12,21 @@ import pytest
 
 from tensorguard_crypto import kms as kms_module
 from tensorguard_crypto.identity import Identity, InvalidId, Role, SignatureInvalid, verify_signature
-from tensorguard_crypto.kms import (AuditLogTampered, DuplicatePublicKey, InvalidKeyId, InvalidKeyMetadata,
-                                    KeyAlreadyRegistered, KeyManagementSystem, KeyMetadata, KeyRevoked, KeyStatus,
-                                    KMSStorageError, StateMismatch, UnknownKey, WeakKeyRefused)
+from tensorguard_crypto.kms import (
+    AuditLogTampered,
+    DuplicatePublicKey,
+    InvalidKeyId,
+    InvalidKeyMetadata,
+    KeyAlreadyRegistered,
+    KeyManagementSystem,
+    KeyMetadata,
+    KeyRevoked,
+    KeyStatus,
+    KMSStorageError,
+    StateMismatch,
+    UnknownKey,
+    WeakKeyRefused,
+)
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_identity import SMALL_ORDER_KEYS, mixed_order_key, non_canonical_keys  # noqa: E402

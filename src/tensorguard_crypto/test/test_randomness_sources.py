@@ -31,7 +31,7 @@ class ForbiddenRandomness(AssertionError):
 
 
 def _forbidden(*_args, **_kwargs):
-    raise ForbiddenRandomness("a non-CSPRNG random source was used")
+    raise ForbiddenRandomness('a non-CSPRNG random source was used')
 
 
 def full_round() -> dict[str, bytes]:
@@ -41,19 +41,19 @@ def full_round() -> dict[str, bytes]:
     encoder = SkellamEncoder(DP, ROUND_SEED)
     encoded = encoder.encode(UPDATE)
     return {
-        "service_secret": secret.to_bytes(),
-        "service_public": public.to_bytes(),
-        "robot_key": encryptor._key_ntt.tobytes(),
-        "key_ciphertext": encryptor.key_ciphertext().to_bytes(),
-        "body": encryptor.encrypt(encoded).to_bytes(),
-        "dp_encoding": encoded.tobytes(),
-        "rounding": encoder._conditional_round(np.full(DP.padded_dim, 0.5)).tobytes(),
-        "skellam": encoder._rng.skellam(100.0, 1000).tobytes(),
+        'service_secret': secret.to_bytes(),
+        'service_public': public.to_bytes(),
+        'robot_key': encryptor._key_ntt.tobytes(),
+        'key_ciphertext': encryptor.key_ciphertext().to_bytes(),
+        'body': encryptor.encrypt(encoded).to_bytes(),
+        'dp_encoding': encoded.tobytes(),
+        'rounding': encoder._conditional_round(np.full(DP.padded_dim, 0.5)).tobytes(),
+        'skellam': encoder._rng.skellam(100.0, 1000).tobytes(),
     }
 
 
 def test_sources_do_not_mention_other_generators():
-    pattern = re.compile(r"np\.random|numpy\.random|^\s*(import|from)\s+random\b|default_rng|RandomState",
+    pattern = re.compile(r'np\.random|numpy\.random|^\s*(import|from)\s+random\b|default_rng|RandomState',
                          re.MULTILINE)
     for module in (accountant, csprng, params, ring, secagg, skellam):
         assert not pattern.search(inspect.getsource(module)), module.__name__
@@ -61,10 +61,10 @@ def test_sources_do_not_mention_other_generators():
 
 def test_full_round_runs_with_numpy_and_random_disabled(monkeypatch):
     for name in dir(np.random):
-        if callable(getattr(np.random, name)) and not name.startswith("_"):
+        if callable(getattr(np.random, name)) and not name.startswith('_'):
             monkeypatch.setattr(np.random, name, _forbidden)
-    for name in ("random", "randint", "randrange", "getrandbits", "choice", "choices", "shuffle", "sample",
-                 "uniform", "gauss", "normalvariate", "seed", "randbytes"):
+    for name in ('random', 'randint', 'randrange', 'getrandbits', 'choice', 'choices', 'shuffle', 'sample',
+                 'uniform', 'gauss', 'normalvariate', 'seed', 'randbytes'):
         monkeypatch.setattr(random, name, _forbidden)
     with pytest.raises(ForbiddenRandomness):
         np.random.default_rng()
@@ -83,16 +83,16 @@ def test_os_urandom_is_the_only_entropy(monkeypatch):
         calls.append(count)
         return bytes([0x5A]) * count
 
-    monkeypatch.setattr(os, "urandom", constant_urandom)
+    monkeypatch.setattr(os, 'urandom', constant_urandom)
     first, second = full_round(), full_round()
-    assert calls, "os.urandom was never called"
+    assert calls, 'os.urandom was never called'
     assert first == second
 
 
 def test_every_secret_is_fresh_per_run():
     first, second = full_round(), full_round()
     for name in first:
-        assert first[name] != second[name], f"{name} repeated across runs: a fixed seed?"
+        assert first[name] != second[name], f'{name} repeated across runs: a fixed seed?'
     same_vector = np.arange(4096, dtype=np.uint64)
     _, public = generate_key_service_keys(PARAMS)
     bodies = [RoundEncryptor(PARAMS, ROUND_SEED, public).encrypt(same_vector).values for _ in range(2)]

@@ -1,7 +1,8 @@
 """Tests for the negacyclic NTT ring."""
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tensorguard_crypto.params import DEFAULT_PRIME
 from tensorguard_crypto.ring import NegacyclicRing, RingError, is_prime, primitive_root_of_unity
@@ -36,7 +37,7 @@ def test_multiply_matches_schoolbook(log_n, data):
 @given(batch=st.integers(1, 5), seed=st.binary(min_size=8, max_size=8))
 def test_ntt_roundtrip_batched(batch, seed):
     ring = NegacyclicRing(2048, Q)
-    values = np.frombuffer((seed * (batch * 2048))[: batch * 2048 * 4], dtype="<u4").astype(np.uint64) % np.uint64(Q)
+    values = np.frombuffer((seed * (batch * 2048))[: batch * 2048 * 4], dtype='<u4').astype(np.uint64) % np.uint64(Q)
     x = values.reshape(batch, 2048)
     assert np.array_equal(ring.intt(ring.ntt(x)), x)
 
@@ -76,11 +77,11 @@ def test_add_sub_wrap():
     assert ring.sub(a, b).tolist() == [Q - 2, 1, Q - 2, 0]
 
 
-@pytest.mark.parametrize("n, q, reason", [
-    (1000, Q, "power of two"),
-    (2048, Q + 2, "prime"),
-    (2048, 2**32 + 15, "prime below 2^32"),
-    (2048, 7681, "not 1 mod 2n"),
+@pytest.mark.parametrize('n, q, reason', [
+    (1000, Q, 'power of two'),
+    (2048, Q + 2, 'prime'),
+    (2048, 2**32 + 15, 'prime below 2^32'),
+    (2048, 7681, 'not 1 mod 2n'),
 ])
 def test_invalid_ring_parameters(n, q, reason):
     with pytest.raises(RingError, match=reason.split()[0]):

@@ -4,11 +4,19 @@ import os
 
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tensorguard_crypto.csprng import RandomnessError, SecretRandom, public_signs, public_uniform_mod
-from tensorguard_crypto.skellam import (DPError, SkellamConfig, SkellamDecoder, SkellamEncoder, _hadamard,
-                                        l1_bound_of_integer_vector, rounded_l2_bound)
+from tensorguard_crypto.skellam import (
+    DPError,
+    SkellamConfig,
+    SkellamDecoder,
+    SkellamEncoder,
+    _hadamard,
+    l1_bound_of_integer_vector,
+    rounded_l2_bound,
+)
 
 RNG = SecretRandom()
 
@@ -20,7 +28,7 @@ def assert_mean_var(samples: np.ndarray, mean: float, var: float, fourth_moment_
     assert abs(samples.var() - var) < 6 * var * math.sqrt((fourth_moment_factor - 1 + 1e-9) / n) + 1e-9
 
 
-@pytest.mark.parametrize("lam", [0.3, 4.0, 9.99, 10.0, 57.5, 2.5e6])
+@pytest.mark.parametrize('lam', [0.3, 4.0, 9.99, 10.0, 57.5, 2.5e6])
 def test_poisson_mean_and_variance(lam):
     samples = RNG.poisson(lam, 200_000).astype(np.float64)
     assert samples.min() >= 0
@@ -34,7 +42,7 @@ def test_poisson_small_mean_matches_pmf():
         assert abs(np.mean(samples == k) - p) < 6 * math.sqrt(p * (1 - p) / samples.size)
 
 
-@pytest.mark.parametrize("variance", [1.0, 37.0, 626_807.5])
+@pytest.mark.parametrize('variance', [1.0, 37.0, 626_807.5])
 def test_skellam_is_centred_with_target_variance(variance):
     samples = RNG.skellam(variance, 200_000).astype(np.float64)
     assert_mean_var(samples, 0.0, variance, fourth_moment_factor=3 + 1 / variance)
@@ -54,14 +62,14 @@ def test_centered_binomial_and_ternary():
 
 
 def test_public_expansion_is_deterministic_and_uniform():
-    a = public_uniform_mod(12289, 50_000, b"domain", b"seed")
-    assert np.array_equal(a, public_uniform_mod(12289, 50_000, b"domain", b"seed"))
-    assert not np.array_equal(a, public_uniform_mod(12289, 50_000, b"domain", b"seed2"))
-    assert not np.array_equal(a, public_uniform_mod(12289, 50_000, b"domai", b"nseed"))
+    a = public_uniform_mod(12289, 50_000, b'domain', b'seed')
+    assert np.array_equal(a, public_uniform_mod(12289, 50_000, b'domain', b'seed'))
+    assert not np.array_equal(a, public_uniform_mod(12289, 50_000, b'domain', b'seed2'))
+    assert not np.array_equal(a, public_uniform_mod(12289, 50_000, b'domai', b'nseed'))
     assert a.max() < 12289
     counts = np.bincount((a * 16 // 12289).astype(np.int64), minlength=16)
     assert float(np.sum((counts - a.size / 16) ** 2 / (a.size / 16))) < 15 + 8 * math.sqrt(30)
-    signs = public_signs(1000, b"x")
+    signs = public_signs(1000, b'x')
     assert set(np.unique(signs)) == {-1.0, 1.0}
 
 
@@ -139,17 +147,17 @@ def test_decode_inverts_encode_up_to_predicted_noise():
 def test_invalid_inputs_raise_dp_error():
     cfg = config(dim=10)
     encoder = SkellamEncoder(cfg, os.urandom(32))
-    with pytest.raises(DPError, match="10 finite"):
+    with pytest.raises(DPError, match='10 finite'):
         encoder.encode(np.zeros(11))
-    with pytest.raises(DPError, match="finite"):
+    with pytest.raises(DPError, match='finite'):
         encoder.encode(np.array([np.nan] + [0.0] * 9))
-    with pytest.raises(DPError, match="values"):
+    with pytest.raises(DPError, match='values'):
         SkellamDecoder(cfg, os.urandom(32)).decode_sum(np.zeros(3, dtype=np.uint64))
-    with pytest.raises(DPError, match="round_seed"):
-        SkellamEncoder(cfg, b"123")
-    with pytest.raises(DPError, match="clipping_norm"):
+    with pytest.raises(DPError, match='round_seed'):
+        SkellamEncoder(cfg, b'123')
+    with pytest.raises(DPError, match='clipping_norm'):
         config(clipping_norm=0.0)
-    with pytest.raises(DPError, match="min_clients"):
+    with pytest.raises(DPError, match='min_clients'):
         config(min_clients=200)
-    with pytest.raises(DPError, match="cannot hold"):
+    with pytest.raises(DPError, match='cannot hold'):
         config(bits=4, max_clients=100)

@@ -13,12 +13,30 @@ from hypothesis import strategies as st
 
 from tensorguard_crypto.identity import Identity, Role
 from tensorguard_crypto.kms import KeyManagementSystem, KeyMetadata
-from tensorguard_crypto.verify import (BadSignature, DeadlinePassed, DuplicateRobot, KeyServiceUnavailable,
-                                       MalformedPackage, OversizedPackage, PayloadSizeMismatch, PinnedKeys,
-                                       QuorumNotMet, ReplayedPackage, RevokedSigner, RoundVerifier, StaleModel,
-                                       UnknownSigner, VerificationError, WrongConfigDigest, WrongModelVersion,
-                                       WrongRound, WrongRoundSeed, verify_aggregate_request,
-                                       verify_model_package, verify_round_config)
+from tensorguard_crypto.verify import (
+    BadSignature,
+    DeadlinePassed,
+    DuplicateRobot,
+    KeyServiceUnavailable,
+    MalformedPackage,
+    OversizedPackage,
+    PayloadSizeMismatch,
+    PinnedKeys,
+    QuorumNotMet,
+    ReplayedPackage,
+    RevokedSigner,
+    RoundVerifier,
+    StaleModel,
+    UnknownSigner,
+    VerificationError,
+    WrongConfigDigest,
+    WrongModelVersion,
+    WrongRound,
+    WrongRoundSeed,
+    verify_aggregate_request,
+    verify_model_package,
+    verify_round_config,
+)
 from tensorguard_crypto.wire import AggregateRequest, model_package
 
 sys.path.insert(0, str(Path(__file__).parent))

@@ -10,11 +10,25 @@ import msgpack
 import pytest
 
 from tensorguard_crypto.identity import Identity, Role, SignatureInvalid
-from tensorguard_crypto.wire import (AggregateRequest, AggregateResult, ExpertSlice, FieldSetMismatch,
-                                     FieldTooLarge, FieldTypeError, FieldValueError, MalformedEncoding,
-                                     ModelPackage, PackageTooLarge, RoundConfigPackage,
-                                     UnsignedRecord, UnsupportedSchemaVersion, UpdatePackage,
-                                     WireFormatError, WrongRecordKind, model_package)
+from tensorguard_crypto.wire import (
+    AggregateRequest,
+    AggregateResult,
+    ExpertSlice,
+    FieldSetMismatch,
+    FieldTooLarge,
+    FieldTypeError,
+    FieldValueError,
+    MalformedEncoding,
+    ModelPackage,
+    PackageTooLarge,
+    RoundConfigPackage,
+    UnsignedRecord,
+    UnsupportedSchemaVersion,
+    UpdatePackage,
+    WireFormatError,
+    WrongRecordKind,
+    model_package,
+)
 
 sys.path.insert(0, str(Path(__file__).parent))
 from crypto_test_support import make_round_config, make_update  # noqa: E402
