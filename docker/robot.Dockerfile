@@ -1,4 +1,5 @@
-# TensorGuard robot image: the edge node and the simulated robot on the official ROS 2 Kilted image.
+# TensorGuard robot image: the edge node on the official ROS 2 Kilted image. The simulated robot
+# (`robot.launch.py simulate:=true`) is in tensorguard_sim: build `--packages-up-to tensorguard_sim` for it.
 # Untested here (no Docker engine on the development machines); see docker/README.md.
 FROM ros:kilted
 

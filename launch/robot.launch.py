@@ -38,7 +38,7 @@ def generate_launch_description() -> LaunchDescription:
                                  'key_path': LaunchConfiguration('key_path'),
                                  'trust_path': LaunchConfiguration('trust_path')}]),
         Node(
-            package='tensorguard_edge', executable='sim_robot', name='sim_robot', namespace=robot_id,
+            package='tensorguard_sim', executable='sim_robot', name='sim_robot', namespace=robot_id,
             output='screen', condition=IfCondition(LaunchConfiguration('simulate')),
             parameters=[params, {'robot_id': robot_id, 'tasks': LaunchConfiguration('tasks'),
                                  'seed': LaunchConfiguration('seed')}]),

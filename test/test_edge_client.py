@@ -1,13 +1,12 @@
 """EdgeClient without ROS: one robot and the aggregator core, provisioned in a temporary fleet."""
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from tensorguard_aggregator.key_service import KeyServiceCore, KeyServicePolicy
 from tensorguard_aggregator import rounds
+from tensorguard_aggregator.key_service import KeyServiceCore, KeyServicePolicy
 from tensorguard_aggregator.rounds import Aggregator, RoundError, RoundPolicy
 from tensorguard_crypto.fleet import FleetPaths, enroll_robot, provision_server
 from tensorguard_crypto.identity import Identity, Role
@@ -76,7 +75,7 @@ def test_update_is_accepted_by_the_aggregator_and_the_round_is_not_repeated(flee
 
 
 def test_hard_stop_refuses_the_round_that_would_exceed_the_budget_and_spends_nothing(fleet):
-    paths, aggregator, model = fleet.paths, fleet.aggregator, fleet.model
+    paths, model = fleet.paths, fleet.model
     client = _client(paths, model, epsilon_budget=0.5)
     with pytest.raises(RoundRefused) as refused:
         client.process_round(fleet.open_round().serialize())
@@ -85,7 +84,7 @@ def test_hard_stop_refuses_the_round_that_would_exceed_the_budget_and_spends_not
 
 
 def test_robot_refuses_a_round_with_weaker_noise_than_its_own_policy(fleet):
-    paths, aggregator, model = fleet.paths, fleet.aggregator, fleet.model
+    paths, model = fleet.paths, fleet.model
     client = _client(paths, model, noise_multiplier=1.0)
     with pytest.raises(RoundRefused) as refused:
         client.process_round(fleet.open_round().serialize())
@@ -128,7 +127,7 @@ def test_robot_refuses_a_round_key_issued_for_another_round(fleet, monkeypatch):
 
 
 def test_tampered_round_config_is_refused(fleet):
-    paths, aggregator, model = fleet.paths, fleet.aggregator, fleet.model
+    paths, model = fleet.paths, fleet.model
     client = _client(paths, model)
     blob = bytearray(fleet.open_round().serialize())
     blob[-10] ^= 0x01

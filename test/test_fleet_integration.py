@@ -21,7 +21,6 @@ from rclpy.action import ActionClient
 from rclpy.executors import MultiThreadedExecutor
 from rclpy.node import Node
 
-from tensorguard_aggregator.simulated_fleet import Processes, load_config, provision, start_fleet
 from tensorguard_crypto import update_codec
 from tensorguard_crypto.accountant import DPPolicyProfile
 from tensorguard_crypto.fleet import AGGREGATOR_ID, FleetPaths, enroll_robot, load_server_identity
@@ -35,6 +34,9 @@ from tensorguard_msgs.action import RunRound
 from tensorguard_msgs.msg import EncryptedUpdate, FleetStatus, RobotStatus
 from tensorguard_msgs.srv import DecryptAggregate, RevokeRobot, TriggerRound
 from tensorguard_ros import qos, topics
+from tensorguard_sim.plan import load_config
+from tensorguard_sim.provisioning import provision
+from tensorguard_sim.simulated_fleet import Processes, start_fleet
 
 pytestmark = [pytest.mark.ros, pytest.mark.slow]
 

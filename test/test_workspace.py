@@ -14,12 +14,43 @@ PYTHON_PACKAGES = [p for p in PACKAGES if (p / 'setup.py').exists()]
 LIBRARIES = ['tensorguard_crypto', 'tensorguard_learning']
 ROS_MODULES = {'rclpy', 'rosidl_runtime_py', 'launch', 'launch_ros', 'tensorguard_msgs',
                'tensorguard_ros', 'std_msgs', 'sensor_msgs', 'diagnostic_msgs'}
+TENSORGUARD = {p.name for p in PACKAGES}
+# Robot and server share only messages and libraries; the simulation may import both.
+NEVER_IMPORTS = {'tensorguard_edge': {'tensorguard_aggregator', 'tensorguard_sim'},
+                 'tensorguard_aggregator': {'tensorguard_edge', 'tensorguard_sim'}}
+
+
+def _imports(source: Path) -> set[str]:
+    """Top-level names of every module `source` imports (anywhere in the file)."""
+    names = set()
+    for node in ast.walk(ast.parse(source.read_text(), str(source))):
+        if isinstance(node, ast.Import):
+            names.update(alias.name.split('.')[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            names.add(node.module.split('.')[0])
+    return names
+
+
+def _dependencies(pkg: Path, *tags: str) -> set[str]:
+    """Names `pkg`'s package.xml lists under the given tags."""
+    root = ET.parse(pkg / 'package.xml').getroot()
+    return {element.text.strip() for tag in tags for element in root.iter(tag)}
+
+
+def _runtime_dependencies(pkg: Path) -> set[str]:
+    return _dependencies(pkg, 'depend', 'exec_depend')
+
+
+def _sources(pkg: Path) -> list[tuple[Path, bool]]:
+    """(file, is a test) for every Python file of a Python package: its module and its test/."""
+    return ([(f, False) for f in sorted((pkg / pkg.name).rglob('*.py'))]
+            + [(f, True) for f in sorted((pkg / 'test').rglob('*.py'))])
 
 
 def test_every_package_is_format_3_with_matching_build_type():
     names = {p.name for p in PACKAGES}
     assert {'tensorguard_msgs', 'tensorguard_crypto', 'tensorguard_learning',
-            'tensorguard_edge', 'tensorguard_aggregator', 'tensorguard_ros'} <= names
+            'tensorguard_edge', 'tensorguard_aggregator', 'tensorguard_ros', 'tensorguard_sim'} <= names
     for pkg in PACKAGES:
         root = ET.parse(pkg / 'package.xml').getroot()
         assert root.get('format') == '3', pkg.name
@@ -39,18 +70,36 @@ def test_python_packages_install_scripts_where_ros_looks_and_declare_tests():
 
 @pytest.mark.parametrize('library', LIBRARIES)
 def test_libraries_never_import_ros(library):
-    offenders = []
-    for source in (ROOT / 'src' / library).rglob('*.py'):
-        for node in ast.walk(ast.parse(source.read_text(), str(source))):
-            if isinstance(node, ast.Import):
-                modules = [alias.name for alias in node.names]
-            elif isinstance(node, ast.ImportFrom) and node.module:
-                modules = [node.module]
-            else:
-                continue
-            offenders += [f'{source.relative_to(ROOT)}: {m}' for m in modules
-                          if m.split('.')[0] in ROS_MODULES]
+    offenders = [f'{source.relative_to(ROOT)}: {sorted(_imports(source) & ROS_MODULES)}'
+                 for source in (ROOT / 'src' / library).rglob('*.py') if _imports(source) & ROS_MODULES]
     assert not offenders
+
+
+@pytest.mark.parametrize('pkg', PYTHON_PACKAGES, ids=lambda p: p.name)
+def test_packages_import_only_the_tensorguard_packages_they_declare(pkg):
+    """Modules may import their runtime dependencies; tests also their test dependencies."""
+    runtime = _runtime_dependencies(pkg) | {pkg.name}
+    tests = runtime | _dependencies(pkg, 'test_depend')
+    offenders = [f'{source.relative_to(ROOT)}: {sorted(undeclared)}' for source, is_test in _sources(pkg)
+                 if (undeclared := (_imports(source) & TENSORGUARD) - (tests if is_test else runtime))]
+    assert not offenders, 'imports a TensorGuard package its package.xml does not declare'
+
+
+@pytest.mark.parametrize('name', sorted(NEVER_IMPORTS))
+def test_robot_and_server_never_depend_on_each_other_or_the_simulation(name):
+    pkg = ROOT / 'src' / name
+    forbidden = NEVER_IMPORTS[name]
+    assert not _dependencies(pkg, 'depend', 'exec_depend', 'build_depend', 'test_depend') & forbidden
+    offenders = [f'{source.relative_to(ROOT)}: {sorted(_imports(source) & forbidden)}'
+                 for source, _ in _sources(pkg) if _imports(source) & forbidden]
+    assert not offenders, 'tests spanning edge and server belong in the top-level test/'
+
+
+def test_the_import_check_sees_every_kind_of_import(tmp_path):
+    source = tmp_path / 'sample.py'
+    source.write_text('import rclpy.node\nfrom tensorguard_edge.client import EdgeClient\n'
+                      'from . import sibling\n\ndef f():\n    import tensorguard_sim.plan as plan\n')
+    assert _imports(source) == {'rclpy', 'tensorguard_edge', 'tensorguard_sim'}
 
 
 def test_second_bootstrap_run_is_fast():

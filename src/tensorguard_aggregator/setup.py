@@ -22,8 +22,6 @@ setup(
         'console_scripts': [
             'aggregator = tensorguard_aggregator.aggregator_node:main',
             'key_service = tensorguard_aggregator.key_service_node:main',
-            'simulated_fleet = tensorguard_aggregator.simulated_fleet:main',
-            'fleet_replay = tensorguard_aggregator.fleet_replay:main',
         ],
     },
 )

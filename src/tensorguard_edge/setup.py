@@ -15,13 +15,12 @@ setup(
     zip_safe=True,
     maintainer='TensorGuard developers',
     maintainer_email='dev@tensorguard.invalid',
-    description='Edge node and simulated robot of TensorGuard.',
+    description='Edge node of TensorGuard.',
     license='Apache-2.0',
     extras_require={'test': ['pytest']},
     entry_points={
         'console_scripts': [
             'edge_node = tensorguard_edge.edge_node:main',
-            'sim_robot = tensorguard_edge.sim_robot:main',
         ],
     },
 )

@@ -19,13 +19,11 @@ line per closed round is appended to ``server/rounds.jsonl`` for reports.
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 
 from rclpy.action import ActionServer
 from rclpy.callback_groups import ReentrantCallbackGroup
@@ -35,17 +33,16 @@ from tensorguard_crypto.fleet import passphrase_from_environment
 from tensorguard_crypto.kms import KMSError
 from tensorguard_crypto.verify import VerificationError, decode
 from tensorguard_crypto.wire import UpdatePackage
-from tensorguard_learning.evaluation import EvaluationGate, SafetyThresholds, evaluate_policy
 from tensorguard_msgs.action import RunRound
 from tensorguard_msgs.msg import EncryptedUpdate, FleetStatus, ModelUpdate, RejectionCount, RoundConfig
 from tensorguard_msgs.srv import DecryptAggregate, IssueRoundKey, RevokeRobot, TriggerRound
-from tensorguard_ros.config_fields import described
 from tensorguard_ros import qos, topics
 from tensorguard_ros.diagnostics import DiagnosticsPublisher, Health
 from tensorguard_ros.node_main import enable_autostart, spin_node
 from tensorguard_ros.params import declare_dataclass_parameters
 
-from tensorguard_aggregator.bootstrap_model import load_held_out
+from tensorguard_aggregator.gate import DeploymentGate, GateSettings, RoundLog
+from tensorguard_aggregator.held_out import load_held_out
 from tensorguard_aggregator.kms_check import KMSCheck
 from tensorguard_aggregator.rounds import Aggregator, RoundError, RoundPolicy
 
@@ -58,45 +55,18 @@ STATE_ERRORS = (KMSError, OSError)
 KEY_SERVICE_GRACE_S = 10.0
 
 
-
-@dataclass
-class GatePolicy:
-    """Evaluator and gate configuration (each field becomes a ROS parameter)."""
-
-    eval_tasks: list[str] = described('Meta-World tasks the candidate is rolled out on.',
-                                   default_factory=lambda: ['push-v3'])
-    eval_episodes_per_task: int = described('Simulator episodes per task and evaluation.', 10)
-    eval_seed: int = described('Public simulator seed of the first evaluation episode.', 2_000_000)
-    min_success_rate: float = described('Gate: lower credible bound of success must clear this.', 0.5)
-    max_kl_divergence: float = described('Gate: mean KL(candidate || current) on held-out states.', 5.0)
-    deploy_margin: float = described('Gate: deploy directly if the bound clears the minimum by this much.', 0.05)
-    max_regression: float = described(
-        'Gate: reject a candidate whose success rate is more than this below the deployed model\'s '
-        'measured rate (1.0: off; the first model the aggregator deploys has no reference).', 1.0)
-    canary_percentage: float = described('Fraction of the fleet that runs a canary model first.', 0.25)
-    round_period_s: float = described('Seconds between automatic rounds (0: only on request).', 0.0)
-    max_rounds: int = described('Stop announcing automatic rounds after this many (0: never).', 0)
-    first_round_delay_s: float = described('Seconds after activation before the first automatic round.', 5.0)
-
-    def evaluation_gate(self) -> EvaluationGate:
-        """The gate these settings describe."""
-        return EvaluationGate(SafetyThresholds(
-            min_success_rate=self.min_success_rate, max_kl_divergence=self.max_kl_divergence,
-            min_episodes=min(10, self.eval_episodes_per_task * len(self.eval_tasks)),
-            deploy_margin=self.deploy_margin, max_regression=self.max_regression))
-
-
 class AggregatorNode(LifecycleNode):
     """Lifecycle node owning the fleet's `Aggregator` (see module docstring)."""
 
     def __init__(self) -> None:
         super().__init__('aggregator')
         self.round_policy = declare_dataclass_parameters(self, RoundPolicy)
-        self.gate_policy = declare_dataclass_parameters(self, GatePolicy)
+        self.gate_policy = declare_dataclass_parameters(self, GateSettings)
         self.group = ReentrantCallbackGroup()
         self.core: Aggregator | None = None
         self.kms_check: KMSCheck | None = None
-        self.gate = self.gate_policy.evaluation_gate()
+        self.gate = DeploymentGate(self.gate_policy)
+        self.round_log: RoundLog | None = None
         self.health = Health(self.get_logger())
         self.diagnostics = DiagnosticsPublisher(self, self.health, self.round_policy.fleet_dir, self._diagnostic_values)
         self.roster: tuple[list[str], list[str]] = ([], [])
@@ -110,7 +80,6 @@ class AggregatorNode(LifecycleNode):
         self.round_closed = threading.Condition(self.lock)
         self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix='close')
         self.last = {'success_rate': 0.0, 'lower_bound': 0.0, 'decision': ''}
-        self.deployed_success: float | None = None
         self.held_out = None
         self.handles = []
         enable_autostart(self)
@@ -124,7 +93,8 @@ class AggregatorNode(LifecycleNode):
                 raise ValueError(f'eval_tasks {unknown} are not tasks of the fleet model '
                                  f'{list(self.core.model_policy.cfg.tasks)}')
             self.held_out = load_held_out(self.core.paths, self.core.model_policy)
-            self.deployed_success = self._recorded_deployed_success()
+            self.round_log = RoundLog.of(self.core.paths)
+            self.gate.deployed_success = self.round_log.deployed_success_rate()
         except Exception as exc:  # noqa: BLE001 - start-up failures are reported and refused.
             self.health.fault('configure', f'configure failed: {type(exc).__name__}: {exc}')
             return TransitionCallbackReturn.FAILURE
@@ -239,7 +209,7 @@ class AggregatorNode(LifecycleNode):
                 enrolled_robots=self.roster[0], revoked_robots=self.roster[1],
                 rejections=[RejectionCount(reason=r, count=c) for r, c in sorted(self.health.refusals().items())],
                 last_success_rate=self.last['success_rate'], last_success_lower_bound=self.last['lower_bound'],
-                deployed_success_rate=math.nan if self.deployed_success is None else self.deployed_success,
+                deployed_success_rate=math.nan if self.gate.deployed_success is None else self.gate.deployed_success,
                 last_gate_decision=self.last['decision'])
         msg.header.stamp = self.get_clock().now().to_msg()
         self.status_pub.publish(msg)
@@ -402,12 +372,8 @@ class AggregatorNode(LifecycleNode):
                 raise RoundError(response.reason, f'key service refused: {response.message}')
             candidate = self.core.candidate(bytes(response.result))
             self.phase = 'evaluating'
-            metrics = evaluate_policy(candidate.policy, self.gate_policy.eval_tasks,
-                                      self.gate_policy.eval_episodes_per_task, self.gate_policy.eval_seed + 1000 * round_id,
-                                      current=self.core.model_policy, held_out=self.held_out)
-            metrics.reference_success_rate = self.deployed_success
-            passed, failures = self.gate.evaluate(metrics)
-            decision = self.gate.decide(metrics).value
+            metrics = self.gate.evaluate(candidate.policy, round_id, self.core.model_policy, self.held_out)
+            decision, failures = self.gate.decide(metrics)
             outcome.update(outcome='aggregated', decision=decision, failures=failures,
                            success_rate=metrics.success_rate, success_lower_bound=metrics.success_lower_bound,
                            eval_episodes=sum(metrics.episodes.values()), kl_divergence=metrics.kl_divergence,
@@ -417,9 +383,7 @@ class AggregatorNode(LifecycleNode):
             self.phase = 'deploying'
             if decision != 'reject':
                 outcome['model_version'] = self._deploy(candidate, decision, outcome)
-                if decision == 'deploy' or outcome.get('canary_promoted'):
-                    self.deployed_success = metrics.success_rate
-            outcome['deployed_success_rate'] = self.deployed_success
+            outcome['deployed_success_rate'] = self.gate.settle(decision, metrics, outcome.get('canary_promoted', False))
         except (RoundError, VerificationError) as exc:
             outcome.update(outcome='failed', reason=exc.reason, detail=str(exc))
             self.get_logger().error(f'round {round_id} failed: {exc}')
@@ -440,18 +404,14 @@ class AggregatorNode(LifecycleNode):
         version (rollback), so every robot ends the round on one version.
         """
         if decision == 'canary':
-            robots = sorted(self.core.expected_robots())
-            canary = robots[:max(1, math.ceil(self.gate_policy.canary_percentage * len(robots)))]
+            canary = self.gate_policy.canary_robots(self.core.expected_robots())
             parent_policy = self.core.model_policy
             model = self.core.publish_model(candidate.policy, candidate.round_id, 'canary')
             self._publish_model(model, 'canary', canary)
             self.get_logger().info(f'model {model.model_version} to canary robots {canary}')
-            trial = evaluate_policy(candidate.policy, self.gate_policy.eval_tasks,
-                                    self.gate_policy.eval_episodes_per_task,
-                                    self.gate_policy.eval_seed + 1000 * candidate.round_id + 500,
-                                    current=parent_policy, held_out=self.held_out)
-            trial.reference_success_rate = self.deployed_success
-            promoted, failures = self.gate.evaluate(trial)
+            trial = self.gate.evaluate(candidate.policy, candidate.round_id, parent_policy, self.held_out,
+                                       canary_trial=True)
+            promoted, failures = self.gate.promote(trial)
             outcome.update(canary_robots=canary, canary_success_rate=trial.success_rate,
                            canary_promoted=promoted, canary_failures=failures)
             if not promoted:
@@ -476,13 +436,6 @@ class AggregatorNode(LifecycleNode):
             raise RoundError('key_service_timeout', 'no answer from the key service within 120 s')
         return future.result()
 
-    def _recorded_deployed_success(self) -> float | None:
-        """The deployed model's measured success rate from the round log (None if never measured)."""
-        log = self.core.paths.server / 'rounds.jsonl'
-        lines = log.read_text().splitlines() if log.exists() else []
-        recorded = [json.loads(line).get('deployed_success_rate') for line in lines if line.strip()]
-        return next((rate for rate in reversed(recorded) if rate is not None), None)
-
     def _finish(self, outcome: dict) -> None:
         """Record a round's outcome and close it; if the disk refuses, the tick retries (`unrecorded`)."""
         with self.lock:
@@ -491,8 +444,7 @@ class AggregatorNode(LifecycleNode):
                 current = self.core.current
                 if current is not None and current.config.round_id == outcome['round_id']:
                     self.core.close_round(outcome)
-                with open(self.core.paths.server / 'rounds.jsonl', 'a') as log:
-                    log.write(json.dumps(outcome) + '\n')
+                self.round_log.append(outcome)
             except OSError as exc:
                 self.unrecorded = outcome
                 self._state_fault(exc)
@@ -560,7 +512,7 @@ class AggregatorNode(LifecycleNode):
                 goal_handle.publish_feedback(feedback)
                 self.round_closed.wait(timeout=1.0)
         try:
-            outcome = _last_outcome(self.core.paths.server / 'rounds.jsonl', round_id)
+            outcome = self.round_log.outcome(round_id)
         except (OSError, ValueError) as exc:  # unreadable or corrupt round log
             self.get_logger().error(f'round {round_id}: outcome unreadable: {type(exc).__name__}: {exc}')
             outcome = {'detail': f'round {round_id} closed, but its outcome is unreadable: {exc}'}
@@ -573,14 +525,6 @@ class AggregatorNode(LifecycleNode):
                                gate_decision=outcome.get('decision', ''),
                                participants=outcome.get('participants', []),
                                message=outcome.get('detail', ''))
-
-
-def _last_outcome(path, round_id: int) -> dict:
-    for line in reversed(path.read_text().splitlines()):
-        entry = json.loads(line)
-        if entry['round_id'] == round_id:
-            return entry
-    return {}
 
 
 def main(args: list[str] | None = None) -> int:

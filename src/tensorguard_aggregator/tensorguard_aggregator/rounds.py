@@ -46,7 +46,7 @@ from tensorguard_crypto.verify import (MalformedPackage, RoundVerifier, Verifica
                                        verify_model_package, verify_round_config, verify_round_key)
 from tensorguard_crypto.wire import (AggregateRequest, AggregateResult, ModelPackage, RoundConfigPackage,
                                      UpdatePackage, model_package)
-from tensorguard_learning.aggregation import ExpertDrivenStrategy, apply_update
+from tensorguard_learning.aggregation import Strategy, apply_update, strategy_from_name
 from tensorguard_learning.compression import adapter_round_coordinates
 from tensorguard_learning.policy import MoEPolicy
 from tensorguard_ros.config_fields import described
@@ -76,6 +76,9 @@ class RoundPolicy:
     min_segment_weight: float = described(
         'An expert or task segment is updated only if the robots\' summed usage weight for it reaches '
         'this (in robot-equivalents) and SEGMENT_NOISE_MARGIN times the DP noise std of that sum.', 0.1)
+    strategy: str = described(
+        'Aggregation strategy: expert_driven (usage-weighted per-expert means) or fedavg (plain mean); '
+        'announced in every round config, robots configured otherwise refuse the round.', 'expert_driven')
 
 
 # A segment's weighted mean is its decrypted sum divided by its decrypted weight; a weight within
@@ -88,7 +91,7 @@ def segment_weight_floor(codec: update_codec.RoundCodec, contributors: int, min_
     return max(min_segment_weight, SEGMENT_NOISE_MARGIN * codec.skellam.aggregate_stddev(contributors))
 
 
-def apply_round_sum(model: MoEPolicy, summed: np.ndarray, floor: float, strategy: ExpertDrivenStrategy,
+def apply_round_sum(model: MoEPolicy, summed: np.ndarray, floor: float, strategy: Strategy,
                     server_learning_rate: float, indices: np.ndarray | None = None
                     ) -> tuple[MoEPolicy, np.ndarray, int]:
     """The candidate a decoded round sum gives: (candidate, applied delta, frozen segment count).
@@ -98,10 +101,8 @@ def apply_round_sum(model: MoEPolicy, summed: np.ndarray, floor: float, strategy
     """
     summed = np.array(summed, dtype=np.float64)
     sizes = model.segment_sizes()
-    weights = summed[len(summed) - len(sizes):]
-    frozen = int(np.count_nonzero(weights < floor))
-    weights[weights < floor] = 0.0
-    delta = strategy.finalize(summed, sizes, indices)
+    frozen = int(np.count_nonzero(strategy.weight_sums(summed, sizes) < floor))
+    delta = strategy.finalize(summed, sizes, indices, floor)
     candidate = model.clone()
     apply_update(candidate, delta, server_learning_rate)
     return candidate, delta, frozen
@@ -186,7 +187,7 @@ class Aggregator:
         self.profile = DPPolicyProfile(clipping_norm=policy.clipping_norm, epsilon_budget=1.0,
                                        noise_multiplier=policy.noise_multiplier, min_clients=policy.min_clients,
                                        bits=policy.plaintext_bits)
-        self.strategy = ExpertDrivenStrategy(quorum_threshold=policy.quorum)
+        self.strategy = strategy_from_name(policy.strategy, quorum_threshold=policy.quorum)
         self.rounds_dir = self.paths.rounds_dir
         self.models_dir = self.paths.models_dir
         self.current: OpenRound | None = None
@@ -238,7 +239,7 @@ class Aggregator:
 
     def _codec(self, round_seed: bytes) -> update_codec.RoundCodec:
         indices = adapter_round_coordinates(round_seed, self.model_policy, self._num_coordinates())
-        dim = indices.size + len(self.model_policy.segment_sizes())
+        dim = self.strategy.vector_length(self.model_policy.segment_sizes(), indices)
         return update_codec.build_codec(self.profile, dim, self.policy.max_clients, self.policy.security_level,
                                         round_seed)
 
@@ -274,6 +275,7 @@ class Aggregator:
             deadline=now + (deadline_s or self.policy.round_deadline_s), quorum=quorum or self.policy.quorum,
             round_key=round_key, aggregator_transport_key=transport.public_key, key_service_key_id=KEY_SERVICE_ID,
             aggregator_key_id=AGGREGATOR_ID, signer_key_id=AGGREGATOR_ID, created_at=now,
+            aggregation_strategy=self.strategy.name,
             **update_codec.announce(codec)).signed_by(self.aggregator_identity)
         try:
             verify_round_key(config, self.kms)
@@ -299,6 +301,9 @@ class Aggregator:
             config = verify_round_config((directory / 'config.bin').read_bytes(), self.kms)
             transport = SealedBoxKey.from_secret_bytes(unseal_secret(
                 directory / 'transport.sealed', self._passphrase, self._transport_context(config.round_id)))
+            if config.aggregation_strategy != self.strategy.name:
+                raise ValueError(f'round announced strategy {config.aggregation_strategy}, '
+                                 f'this aggregator runs {self.strategy.name}')
             codec = self._codec(config.round_seed)
         except (VerificationError, OSError, KeyStoreError, HybridError, KMSError, ValueError) as exc:
             self._problem('round_state_unreadable', f'round {ids[-1]}: {type(exc).__name__}: {exc}')

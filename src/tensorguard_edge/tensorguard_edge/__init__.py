@@ -1,1 +1,1 @@
-"""TensorGuard robot side: the edge node and a simulated Meta-World robot (ROS 2 nodes)."""
+"""TensorGuard robot side: the edge node around the ROS-free `EdgeClient`."""

@@ -38,7 +38,7 @@ from tensorguard_crypto.secagg import SecAggError
 from tensorguard_crypto.verify import (PinnedKeys, VerificationError, verify_model_package, verify_round_config,
                                        verify_round_key)
 from tensorguard_crypto.wire import RoundConfigPackage, SafetyStats, UpdatePackage
-from tensorguard_learning.aggregation import ExpertDrivenStrategy
+from tensorguard_learning.aggregation import strategy_from_name
 from tensorguard_learning.compression import ErrorFeedback, adapter_round_coordinates
 from tensorguard_learning.demonstrations import Demonstration, DemonstrationStore
 from tensorguard_learning.envelope import OperatingEnvelope
@@ -79,6 +79,8 @@ class EdgeConfig:
                               'announcing fewer are refused.', 2)
     max_clients: int = described('Largest number of robots a round may sum (sets the modular headroom).', 16)
     plaintext_bits: int = described('Bits b of the summed integers (updates are summed mod 2^b).', 20)
+    strategy: str = described('Aggregation strategy (expert_driven or fedavg); rounds announcing another are '
+                              'refused.', 'expert_driven')
 
 class RoundRefused(Exception):
     """The robot will not contribute to this round; `reason` is a stable code."""
@@ -157,7 +159,7 @@ class EdgeClient:
             round_interval_seconds=max(config.train_max_seconds, 1.0))
         self.budget = TrainingBudget(max_steps=config.train_steps, max_seconds=config.train_max_seconds,
                                      batch_size=config.batch_size, learning_rate=config.learning_rate)
-        self.strategy = ExpertDrivenStrategy()
+        self.strategy = strategy_from_name(config.strategy)
         self.policy: MoEPolicy | None = None
         self.model_version = 0
         self.error_feedback: ErrorFeedback | None = None
@@ -224,7 +226,8 @@ class EdgeClient:
         self._check_round(cfg)
         indices = adapter_round_coordinates(cfg.round_seed, self.policy, cfg.num_coordinates)
         try:
-            codec = update_codec.codec_for_round(cfg, self.profile, indices.size + len(self.policy.segment_sizes()),
+            codec = update_codec.codec_for_round(cfg, self.profile,
+                                                 self.strategy.vector_length(self.policy.segment_sizes(), indices),
                                                  self.config.max_clients)
         except (update_codec.RoundMismatch, ValueError) as exc:
             raise RoundRefused(update_codec.RoundMismatch.reason, str(exc)) from None
@@ -298,6 +301,10 @@ class EdgeClient:
                                f'this robot runs {self.model_version}')
         if cfg.total_coordinates != sum(self.policy.segment_sizes()):
             raise RoundRefused('shape_mismatch', 'round coordinates do not match the model')
+        if cfg.aggregation_strategy != self.strategy.name:
+            raise RoundRefused(update_codec.RoundMismatch.reason,
+                               f'round {cfg.round_id} announces aggregation strategy {cfg.aggregation_strategy}, '
+                               f'this robot is configured for {self.strategy.name}')
         if self.store.count() == 0:
             raise RoundRefused('no_demonstrations', 'the store holds no episodes yet')
 

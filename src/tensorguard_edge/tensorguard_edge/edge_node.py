@@ -28,7 +28,6 @@ from std_msgs.msg import Float32MultiArray, String
 
 from tensorguard_edge.client import EdgeClient, EdgeConfig, RoundRefused, ModelRefused, create_client
 from tensorguard_edge.recorder import EpisodeAssembler, StreamError
-from tensorguard_edge.sim_robot import ACTION_TOPIC, DEMONSTRATIONS_TOPIC, EPISODE_EVENTS_TOPIC, OBSERVATION_TOPIC
 from tensorguard_learning.demonstrations import Demonstration
 from tensorguard_msgs.msg import Demonstration as DemonstrationMsg
 from tensorguard_msgs.msg import EncryptedUpdate, ModelUpdate, RejectionCount, RobotStatus, RoundConfig
@@ -46,8 +45,8 @@ class EdgeNode(LifecycleNode):
         self.topics = {name: self.declare_parameter(
             f'{name}_topic', default, ParameterDescriptor(description=f'Topic of the robot\'s {name} stream '
                                                           '(relative names resolve in the robot namespace).')).value
-            for name, default in (('observation', OBSERVATION_TOPIC), ('action', ACTION_TOPIC),
-                                  ('episode_events', EPISODE_EVENTS_TOPIC), ('demonstrations', DEMONSTRATIONS_TOPIC))}
+            for name, default in (('observation', topics.OBSERVATION), ('action', topics.ACTION),
+                                  ('episode_events', topics.EPISODE_EVENTS), ('demonstrations', topics.DEMONSTRATIONS))}
         self.status_period = self.declare_parameter(
             'status_period_s', 1.0, ParameterDescriptor(description='Seconds between RobotStatus messages.')).value
         self.client: EdgeClient | None = None
@@ -140,7 +139,7 @@ class EdgeNode(LifecycleNode):
     def _feed(self, handler, msg: Float32MultiArray) -> None:
         dims = msg.layout.dim
         if len(dims) != 2 or dims[1].label != 'episode':
-            self._reject('malformed_frame', 'frame layout must be [vector, episode] (see sim_robot)')
+            self._reject('malformed_frame', 'frame layout must be [vector, episode] (see tensorguard_ros.topics)')
             return
         try:
             with self.lock:

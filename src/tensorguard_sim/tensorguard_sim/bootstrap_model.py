@@ -1,20 +1,20 @@
 """The fleet's first model (ROS-free): a base encoder pre-trained on the server's own public
 demonstrations, then frozen; the MoE adapter is what the fleet federates from then on.
 
-The server also keeps a held-out set of its own demonstrations of the evaluation tasks: the gate
-measures the candidate's KL divergence to the current policy on those states. None of this data
-comes from a robot.
+Also records the server's held-out demonstrations of the evaluation tasks into the fleet
+directory, where the aggregator loads them (`tensorguard_aggregator.held_out`) to measure a
+candidate's KL divergence to the current policy. None of this data comes from a robot.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
+from tensorguard_aggregator.held_out import MAX_BYTES, held_out_dir
 from tensorguard_crypto.fleet import FleetPaths
 from tensorguard_learning.demonstrations import Demonstration, DemonstrationStore
 from tensorguard_learning.metaworld_source import record_demonstrations
-from tensorguard_learning.policy import PolicyConfig, build_policy
-from tensorguard_learning.training import BCData, TrainingBudget, pretrain
+from tensorguard_learning.policy import MoEPolicy, PolicyConfig, build_policy
+from tensorguard_learning.training import TrainingBudget, pretrain
 
 HELD_OUT_SEED = 500_000
 
@@ -35,12 +35,7 @@ class BootstrapSpec:
     seed: int = 900_000
 
 
-def held_out_dir(paths: FleetPaths) -> Path:
-    """Where the server's held-out demonstrations live."""
-    return paths.server / 'held_out'
-
-
-def build_initial_policy(spec: BootstrapSpec):
+def build_initial_policy(spec: BootstrapSpec) -> MoEPolicy:
     """Pre-train base + adapter on the server's demonstrations of `pretrain_tasks`; freeze the base."""
     policy = build_policy(PolicyConfig(tasks=spec.policy_tasks, **spec.policy_options))
     demos = [d for i, task in enumerate(spec.pretrain_tasks)
@@ -57,12 +52,6 @@ def held_out_demonstrations(tasks: tuple[str, ...], episodes_per_task: int) -> l
 
 def record_held_out(paths: FleetPaths, tasks: tuple[str, ...], episodes_per_task: int) -> None:
     """Record the held-out demonstrations into the server's store."""
-    with DemonstrationStore(held_out_dir(paths), max_bytes=1 << 30) as store:
+    with DemonstrationStore(held_out_dir(paths), max_bytes=MAX_BYTES) as store:
         for demo in held_out_demonstrations(tasks, episodes_per_task):
             store.append_episode(demo)
-
-
-def load_held_out(paths: FleetPaths, policy) -> BCData:
-    """The held-out states, as behaviour-cloning tensors of `policy`'s task vocabulary."""
-    with DemonstrationStore(held_out_dir(paths), max_bytes=1 << 30) as store:
-        return BCData.from_store(policy, store)

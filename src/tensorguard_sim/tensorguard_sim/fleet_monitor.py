@@ -70,7 +70,7 @@ def run_rounds(plan, procs, log, baseline: Future | None = None) -> dict:
 
     `baseline` (optional) resolves to the round-0 row: the initial model's evaluation.
     """
-    robot_ids = [f'robot_{i + 1}' for i in range(plan.robots)]
+    robot_ids = [plan.robot_id(i) for i in range(plan.robots)]
     rclpy.init()
     monitor = FleetMonitor(robot_ids)
     executor = MultiThreadedExecutor(num_threads=2)
@@ -113,7 +113,8 @@ def run_rounds(plan, procs, log, baseline: Future | None = None) -> dict:
                 'epsilon_spent_max': max((s.epsilon_spent for s in robots.values()), default=0.0),
                 'success_rate': fleet.last_success_rate if result.success else None,
                 'success_lower_bound': fleet.last_success_lower_bound if result.success else None,
-                'deployed_success_rate': None if math.isnan(fleet.deployed_success_rate) else fleet.deployed_success_rate,
+                'deployed_success_rate': (None if math.isnan(fleet.deployed_success_rate)
+                                          else fleet.deployed_success_rate),
                 'gate_decision': result.gate_decision or ('failed' if not result.success else ''),
                 'model_version': result.model_version, 'seconds': round(time.monotonic() - started, 1),
                 'detail': result.message,

@@ -4,16 +4,16 @@ The ROS fleet (`simulated_fleet`) takes about four minutes a run and spends most
 processes, DDS and encryption, none of which changes what is learned. This replay makes the same
 library calls on the same data, so a configuration can be compared in a fraction of that:
 
-- the initial model and held-out set exactly as provisioning builds them (`bootstrap_model`);
+- the initial model and held-out set exactly as provisioning builds them (`provisioning.bootstrap_spec`);
 - each robot's demonstrations as its `sim_robot` records them (episode k of robot i: task
   ``tasks[k % len(tasks)]``, simulator seed ``FleetPlan.seed_of(i) + k``), the first N of them in round r;
 - per robot `train_local` with the edge node's budget, `ExpertDrivenStrategy.flatten_update`;
 - the real Skellam encoder and decoder of the round (`update_codec.plaintext_sum`); the lattice
   encryption is left out because it is exact (the decrypted sum is the modular sum);
 - the aggregator's step from sum to candidate (`rounds.segment_weight_floor`, `rounds.apply_round_sum`);
-- `evaluate_policy` with the aggregator's seeds (``eval_seed + 1000 * round``) and KL;
-- the aggregator's gate (KL and regression checks) decides whether the candidate replaces the
-  model; a `canary` decision counts as deployed (the ROS fleet runs a second trial first).
+- the aggregator's `DeploymentGate`: its evaluation (seeds ``eval_seed + 1000 * round``, KL) and its
+  decision (KL and regression checks) on whether the candidate replaces the model; a `canary`
+  decision counts as deployed (the ROS fleet runs a second trial first).
 
 What it does not model: robots joining late or dropping out, the canary's second trial, and the
 exact number of episodes a robot holds when a round opens, which in the ROS fleet depends on
@@ -33,18 +33,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tensorguard_aggregator.aggregator_node import GatePolicy
-from tensorguard_aggregator.bootstrap_model import BootstrapSpec, build_initial_policy, held_out_demonstrations
+from tensorguard_aggregator.gate import DeploymentGate, GateSettings
 from tensorguard_aggregator.rounds import RoundPolicy, apply_round_sum, segment_weight_floor
-from tensorguard_aggregator.simulated_fleet import FleetPlan, load_config, node_parameters
 from tensorguard_crypto import update_codec
 from tensorguard_crypto.accountant import DPPolicyProfile
 from tensorguard_edge.client import EdgeConfig
 from tensorguard_learning.aggregation import ExpertDrivenStrategy
 from tensorguard_learning.envelope import OperatingEnvelope
-from tensorguard_learning.evaluation import evaluate_policy
 from tensorguard_learning.metaworld_source import record_demonstrations
 from tensorguard_learning.training import BCData, TrainingBudget, train_local
+from tensorguard_sim.bootstrap_model import build_initial_policy, held_out_demonstrations
+from tensorguard_sim.plan import FleetPlan, load_config, node_parameters
+from tensorguard_sim.provisioning import bootstrap_spec
 
 
 def robot_demonstrations(plan: FleetPlan, robot: int, episodes: int) -> list:
@@ -63,12 +63,12 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument('--rounds', type=int, default=None, help='override the plan')
     parser.add_argument('--episodes', default='6,30,55,80,105',
                         help='episodes each robot holds in rounds 1, 2, ... (the last repeats)')
-    parser.add_argument('--eval-episodes', type=int, default=None, help='per task; default: the aggregator\'s')
+    parser.add_argument('--eval-episodes', type=int, default=None, help="per task; default: the aggregator's")
     parser.add_argument('--noise-multiplier', type=float, default=None, help='override fleet.yaml')
     parser.add_argument('--no-noise', action='store_true', help='clip only: no Skellam noise, no rounding')
     parser.add_argument('--min-segment-weight', type=float, default=None, help='override fleet.yaml')
-    parser.add_argument('--policy', default='{}', help='JSON of PolicyConfig fields overriding the plan\'s')
-    parser.add_argument('--trainable-modules', default=None, help='comma-separated; default: the edge node\'s')
+    parser.add_argument('--policy', default='{}', help="JSON of PolicyConfig fields overriding the plan's")
+    parser.add_argument('--trainable-modules', default=None, help="comma-separated; default: the edge node's")
     parser.add_argument('--train-steps', type=int, default=None, help='override fleet.yaml')
     parser.add_argument('--no-gate', action='store_true', help='apply every candidate, whatever the gate says')
     parser.add_argument('--report', type=Path, default=None, help='write the rounds as JSON here')
@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     plan = replace(plan, rounds=args.rounds or plan.rounds, policy={**plan.policy, **json.loads(args.policy)})
     rounds = node_parameters(args.config, 'aggregator', RoundPolicy)
     edge = node_parameters(args.config, 'edge_node', EdgeConfig)
-    gate = replace(node_parameters(args.config, 'aggregator', GatePolicy), eval_tasks=list(plan.fleet_tasks))
+    gate = replace(node_parameters(args.config, 'aggregator', GateSettings), eval_tasks=list(plan.fleet_tasks))
     if args.eval_episodes:
         gate = replace(gate, eval_episodes_per_task=args.eval_episodes)
     noise = shared['noise_multiplier'] if args.noise_multiplier is None else args.noise_multiplier
@@ -94,11 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     schedule = [int(n) for n in args.episodes.split(',')]
 
     started = time.monotonic()
-    spec = BootstrapSpec(policy_tasks=tuple(dict.fromkeys(plan.fleet_tasks + plan.pretrain_tasks)),
-                         pretrain_tasks=plan.pretrain_tasks, pretrain_episodes_per_task=plan.pretrain_episodes_per_task,
-                         pretrain_steps=plan.pretrain_steps, policy_options=plan.policy,
-                         held_out_episodes_per_task=plan.held_out_episodes_per_task)
-    policy = build_initial_policy(spec)
+    policy = build_initial_policy(bootstrap_spec(plan))
     held_out = BCData.from_demonstrations(policy, held_out_demonstrations(plan.fleet_tasks,
                                                                           plan.held_out_episodes_per_task))
     most = schedule[min(plan.rounds, len(schedule)) - 1]
@@ -108,8 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     envelope = OperatingEnvelope(trainable_modules=list(modules), max_trainable_params=edge.max_trainable_params,
                                  target_update_size_kb=edge.target_update_size_kb, round_interval_seconds=3600)
     strategy = ExpertDrivenStrategy()
-    gate_check = gate.evaluation_gate()
-    deployed_success = None
+    deployment = DeploymentGate(gate)
     print(f'# fleet_replay: {plan.robots} robots, {plan.rounds} rounds, policy {plan.policy}, modules {modules}, '
           f'noise {"off" if args.no_noise else noise}, min_segment_weight {min_weight}, '
           f'{budget.max_steps} steps, {gate.eval_episodes_per_task} eval episodes/task; '
@@ -142,19 +137,20 @@ def main(argv: list[str] | None = None) -> int:
                        delta_norm=round(float(np.linalg.norm(delta)), 3))
         else:
             candidate = policy
-        metrics = evaluate_policy(candidate, plan.fleet_tasks, gate.eval_episodes_per_task, gate.eval_seed + 1000 * round_id,
-                                  current=policy if round_id else None, held_out=held_out if round_id else None)
         if round_id:
-            # Like the aggregator, the gate has no reference before it deployed a model itself.
-            metrics.reference_success_rate = deployed_success if round_id > 1 else None
-            decision = 'deploy' if args.no_gate else gate_check.decide(metrics).value
+            metrics = deployment.evaluate(candidate, round_id, current=policy, held_out=held_out)
+            decision = 'deploy' if args.no_gate else deployment.decide(metrics)[0]
         else:
+            metrics = deployment.evaluate(candidate, round_id)
             decision = 'initial'
         if decision != 'reject':
-            policy, deployed_success = candidate, metrics.success_rate
+            policy, fleet_success = candidate, metrics.success_rate
+            if round_id:
+                # Like the aggregator's, the gate's reference is a model it deployed itself, never the initial one.
+                deployment.settle('deploy', metrics)
         row.update(success_rate=metrics.success_rate, successes=metrics.successes,
                    kl=None if metrics.kl_divergence is None else round(metrics.kl_divergence, 2),
-                   decision=decision, deployed_success_rate=deployed_success,
+                   decision=decision, deployed_success_rate=fleet_success,
                    seconds=round(time.monotonic() - row_started, 1))
         rows.append(row)
         print(json.dumps(row), flush=True)

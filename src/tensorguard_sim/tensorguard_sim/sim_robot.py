@@ -6,13 +6,8 @@ episode boundaries (task, success) as JSON on ``std_msgs/String``; or, with
 ``publish_mode: demonstrations``, whole ``tensorguard_msgs/Demonstration`` messages. The edge node
 records from either. Simulator seeds are public (they pick goal positions), never secrets.
 
-Stream conventions (relative names, so the robot namespace applies):
-- ``observation``, ``action``: ``layout.dim[0]`` is the vector (label ``observation.state`` /
-  ``action``), ``layout.dim[1]`` is a size-1 dimension labelled ``episode`` whose ``stride`` carries
-  the episode number, and ``layout.data_offset`` is the frame index within the episode. Topics are
-  not ordered against each other, so every frame names its episode.
-- ``episode_events``: ``{"event": "begin", "episode": i, "task": t}`` and
-  ``{"event": "end", "episode": i, "frames": n, "success": s}``.
+Topic names and stream conventions are the robot streams of `tensorguard_ros.topics` (relative
+names, so the robot namespace applies).
 """
 from __future__ import annotations
 
@@ -26,17 +21,12 @@ from std_msgs.msg import Float32MultiArray, MultiArrayDimension, String
 
 from tensorguard_learning.metaworld_source import record_demonstrations
 from tensorguard_msgs.msg import Demonstration as DemonstrationMsg
-from tensorguard_ros import qos
+from tensorguard_ros import qos, topics
 from tensorguard_ros.node_main import spin_node
-
-OBSERVATION_TOPIC = 'observation'
-ACTION_TOPIC = 'action'
-EPISODE_EVENTS_TOPIC = 'episode_events'
-DEMONSTRATIONS_TOPIC = 'demonstrations'
 
 
 def frame_array(label: str, episode: int, frame_index: int, values: np.ndarray) -> Float32MultiArray:
-    """One frame's vector as Float32MultiArray, naming its episode and frame (see module docstring)."""
+    """One frame's vector as Float32MultiArray, naming its episode and frame (`tensorguard_ros.topics`)."""
     msg = Float32MultiArray()
     msg.layout.dim = [MultiArrayDimension(label=label, size=int(values.size), stride=int(values.size)),
                       MultiArrayDimension(label='episode', size=1, stride=int(episode))]
@@ -69,10 +59,10 @@ class SimRobot(Node):
         if not self.tasks:
             raise ValueError('tasks must name at least one Meta-World task')
 
-        self.obs_pub = self.create_publisher(Float32MultiArray, OBSERVATION_TOPIC, qos.SENSOR_STREAM)
-        self.action_pub = self.create_publisher(Float32MultiArray, ACTION_TOPIC, qos.SENSOR_STREAM)
-        self.event_pub = self.create_publisher(String, EPISODE_EVENTS_TOPIC, qos.DEMONSTRATIONS)
-        self.demo_pub = self.create_publisher(DemonstrationMsg, DEMONSTRATIONS_TOPIC, qos.DEMONSTRATIONS)
+        self.obs_pub = self.create_publisher(Float32MultiArray, topics.OBSERVATION, qos.SENSOR_STREAM)
+        self.action_pub = self.create_publisher(Float32MultiArray, topics.ACTION, qos.SENSOR_STREAM)
+        self.event_pub = self.create_publisher(String, topics.EPISODE_EVENTS, qos.DEMONSTRATIONS)
+        self.demo_pub = self.create_publisher(DemonstrationMsg, topics.DEMONSTRATIONS, qos.DEMONSTRATIONS)
         self.episodes_done = 0
         self.timer = self.create_timer(period, self.record_one)
         self.get_logger().info(
@@ -123,7 +113,7 @@ class SimRobot(Node):
 
 
 def main(args: list[str] | None = None) -> int:
-    """Entry point: ``ros2 run tensorguard_edge sim_robot``."""
+    """Entry point: ``ros2 run tensorguard_sim sim_robot``."""
     return spin_node(SimRobot, args)
 
 

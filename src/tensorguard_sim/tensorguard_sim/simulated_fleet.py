@@ -1,10 +1,10 @@
 """A simulated fleet learning privately over real ROS 2: the README's main command.
 
 It does what an operator and N robot owners would do, then watches:
-1. provisions a fleet directory with the library calls behind ``tensorguard fleet init`` / ``enroll`` and
-   ``tensorguard robot install``: server identities enrolled in the KMS, an initial model pre-trained on
-   the server's own demonstrations, and N enrolled robots, each given a bundle (``<run>/bundles/``)
-   that is installed into its ``robots/<id>/``;
+1. provisions a fleet directory (`provisioning`) with the library calls behind ``tensorguard fleet
+   init`` / ``enroll`` and ``tensorguard robot install``: server identities enrolled in the KMS, an
+   initial model pre-trained on the server's own demonstrations, and N enrolled robots, each given a
+   bundle (``<run>/bundles/``) that is installed into its ``robots/<id>/``;
 2. starts every node in its own process, configured from ``config/fleet.yaml``: the key service,
    the aggregator, and per robot (namespace ``/robot_<i>``) a Meta-World ``sim_robot`` and its
    ``edge_node``;
@@ -27,107 +27,24 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import replace
 from pathlib import Path
 
 import torch
-import yaml
 
-from tensorguard_aggregator.aggregator_node import GatePolicy
-from tensorguard_aggregator.bootstrap_model import BootstrapSpec, build_initial_policy, record_held_out
-from tensorguard_aggregator.fleet_monitor import run_rounds
-from tensorguard_aggregator.rounds import Aggregator, RoundPolicy
-from tensorguard_crypto.fleet import FleetPaths, enroll_robot_bundle, install_bundle, provision_server
-from tensorguard_crypto.params import standard_params
-from tensorguard_learning.evaluation import evaluate_policy
+from tensorguard_aggregator.gate import DeploymentGate, GateSettings
+from tensorguard_crypto.fleet import FleetPaths
 from tensorguard_learning.policy import MoEPolicy
-
-
-
-@dataclass(frozen=True)
-class FleetPlan:
-    """The simulation's own settings (``simulated_fleet:`` in the YAML)."""
-
-    robots: int
-    rounds: int
-    robot_tasks: tuple[tuple[str, ...], ...]
-    pretrain_tasks: tuple[str, ...]
-    pretrain_episodes_per_task: int
-    pretrain_steps: int
-    policy: dict
-    held_out_episodes_per_task: int
-    episodes_before_first_round: int
-    timeout_s: float
-
-    @staticmethod
-    def seed_of(robot: int) -> int:
-        """Public simulator seed of robot `robot`'s (0-based) first episode."""
-        return 10_000 * (robot + 1)
-
-    def tasks_of(self, robot: int) -> tuple[str, ...]:
-        """Tasks robot `robot` (0-based) demonstrates; the list repeats for larger fleets."""
-        return self.robot_tasks[robot % len(self.robot_tasks)]
-
-    @property
-    def fleet_tasks(self) -> tuple[str, ...]:
-        """Every task some robot demonstrates, in first-seen order."""
-        return tuple(dict.fromkeys(t for r in range(self.robots) for t in self.tasks_of(r)))
-
-
-def load_config(params_path: Path, plan_path: Path) -> tuple[dict, FleetPlan]:
-    """The shared ROS parameters of the fleet YAML and the simulation plan."""
-    shared = yaml.safe_load(params_path.read_text())['/**']['ros__parameters']
-    plan = yaml.safe_load(plan_path.read_text())
-    return shared, FleetPlan(**{**plan, 'robot_tasks': tuple(tuple(t) for t in plan['robot_tasks']),
-                                'pretrain_tasks': tuple(plan['pretrain_tasks'])})
-
-
-def provision(fleet: FleetPaths, shared: dict, plan: FleetPlan, passphrase: bytes, log) -> MoEPolicy:
-    """Server keys, the initial model and the held-out set, then every robot's enrolment: a bundle per
-    robot in ``<fleet>/../bundles/``, installed into ``robots/<id>/`` as `tensorguard robot install` does."""
-    params = standard_params(shared['security_level'], shared['plaintext_bits'], shared['max_clients'],
-                             shared['min_clients'])
-    provision_server(fleet, passphrase)
-    log(f'provisioned server identities in {fleet.server}; the key service makes one lattice key per round '
-        f'(ring n={params.n}, log2 q={params.coefficient_bits})')
-    policy_tasks = tuple(dict.fromkeys(plan.fleet_tasks + plan.pretrain_tasks))
-    spec = BootstrapSpec(policy_tasks=policy_tasks, pretrain_tasks=plan.pretrain_tasks,
-                         pretrain_episodes_per_task=plan.pretrain_episodes_per_task,
-                         pretrain_steps=plan.pretrain_steps, policy_options=plan.policy,
-                         held_out_episodes_per_task=plan.held_out_episodes_per_task)
-    started = time.monotonic()
-    policy = build_initial_policy(spec)
-    record_held_out(fleet, plan.fleet_tasks, plan.held_out_episodes_per_task)
-    aggregator = Aggregator(RoundPolicy(fleet_dir=str(fleet.root), **{k: shared[k] for k in (
-        'security_level', 'plaintext_bits', 'max_clients', 'clipping_norm', 'noise_multiplier', 'min_clients')}),
-        passphrase)
-    aggregator.publish_model(policy, round_id=0, decision='initial')
-    log(f'initial model: base pre-trained on {", ".join(plan.pretrain_tasks)} '
-        f'({time.monotonic() - started:.0f} s), adapter {policy.cfg.num_experts} experts (top-{policy.cfg.top_k}, '
-        f'{sum(policy.segment_sizes()):,} federated parameters)')
-    bundles = fleet.root.parent / 'bundles'
-    for i in range(plan.robots):
-        robot_id = f'robot_{i + 1}'
-        bundle = bundles / f'{robot_id}.bundle.tar'
-        enroll_robot_bundle(fleet, robot_id, passphrase, bundle)
-        install_bundle(bundle, fleet.robot_dir(robot_id), passphrase)
-    log(f'enrolled {plan.robots} robots (bundles in {bundles}, installed into {fleet.root / "robots"})')
-    return policy
-
-
-def node_parameters(params_path: Path, node: str, dataclass_type):
-    """A node's parameter dataclass as the fleet YAML sets it: defaults, then `/**`, then `/**/<node>`."""
-    config = yaml.safe_load(params_path.read_text())
-    values = {**config.get('/**', {}).get('ros__parameters', {}),
-              **config.get(f'/**/{node}', {}).get('ros__parameters', {})}
-    return dataclass_type(**{k: v for k, v in values.items() if k in dataclass_type.__dataclass_fields__})
+from tensorguard_sim.fleet_monitor import run_rounds
+from tensorguard_sim.plan import FleetPlan, load_config, node_parameters
+from tensorguard_sim.provisioning import provision
 
 
 def evaluate_initial_model(policy: MoEPolicy, plan: FleetPlan, params_path: Path) -> dict:
     """Round 0, the starting point the rounds are measured against: the initial model rolled out
     under the aggregator's own evaluation settings (tasks, episodes per task, round 0's seeds)."""
-    gate = node_parameters(params_path, 'aggregator', GatePolicy)
-    metrics = evaluate_policy(policy, plan.fleet_tasks, gate.eval_episodes_per_task, gate.eval_seed)
+    settings = node_parameters(params_path, 'aggregator', GateSettings)
+    metrics = DeploymentGate(replace(settings, eval_tasks=list(plan.fleet_tasks))).evaluate(policy, round_id=0)
     return {'round_id': 0, 'participants': [], 'rejected': 0, 'rejections_by_reason': {}, 'bytes_per_robot': 0,
             'epsilon_spent_max': 0.0, 'success_rate': metrics.success_rate,
             'success_lower_bound': metrics.success_lower_bound, 'deployed_success_rate': metrics.success_rate,
@@ -180,9 +97,9 @@ def start_fleet(procs: Processes, params_file: Path, fleet: FleetPaths, plan: Fl
     procs.start('aggregator', 'tensorguard_aggregator.aggregator_node', params_file, '/tensorguard',
                 {'fleet_dir': root, 'eval_tasks': list(plan.fleet_tasks)})
     for i in range(plan.robots):
-        robot_id = f'robot_{i + 1}'
+        robot_id = plan.robot_id(i)
         robot_dir = fleet.robot_dir(robot_id)
-        procs.start(f'{robot_id}_sim', 'tensorguard_edge.sim_robot', params_file, f'/{robot_id}',
+        procs.start(f'{robot_id}_sim', 'tensorguard_sim.sim_robot', params_file, f'/{robot_id}',
                     {'robot_id': robot_id, 'tasks': list(plan.tasks_of(i)), 'seed': plan.seed_of(i)})
         procs.start(f'{robot_id}_edge', 'tensorguard_edge.edge_node', params_file, f'/{robot_id}',
                     {'robot_id': robot_id, 'state_dir': str(robot_dir / 'state'),
@@ -206,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
 
     shared, plan = load_config(args.config, args.plan)
     torch.set_num_threads(1)
-    plan = FleetPlan(**{**asdict(plan), 'robots': args.robots or plan.robots, 'rounds': args.rounds or plan.rounds})
+    plan = replace(plan, robots=args.robots or plan.robots, rounds=args.rounds or plan.rounds)
     run_dir = args.run_dir or Path('.state') / time.strftime('fleet-%Y%m%d-%H%M%S')
     run_dir = run_dir.resolve()
     (run_dir / 'logs').mkdir(parents=True, exist_ok=True)

@@ -5,7 +5,7 @@ import json
 import math
 from pathlib import Path
 
-from tensorguard_aggregator.fleet_replay import main
+from tensorguard_sim.fleet_replay import main
 
 DATA = Path(__file__).resolve().parents[3] / 'test' / 'data'
 

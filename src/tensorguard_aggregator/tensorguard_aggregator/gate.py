@@ -1,0 +1,133 @@
+"""The aggregator's deployment decisions and its round log (ROS-free).
+
+`DeploymentGate` evaluates a round's candidate in the simulator and decides reject / canary /
+deploy; a canary goes to `GateSettings.canary_robots` while a second, independent trial (fresh
+seeds) decides whether it is promoted to the fleet or rolled back. The gate remembers the measured
+success rate of the model the fleet runs, the reference of its regression check. `RoundLog` is the
+server's JSON-lines record of closed rounds (``server/rounds.jsonl``), from which that reference
+is restored after a restart.
+
+The aggregator node declares `GateSettings` as ROS parameters and calls these; `fleet_replay`
+uses the same gate without ROS.
+"""
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from tensorguard_crypto.fleet import FleetPaths
+from tensorguard_learning.evaluation import EvaluationGate, EvaluationMetrics, SafetyThresholds, evaluate_policy
+from tensorguard_learning.policy import MoEPolicy
+from tensorguard_learning.training import BCData
+from tensorguard_ros.config_fields import described
+
+# Seed offsets: round r's evaluation starts at eval_seed + 1000 r, the canary's second trial 500 later.
+ROUND_SEED_STRIDE = 1000
+CANARY_TRIAL_OFFSET = 500
+
+
+@dataclass
+class GateSettings:
+    """Evaluator, gate and round-schedule configuration (each field becomes a ROS parameter)."""
+
+    eval_tasks: list[str] = described('Meta-World tasks the candidate is rolled out on.',
+                                      default_factory=lambda: ['push-v3'])
+    eval_episodes_per_task: int = described('Simulator episodes per task and evaluation.', 10)
+    eval_seed: int = described('Public simulator seed of the first evaluation episode.', 2_000_000)
+    min_success_rate: float = described('Gate: lower credible bound of success must clear this.', 0.5)
+    max_kl_divergence: float = described('Gate: mean KL(candidate || current) on held-out states.', 5.0)
+    deploy_margin: float = described('Gate: deploy directly if the bound clears the minimum by this much.', 0.05)
+    max_regression: float = described(
+        "Gate: reject a candidate whose success rate is more than this below the deployed model's "
+        'measured rate (1.0: off; the first model the aggregator deploys has no reference).', 1.0)
+    canary_percentage: float = described('Fraction of the fleet that runs a canary model first.', 0.25)
+    round_period_s: float = described('Seconds between automatic rounds (0: only on request).', 0.0)
+    max_rounds: int = described('Stop announcing automatic rounds after this many (0: never).', 0)
+    first_round_delay_s: float = described('Seconds after activation before the first automatic round.', 5.0)
+
+    def evaluation_gate(self) -> EvaluationGate:
+        """The gate these settings describe."""
+        return EvaluationGate(SafetyThresholds(
+            min_success_rate=self.min_success_rate, max_kl_divergence=self.max_kl_divergence,
+            min_episodes=min(10, self.eval_episodes_per_task * len(self.eval_tasks)),
+            deploy_margin=self.deploy_margin, max_regression=self.max_regression))
+
+    def evaluation_seed(self, round_id: int, canary_trial: bool = False) -> int:
+        """Public simulator seed of the first episode of round `round_id`'s evaluation (or canary trial)."""
+        return self.eval_seed + ROUND_SEED_STRIDE * round_id + (CANARY_TRIAL_OFFSET if canary_trial else 0)
+
+    def canary_robots(self, robots: Iterable[str]) -> list[str]:
+        """The robots that run a canary model: the first `canary_percentage` of them by id, at least one."""
+        ordered = sorted(robots)
+        return ordered[:max(1, math.ceil(self.canary_percentage * len(ordered)))]
+
+
+class DeploymentGate:
+    """Decides what becomes of each round's candidate and tracks the deployed model's success rate."""
+
+    def __init__(self, settings: GateSettings, deployed_success: float | None = None) -> None:
+        self.settings = settings
+        self.thresholds = settings.evaluation_gate()
+        self.deployed_success = deployed_success
+
+    def evaluate(self, policy: MoEPolicy, round_id: int, current: MoEPolicy | None = None,
+                 held_out: BCData | None = None, canary_trial: bool = False) -> EvaluationMetrics:
+        """Roll `policy` out with the round's seeds; KL to `current` on `held_out` if both are given."""
+        metrics = evaluate_policy(policy, self.settings.eval_tasks, self.settings.eval_episodes_per_task,
+                                  self.settings.evaluation_seed(round_id, canary_trial),
+                                  current=current, held_out=held_out)
+        metrics.reference_success_rate = self.deployed_success
+        return metrics
+
+    def decide(self, metrics: EvaluationMetrics) -> tuple[str, list[str]]:
+        """('reject' | 'canary' | 'deploy', the failed checks) for a candidate's metrics."""
+        _, failures = self.thresholds.evaluate(metrics)
+        return self.thresholds.decide(metrics).value, failures
+
+    def promote(self, trial: EvaluationMetrics) -> tuple[bool, list[str]]:
+        """After a canary's second trial: (promote to the fleet, else roll back; the failed checks)."""
+        return self.thresholds.evaluate(trial)
+
+    def settle(self, decision: str, metrics: EvaluationMetrics, promoted: bool = False) -> float | None:
+        """Record what the fleet runs after the round; return that model's measured success rate.
+
+        A deployed or promoted candidate's rate (from its first evaluation) becomes the reference;
+        after a rejection or a rollback the previous reference stays.
+        """
+        if decision == 'deploy' or (decision == 'canary' and promoted):
+            self.deployed_success = metrics.success_rate
+        return self.deployed_success
+
+
+class RoundLog:
+    """The server's append-only log of closed rounds, one JSON object per line."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    @classmethod
+    def of(cls, paths: FleetPaths) -> RoundLog:
+        """The round log of the fleet directory `paths` (``server/rounds.jsonl``)."""
+        return cls(paths.server / 'rounds.jsonl')
+
+    def append(self, outcome: dict) -> None:
+        """Append one round's outcome (raises OSError if the disk refuses)."""
+        with open(self.path, 'a') as log:
+            log.write(json.dumps(outcome) + '\n')
+
+    def outcome(self, round_id: int) -> dict:
+        """The last recorded outcome of round `round_id` ({} if none); OSError or ValueError if unreadable."""
+        for line in reversed(self.path.read_text().splitlines()):
+            entry = json.loads(line)
+            if entry['round_id'] == round_id:
+                return entry
+        return {}
+
+    def deployed_success_rate(self) -> float | None:
+        """The deployed model's measured success rate as last recorded (None if never measured)."""
+        lines = self.path.read_text().splitlines() if self.path.exists() else []
+        recorded = [json.loads(line).get('deployed_success_rate') for line in lines if line.strip()]
+        return next((rate for rate in reversed(recorded) if rate is not None), None)

@@ -1,0 +1,1 @@
+"""TensorGuard simulation: simulated robots, the simulated fleet runner, its monitor and the ROS-free replay."""
