@@ -298,11 +298,12 @@ class AggregatorNode(LifecycleNode):
         """Get the next round's key from the key service (without holding the lock), then announce it."""
         with self.lock:
             if self.core.current is not None:
-                raise RoundError('round_open', f'round {self.core.current.config.round_id} is still open')
+                raise RoundError(f'round {self.core.current.config.round_id} is still open', reason='round_open')
             round_id = self.core.next_round_id()
         response = self._call_key_service(self.round_keys, IssueRoundKey.Request(round_id=round_id))
         if not response.success:
-            raise RoundError(response.reason, f'key service refused a key for round {round_id}: {response.message}')
+            raise RoundError(f'key service refused a key for round {round_id}: {response.message}',
+                             reason=response.reason)
         with self.lock:
             config = self.core.open_round(bytes(response.announcement), deadline_s or None, quorum or None)
             self.rounds_started += 1
@@ -369,7 +370,7 @@ class AggregatorNode(LifecycleNode):
                                                request=self.core.aggregate_request())
             response = self._call_key_service(self.key_service, request)
             if not response.success:
-                raise RoundError(response.reason, f'key service refused: {response.message}')
+                raise RoundError(f'key service refused: {response.message}', reason=response.reason)
             candidate = self.core.candidate(bytes(response.result))
             self.phase = 'evaluating'
             metrics = self.gate.evaluate(candidate.policy, round_id, self.core.model_policy, self.held_out)
@@ -428,12 +429,12 @@ class AggregatorNode(LifecycleNode):
     def _call_key_service(self, client, request):
         """Call one of the key service's services from a worker or callback thread and wait for it."""
         if not client.wait_for_service(timeout_sec=30.0):
-            raise RoundError('key_service_unavailable', 'the key service did not answer within 30 s')
+            raise RoundError('the key service did not answer within 30 s', reason='key_service_unavailable')
         done = threading.Event()
         future = client.call_async(request)
         future.add_done_callback(lambda _f: done.set())
         if not done.wait(timeout=120.0):
-            raise RoundError('key_service_timeout', 'no answer from the key service within 120 s')
+            raise RoundError('no answer from the key service within 120 s', reason='key_service_timeout')
         return future.result()
 
     def _finish(self, outcome: dict) -> None:

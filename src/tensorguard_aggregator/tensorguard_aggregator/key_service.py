@@ -23,12 +23,11 @@ recorded round after a theft. Neither is possible when each round's secret opens
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import json
 import logging
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from tensorguard_crypto import update_codec
@@ -36,6 +35,7 @@ from tensorguard_crypto.fleet import KEY_SERVICE_ID, FleetPaths, load_server_ide
 from tensorguard_crypto.keystore import KeyStoreError, destroy_secret, seal_secret, unseal_secret
 from tensorguard_crypto.kms import KMSError
 from tensorguard_crypto.params import standard_params
+from tensorguard_crypto.refusal import Reason, Refusal, reason_of
 from tensorguard_crypto.secagg import KeyService, KeyServiceSecretKey, SecAggError, generate_key_service_keys
 from tensorguard_crypto.verify import QuorumNotMet, VerificationError, verify_aggregate_request, verify_round_config
 from tensorguard_crypto.wire import AggregateResult, RoundKeyAnnouncement
@@ -56,12 +56,8 @@ class KeyServicePolicy:
     min_quorum: int = described('Never decrypt an aggregate of fewer distinct robots, whatever a round says.', 2)
 
 
-class DecryptionRefused(Exception):
-    """The key service will not decrypt; `reason` is a stable code."""
-
-    def __init__(self, reason: str, detail: str) -> None:
-        super().__init__(detail)
-        self.reason = reason
+class DecryptionRefused(Refusal):
+    """The key service will not issue a round key or decrypt (raised with its reason)."""
 
 
 def _write_exclusive(path: Path, data: bytes) -> bool:
@@ -112,7 +108,8 @@ class KeyServiceCore:
         announcement_path, secret_path = directory / 'announcement.bin', directory / 'secret.sealed'
         try:
             if (directory / 'decrypted.json').exists():
-                raise DecryptionRefused('round_key_spent', f'round {round_id} was decrypted already; its key is gone')
+                raise DecryptionRefused(f'round {round_id} was decrypted already; its key is gone',
+                                        reason='round_key_spent')
             if announcement_path.exists() and secret_path.exists():
                 return announcement_path.read_bytes()
             directory.mkdir(parents=True, exist_ok=True)
@@ -132,7 +129,8 @@ class KeyServiceCore:
             raise
         except (OSError, KeyStoreError) as exc:
             self._log(round_id, [], 'key_state_unreadable')
-            raise DecryptionRefused('key_state_unreadable', f'round {round_id}: {type(exc).__name__}: {exc}') from None
+            raise DecryptionRefused(f'round {round_id}: {type(exc).__name__}: {exc}',
+                                    reason='key_state_unreadable') from None
         self._log(round_id, [], 'round_key_issued')
         return announcement
 
@@ -145,40 +143,41 @@ class KeyServiceCore:
             round_id = config.round_id
             if (config.ring_degree, config.modulus_bits, config.plaintext_bits, config.min_clients) != (
                     self.params.n, self.params.coefficient_bits, self.params.plaintext_bits, self.params.min_clients):
-                raise DecryptionRefused('round_parameters_mismatch',
-                                        f'round {config.round_id} uses parameters this key service does not hold')
+                raise DecryptionRefused(f'round {config.round_id} uses parameters this key service does not hold',
+                                        reason='round_parameters_mismatch')
             request = verify_aggregate_request(request_blob, self.kms, config)
             robots = sorted(c.robot_id for c in request.contributions)
             if len(robots) < self.policy.min_quorum:
                 raise QuorumNotMet(f'{len(robots)} contributors, the key service requires {self.policy.min_quorum}')
             directory = self._round_dir(config.round_id)
             if (directory / 'decrypted.json').exists():
-                raise DecryptionRefused('round_already_decrypted',
-                                        f'round {config.round_id} was decrypted once; a second decryption is refused')
+                raise DecryptionRefused(f'round {config.round_id} was decrypted once; a second decryption is refused',
+                                        reason='round_already_decrypted')
             announcement_path = directory / 'announcement.bin'
             if not announcement_path.exists() or announcement_path.read_bytes() != config.round_key:
-                raise DecryptionRefused('unknown_round_key',
-                                        f'round {config.round_id} does not carry the key this key service issued')
+                raise DecryptionRefused(f'round {config.round_id} does not carry the key this key service issued',
+                                        reason='unknown_round_key')
             record = json.dumps({'round_id': config.round_id, 'robots': robots, 'at': time.time()}).encode()
             if not _write_exclusive(directory / 'decrypted.json', record):
-                raise DecryptionRefused('round_already_decrypted',
-                                        f'round {config.round_id} was decrypted once; a second decryption is refused')
+                raise DecryptionRefused(f'round {config.round_id} was decrypted once; a second decryption is refused',
+                                        reason='round_already_decrypted')
             aggregate = self._decrypt_once(config, request)
         except DecryptionRefused as exc:
             self._log(round_id, [], exc.reason)
             raise
         except VerificationError as exc:
             self._log(round_id, [], exc.reason)
-            raise DecryptionRefused(exc.reason, str(exc)) from None
+            raise DecryptionRefused(str(exc), reason=exc.reason) from None
         except KMSError as exc:
             self._log(round_id, [], exc.reason)
-            raise DecryptionRefused(exc.reason, f'the KMS cannot be used: {exc}') from None
+            raise DecryptionRefused(f'the KMS cannot be used: {exc}',
+                                    reason=reason_of(exc.reason, Reason.KMS_ERROR)) from None
         except (OSError, KeyStoreError) as exc:
             self._log(round_id, [], 'key_state_unreadable')
-            raise DecryptionRefused('key_state_unreadable', f'{type(exc).__name__}: {exc}') from None
+            raise DecryptionRefused(f'{type(exc).__name__}: {exc}', reason='key_state_unreadable') from None
         except (SecAggError, ValueError) as exc:
             self._log(round_id, [], 'decryption_failed')
-            raise DecryptionRefused('decryption_failed', str(exc)) from None
+            raise DecryptionRefused(str(exc), reason='decryption_failed') from None
         result = AggregateResult(round_id=config.round_id, config_digest=config.config_digest(), aggregate=aggregate,
                                  contributors=tuple(robots), signer_key_id=KEY_SERVICE_ID,
                                  created_at=time.time()).signed_by(self.identity)

@@ -13,6 +13,7 @@ from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackRet
 
 from tensorguard_crypto.fleet import passphrase_from_environment
 from tensorguard_crypto.kms import KMSError
+from tensorguard_crypto.refusal import Reason, reason_of
 from tensorguard_msgs.srv import DecryptAggregate, IssueRoundKey
 from tensorguard_ros import topics
 from tensorguard_ros.diagnostics import DiagnosticsPublisher, Health
@@ -93,7 +94,8 @@ class KeyServiceNode(LifecycleNode):
             self.kms_check()
         except KMSError as exc:
             self.health.fault('kms', f'KMS audit log or state file unusable ({exc.reason}): {exc}')
-            raise DecryptionRefused(exc.reason, f'the KMS cannot be used: {exc}') from None
+            raise DecryptionRefused(f'the KMS cannot be used: {exc}',
+                                    reason=reason_of(exc.reason, Reason.KMS_ERROR)) from None
         self.health.clear('kms')
 
     def _probe(self) -> None:

@@ -41,6 +41,7 @@ from tensorguard_crypto.hybrid import HybridError, SealedBoxKey
 from tensorguard_crypto.identity import Role
 from tensorguard_crypto.keystore import KeyStoreError, destroy_secret, seal_secret, unseal_secret
 from tensorguard_crypto.kms import KeyManagementSystem, KMSError
+from tensorguard_crypto.refusal import Reason, Refusal
 from tensorguard_crypto.secagg import BodyCiphertext, SecAggError
 from tensorguard_crypto.verify import (MalformedPackage, RoundVerifier, VerificationError, check_signature, decode,
                                        verify_model_package, verify_round_config, verify_round_key)
@@ -108,12 +109,8 @@ def apply_round_sum(model: MoEPolicy, summed: np.ndarray, floor: float, strategy
     return candidate, delta, frozen
 
 
-class RoundError(Exception):
-    """A round cannot proceed; `reason` is a stable code."""
-
-    def __init__(self, reason: str, detail: str) -> None:
-        super().__init__(detail)
-        self.reason = reason
+class RoundError(Refusal):
+    """A round cannot proceed (raised with its reason)."""
 
 
 @dataclass
@@ -138,11 +135,7 @@ def _write_atomic(path: Path, data: bytes) -> None:
 
 
 class UpdateUnusable(VerificationError):
-    """A signed update whose sealed bodies do not open or parse; `reason` says which."""
-
-    def __init__(self, message: str, reason: str) -> None:
-        super().__init__(message)
-        self.reason = reason
+    """A signed update whose sealed bodies do not open or parse (raised with its reason)."""
 
 
 class OpenRound:
@@ -163,9 +156,11 @@ class OpenRound:
         try:
             return self.body_sum.parse(self.transport.open(package.bodies, context))
         except HybridError as exc:
-            raise UpdateUnusable(f'{package.robot_id}: sealed bodies do not open: {exc}', 'unsealing_failed') from None
+            raise UpdateUnusable(f'{package.robot_id}: sealed bodies do not open: {exc}',
+                                 reason=Reason.UNSEALING_FAILED) from None
         except SecAggError as exc:
-            raise UpdateUnusable(f'{package.robot_id}: bodies do not parse: {exc}', 'malformed_bodies') from None
+            raise UpdateUnusable(f'{package.robot_id}: bodies do not parse: {exc}',
+                                 reason=Reason.MALFORMED_BODIES) from None
 
     @property
     def contributors(self) -> list[str]:
@@ -197,7 +192,7 @@ class Aggregator:
         self._resume_open_round()
 
     # Models.
-    def _problem(self, reason: str, detail: str) -> None:
+    def _problem(self, reason: Reason, detail: str) -> None:
         self.state_problems[reason] += 1
         logger.error('aggregator state: %s: %s', reason, detail)
 
@@ -214,7 +209,7 @@ class Aggregator:
                 self.model, self.model_policy = model, MoEPolicy.from_bytes(model.parameters)
                 return
             except (VerificationError, OSError, ValueError) as exc:
-                self._problem('model_file_unreadable', f'{path}: {type(exc).__name__}: {exc}')
+                self._problem(Reason.MODEL_FILE_UNREADABLE, f'{path}: {type(exc).__name__}: {exc}')
 
     def publish_model(self, policy: MoEPolicy, round_id: int, decision: str) -> ModelPackage:
         """Sign and persist a new model version derived from the current one."""
@@ -260,9 +255,9 @@ class Aggregator:
         """Announce a new round with a fresh seed and transport key from the OS CSPRNG, carrying the
         key service's signed `round_key` for it; persisted before it is returned."""
         if self.current is not None:
-            raise RoundError('round_open', f'round {self.current.config.round_id} is still open')
+            raise RoundError(f'round {self.current.config.round_id} is still open', reason='round_open')
         if self.model is None:
-            raise RoundError('no_model', 'no initial model: provision one first')
+            raise RoundError('no initial model: provision one first', reason='no_model')
         round_id = self.next_round_id()
         seed = secrets.token_bytes(32)
         codec = self._codec(seed)
@@ -280,7 +275,7 @@ class Aggregator:
         try:
             verify_round_key(config, self.kms)
         except VerificationError as exc:
-            raise RoundError(exc.reason, f'round {round_id}: {exc}') from None
+            raise RoundError(f'round {round_id}: {exc}', reason=exc.reason) from None
         directory = self.rounds_dir / str(round_id)
         directory.mkdir(parents=True, exist_ok=True)
         destroy_secret(directory / 'transport.sealed')
@@ -306,7 +301,7 @@ class Aggregator:
                                  f'this aggregator runs {self.strategy.name}')
             codec = self._codec(config.round_seed)
         except (VerificationError, OSError, KeyStoreError, HybridError, KMSError, ValueError) as exc:
-            self._problem('round_state_unreadable', f'round {ids[-1]}: {type(exc).__name__}: {exc}')
+            self._problem(Reason.ROUND_STATE_UNREADABLE, f'round {ids[-1]}: {type(exc).__name__}: {exc}')
             self._abandon(directory, ids[-1], f'round state unreadable on resume ({type(exc).__name__})')
             return
         # Updates on disk were accepted before their deadline; re-verify everything but the clock.
@@ -321,8 +316,8 @@ class Aggregator:
                     raise
                 self.current.body_sum.add(body)
             except (VerificationError, OSError) as exc:
-                reason = getattr(exc, 'reason', 'update_unreadable')
-                self._problem(f'quarantined_{reason}', f'round {config.round_id}: {path.name}: {exc}')
+                cause = getattr(exc, 'reason', 'unreadable')
+                self._problem(Reason.QUARANTINED, f'round {config.round_id}: {path.name} ({cause}): {exc}')
                 self._move(path, directory / 'quarantine')
         self.current.verifier.clock = time.time
 
@@ -332,7 +327,7 @@ class Aggregator:
                 {'round_id': round_id, 'outcome': 'abandoned', 'reason': 'round_state_unreadable',
                  'detail': detail}, indent=2).encode())
         except OSError as exc:
-            self._problem('round_state_unwritable', f'round {round_id}: {exc}')
+            self._problem(Reason.STORAGE_ERROR, f'round {round_id}: outcome not writable: {exc}')
 
     @staticmethod
     def _move(path: Path, folder: Path) -> None:
@@ -343,7 +338,7 @@ class Aggregator:
         """Verify one update, open its sealed bodies and add them; raises `VerificationError` (with a
         reason) otherwise, and nothing is recorded for a refused update."""
         if self.current is None:
-            raise RoundError('no_open_round', 'no round is open')
+            raise RoundError('no round is open', reason='no_open_round')
         package = self.current.verifier.verify(data)
         try:
             body = self.current.open_body(package)
@@ -406,8 +401,8 @@ class Aggregator:
         self.drop_revoked()
         config = self.current.config
         if len(self.current.contributors) < config.quorum:
-            raise RoundError('quorum_lost', f'round {config.round_id}: {len(self.current.contributors)} '
-                             f'contributors left after revocations, quorum is {config.quorum}')
+            raise RoundError(f'round {config.round_id}: {len(self.current.contributors)} '
+                             f'contributors left after revocations, quorum is {config.quorum}', reason='quorum_lost')
         return AggregateRequest(round_id=config.round_id, config_digest=config.config_digest(),
                                 summed_bodies=self.current.body_sum.to_bytes(),
                                 contributions=tuple(self.current.verifier.contributions()),
@@ -421,11 +416,11 @@ class Aggregator:
             result = decode(AggregateResult, result_blob)
             check_signature(result, self.kms, result.signer_key_id, (Role.KEY_SERVICE,))
         except VerificationError as exc:
-            raise RoundError(exc.reason, f'aggregate result refused: {exc}') from None
+            raise RoundError(f'aggregate result refused: {exc}', reason=exc.reason) from None
         if result.round_id != config.round_id or result.config_digest != config.config_digest():
-            raise RoundError('wrong_round', 'aggregate result is bound to another round')
+            raise RoundError('aggregate result is bound to another round', reason='wrong_round')
         if sorted(result.contributors) != sorted(self.current.contributors):
-            raise RoundError('contributors_mismatch', 'the key service decrypted another set of robots')
+            raise RoundError('the key service decrypted another set of robots', reason='contributors_mismatch')
         _write_atomic(self.current.directory / 'aggregate.bin', result_blob)
         summed = update_codec.decode_aggregate(self.current.codec, result.aggregate)
         floor = segment_weight_floor(self.current.codec, len(result.contributors), self.policy.min_segment_weight)

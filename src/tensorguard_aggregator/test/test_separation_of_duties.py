@@ -246,7 +246,7 @@ def test_aggregator_restarts_after_a_contributor_was_revoked_and_quarantines_its
     server.aggregator.kms.revoke_key('robot_b', 'stolen robot')
     restarted = server.restart_aggregator()
     assert restarted.current.contributors == ['robot_a', 'robot_c']
-    assert restarted.state_problems['quarantined_revoked_signer'] == 1
+    assert restarted.state_problems['quarantined'] == 1
     assert (restarted.current.directory / 'quarantine' / 'robot_b.tgu').exists()
     _assert_sum_of(server, server.decrypt(), [vectors['robot_a'], vectors['robot_c']])
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import enum
 
 
-class Reason(str, enum.Enum):
+class Reason(enum.StrEnum):
     """Every stable refusal code (the value is what nodes publish and count)."""
 
     # Verification of signed records (verify.py).
@@ -93,3 +93,11 @@ class Refusal(Exception):
             self.reason = Reason(reason)
         elif not isinstance(getattr(type(self), 'reason', None), Reason):
             raise TypeError(f'{type(self).__name__} stands for no single reason: pass reason=')
+
+
+def reason_of(code: str, fallback: Reason) -> Reason:
+    """`code` as a `Reason` if it is one (e.g. the code of a KMS error), else `fallback`."""
+    try:
+        return Reason(code)
+    except ValueError:
+        return fallback

@@ -14,6 +14,7 @@ from typing import Callable, Iterable, Protocol, TypeVar
 
 from .identity import IdentityError, Role
 from .kms import KeyRevoked, KMSError, UnknownKey
+from .refusal import Reason, Refusal
 from .wire import (
     DEFAULT_MAX_PACKAGE_BYTES,
     AggregateRequest,
@@ -29,22 +30,22 @@ from .wire import (
 )
 
 
-class VerificationError(Exception):
-    """Base of all refusals; `reason` is a stable code for counting rejections."""
+class VerificationError(Refusal):
+    """Base of all verification refusals; each subclass stands for one `Reason`."""
 
-    reason = 'verification_error'
+    reason = Reason.VERIFICATION_ERROR
 
 
 class OversizedPackage(VerificationError):
     """The package or one of its fields exceeds its size limit."""
 
-    reason = 'oversized'
+    reason = Reason.OVERSIZED
 
 
 class MalformedPackage(VerificationError):
     """The bytes are not a valid record; `wire_reason` holds the decoder's specific code."""
 
-    reason = 'malformed'
+    reason = Reason.MALFORMED
 
     def __init__(self, message: str, wire_reason: str) -> None:
         super().__init__(message)
@@ -54,91 +55,91 @@ class MalformedPackage(VerificationError):
 class UnknownSigner(VerificationError):
     """The signer is not enrolled in the KMS (or not in the role this record needs)."""
 
-    reason = 'unknown_signer'
+    reason = Reason.UNKNOWN_SIGNER
 
 
 class RevokedSigner(VerificationError):
     """The signer's key was revoked."""
 
-    reason = 'revoked_signer'
+    reason = Reason.REVOKED_SIGNER
 
 
 class KeyServiceUnavailable(VerificationError):
     """The KMS could not answer (e.g. its audit log failed verification)."""
 
-    reason = 'kms_error'
+    reason = Reason.KMS_ERROR
 
 
 class BadSignature(VerificationError):
     """The signature does not verify under the signer's enrolled key."""
 
-    reason = 'bad_signature'
+    reason = Reason.BAD_SIGNATURE
 
 
 class ReplayedPackage(VerificationError):
     """The package belongs to an earlier round."""
 
-    reason = 'replayed_round'
+    reason = Reason.REPLAYED_ROUND
 
 
 class WrongRound(VerificationError):
     """The package names a round that has not started."""
 
-    reason = 'wrong_round'
+    reason = Reason.WRONG_ROUND
 
 
 class WrongRoundSeed(VerificationError):
     """The package's round seed differs from the round config's."""
 
-    reason = 'wrong_round_seed'
+    reason = Reason.WRONG_ROUND_SEED
 
 
 class WrongConfigDigest(VerificationError):
     """The package binds a different round-config digest."""
 
-    reason = 'wrong_config_digest'
+    reason = Reason.WRONG_CONFIG_DIGEST
 
 
 class WrongModelVersion(VerificationError):
     """The package was trained from a different model version than the round's."""
 
-    reason = 'wrong_model_version'
+    reason = Reason.WRONG_MODEL_VERSION
 
 
 class DeadlinePassed(VerificationError):
     """The package arrived after the round's deadline."""
 
-    reason = 'deadline_passed'
+    reason = Reason.DEADLINE_PASSED
 
 
 class PayloadSizeMismatch(VerificationError):
     """Bodies or key ciphertext do not have the size the round's parameters imply."""
 
-    reason = 'payload_size_mismatch'
+    reason = Reason.PAYLOAD_SIZE_MISMATCH
 
 
 class DuplicateRobot(VerificationError):
     """The robot already contributed to this round."""
 
-    reason = 'duplicate_robot'
+    reason = Reason.DUPLICATE_ROBOT
 
 
 class QuorumNotMet(VerificationError):
     """A manifest names fewer distinct valid contributors than the round's quorum."""
 
-    reason = 'quorum_not_met'
+    reason = Reason.QUORUM_NOT_MET
 
 
 class UntrustedRoundKey(VerificationError):
     """The round's key-service key is not signed by the key service for exactly this round and parameters."""
 
-    reason = 'untrusted_round_key'
+    reason = Reason.UNTRUSTED_ROUND_KEY
 
 
 class StaleModel(VerificationError):
     """A model package does not advance the current model version (rollback attempt)."""
 
-    reason = 'stale_model'
+    reason = Reason.STALE_MODEL
 
 
 class KeyResolver(Protocol):

@@ -34,6 +34,7 @@ from tensorguard_crypto.accountant import DPPolicyProfile, PrivacyLedger
 from tensorguard_crypto.hybrid import HybridError
 from tensorguard_crypto.identity import Role
 from tensorguard_crypto.keystore import load_key
+from tensorguard_crypto.refusal import Refusal
 from tensorguard_crypto.secagg import SecAggError
 from tensorguard_crypto.verify import (PinnedKeys, VerificationError, verify_model_package, verify_round_config,
                                        verify_round_key)
@@ -82,20 +83,12 @@ class EdgeConfig:
     strategy: str = described('Aggregation strategy (expert_driven or fedavg); rounds announcing another are '
                               'refused.', 'expert_driven')
 
-class RoundRefused(Exception):
-    """The robot will not contribute to this round; `reason` is a stable code."""
-
-    def __init__(self, reason: str, detail: str) -> None:
-        super().__init__(detail)
-        self.reason = reason
+class RoundRefused(Refusal):
+    """The robot will not contribute to this round (raised with its reason)."""
 
 
-class ModelRefused(Exception):
-    """A model package was not applied; `reason` is a stable code."""
-
-    def __init__(self, reason: str, detail: str) -> None:
-        super().__init__(detail)
-        self.reason = reason
+class ModelRefused(Refusal):
+    """A model package was not applied (raised with its reason)."""
 
 
 @dataclass
@@ -191,11 +184,11 @@ class EdgeClient:
             model = verify_model_package(blob, self.trust.keys, current_version=current_version)
         except VerificationError as exc:
             reason = 'not_newer' if exc.reason == 'stale_model' else exc.reason
-            raise ModelRefused(reason, str(exc)) from None
+            raise ModelRefused(str(exc), reason=reason) from None
         try:
             policy = MoEPolicy.from_bytes(model.parameters)
         except (LearningError, ValueError) as exc:
-            raise ModelRefused('malformed_model', f'parameters do not load: {exc}') from None
+            raise ModelRefused(f'parameters do not load: {exc}', reason='malformed_model') from None
         self.policy, self.model_version = policy, model.model_version
         residual = self.state_dir / 'residual.npy'
         total = sum(policy.segment_sizes())
@@ -222,7 +215,7 @@ class EdgeClient:
             cfg = verify_round_config(config_blob, self.trust.keys)
             round_key = verify_round_key(cfg, self.trust.keys)
         except VerificationError as exc:
-            raise RoundRefused(exc.reason, str(exc)) from None
+            raise RoundRefused(str(exc), reason=exc.reason) from None
         self._check_round(cfg)
         indices = adapter_round_coordinates(cfg.round_seed, self.policy, cfg.num_coordinates)
         try:
@@ -230,11 +223,11 @@ class EdgeClient:
                                                  self.strategy.vector_length(self.policy.segment_sizes(), indices),
                                                  self.config.max_clients)
         except (update_codec.RoundMismatch, ValueError) as exc:
-            raise RoundRefused(update_codec.RoundMismatch.reason, str(exc)) from None
+            raise RoundRefused(str(exc), reason=update_codec.RoundMismatch.reason) from None
         epsilon_after = self.ledger.epsilon_after(codec.skellam)
         if self.config.hard_stop and epsilon_after > self.config.epsilon_budget:
-            raise RoundRefused('budget_exhausted', f'round {cfg.round_id} would raise epsilon to '
-                               f'{epsilon_after:.3f}, over the budget {self.config.epsilon_budget:.3f}')
+            raise RoundRefused(f'round {cfg.round_id} would raise epsilon to '
+                               f'{epsilon_after:.3f}, over the budget {self.config.epsilon_budget:.3f}', reason='budget_exhausted')
 
         progress('training')
         global_segments = self.error_feedback.start_from(self.policy)
@@ -252,7 +245,8 @@ class EdgeClient:
                 codec, round_key.public_key, cfg.aggregator_transport_key,
                 update_codec.body_seal_context(self.config.robot_id, cfg.round_id, cfg.config_digest()), vector)
         except (SecAggError, HybridError) as exc:
-            raise RoundRefused('untrusted_round_key', f'round {cfg.round_id}: announced keys are unusable: {exc}') from None
+            raise RoundRefused(f'round {cfg.round_id}: announced keys are unusable: {exc}',
+                               reason='untrusted_round_key') from None
         package = UpdatePackage(
             robot_id=self.config.robot_id, round_id=cfg.round_id, round_seed=cfg.round_seed,
             config_digest=cfg.config_digest(), model_version=cfg.model_version, created_at=time.time(),
@@ -267,7 +261,7 @@ class EdgeClient:
         try:
             self.envelope.check_update_size(size)
         except LearningError as exc:
-            raise RoundRefused('update_too_large', str(exc)) from None
+            raise RoundRefused(str(exc), reason='update_too_large') from None
         # The spend is on disk before the package can leave: a crash over-counts, never under-counts.
         self.ledger.charge(str(cfg.round_id), codec.skellam)
         self._save_ledger()
@@ -289,24 +283,23 @@ class EdgeClient:
     def _check_round(self, cfg: RoundConfigPackage) -> None:
         last = self.last_round_id
         if cfg.round_id == last:
-            raise RoundRefused('already_contributed', f'round {cfg.round_id} already contributed')
+            raise RoundRefused(f'round {cfg.round_id} already contributed', reason='already_contributed')
         if cfg.round_id < last:
-            raise RoundRefused('replayed_round', f'round {cfg.round_id} is older than {last}')
+            raise RoundRefused(f'round {cfg.round_id} is older than {last}', reason='replayed_round')
         if cfg.deadline < time.time():
-            raise RoundRefused('deadline_passed', f'round {cfg.round_id} closed already')
+            raise RoundRefused(f'round {cfg.round_id} closed already', reason='deadline_passed')
         if self.policy is None:
-            raise RoundRefused('no_model', 'no verified model yet')
+            raise RoundRefused('no verified model yet', reason='no_model')
         if cfg.model_version != self.model_version:
-            raise RoundRefused('model_mismatch', f'round trains model {cfg.model_version}, '
-                               f'this robot runs {self.model_version}')
+            raise RoundRefused(f'round trains model {cfg.model_version}, '
+                               f'this robot runs {self.model_version}', reason='model_mismatch')
         if cfg.total_coordinates != sum(self.policy.segment_sizes()):
-            raise RoundRefused('shape_mismatch', 'round coordinates do not match the model')
+            raise RoundRefused('round coordinates do not match the model', reason='shape_mismatch')
         if cfg.aggregation_strategy != self.strategy.name:
-            raise RoundRefused(update_codec.RoundMismatch.reason,
-                               f'round {cfg.round_id} announces aggregation strategy {cfg.aggregation_strategy}, '
-                               f'this robot is configured for {self.strategy.name}')
+            raise RoundRefused(f'round {cfg.round_id} announces aggregation strategy {cfg.aggregation_strategy}, '
+                               f'this robot is configured for {self.strategy.name}', reason=update_codec.RoundMismatch.reason)
         if self.store.count() == 0:
-            raise RoundRefused('no_demonstrations', 'the store holds no episodes yet')
+            raise RoundRefused('the store holds no episodes yet', reason='no_demonstrations')
 
     def status(self) -> EdgeStatus:
         """Snapshot for status messages."""

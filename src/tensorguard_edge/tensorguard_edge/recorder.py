@@ -16,15 +16,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from tensorguard_crypto.refusal import Refusal
 from tensorguard_learning.demonstrations import Demonstration
 
 
-class StreamError(ValueError):
-    """A stream message that cannot belong to any episode (malformed or out of place)."""
-
-    def __init__(self, reason: str, detail: str) -> None:
-        super().__init__(f'{reason}: {detail}')
-        self.reason = reason
+class StreamError(Refusal):
+    """A stream message that cannot belong to any episode: malformed or out of place (raised with its reason)."""
 
 
 @dataclass
@@ -60,23 +57,23 @@ class EpisodeAssembler:
             event = json.loads(payload)
             kind, episode = event['event'], event['episode']
         except (ValueError, KeyError, TypeError) as exc:
-            raise StreamError('malformed_event', f'not an episode event: {exc}') from None
+            raise StreamError(f'not an episode event: {exc}', reason='malformed_event') from None
         if not isinstance(episode, int) or episode < 0:
-            raise StreamError('malformed_event', 'episode must be a non-negative integer')
+            raise StreamError('episode must be a non-negative integer', reason='malformed_event')
         if kind == 'begin':
             task = event.get('task')
             if not isinstance(task, str) or not task:
-                raise StreamError('malformed_event', 'begin event needs a non-empty task')
+                raise StreamError('begin event needs a non-empty task', reason='malformed_event')
             self._slot(episode).task = task
         elif kind == 'end':
             frames = event.get('frames')
             if not isinstance(frames, int) or not 0 <= frames <= self.max_frames:
-                raise StreamError('malformed_event', f'end event frames must be 0..{self.max_frames}')
+                raise StreamError(f'end event frames must be 0..{self.max_frames}', reason='malformed_event')
             slot = self._slot(episode)
             slot.expected_frames = frames
             slot.success = bool(event.get('success', False))
         else:
-            raise StreamError('malformed_event', f'unknown event {kind!r}')
+            raise StreamError(f'unknown event {kind!r}', reason='malformed_event')
         self._try_complete(episode)
 
     def on_observation(self, episode: int, frame_index: int, values: np.ndarray) -> None:
@@ -105,11 +102,11 @@ class EpisodeAssembler:
 
     def _add(self, episode: int, index: int, values: np.ndarray, dim: int, what: str) -> None:
         if episode < 0:
-            raise StreamError('malformed_frame', f'{what} frame names episode {episode}')
+            raise StreamError(f'{what} frame names episode {episode}', reason='malformed_frame')
         if not 0 <= index < self.max_frames:
-            raise StreamError('malformed_frame', f'{what} frame index {index} outside 0..{self.max_frames - 1}')
+            raise StreamError(f'{what} frame index {index} outside 0..{self.max_frames - 1}', reason='malformed_frame')
         if values.shape != (dim,) or not np.all(np.isfinite(values)):
-            raise StreamError('malformed_frame', f'{what} must be {dim} finite values, got shape {values.shape}')
+            raise StreamError(f'{what} must be {dim} finite values, got shape {values.shape}', reason='malformed_frame')
         slot = self._slot(episode)
         (slot.states if what == 'observation' else slot.actions)[index] = values.astype(np.float32)
         self._try_complete(episode)
