@@ -26,8 +26,15 @@ from tensorguard_crypto.accountant import DPPolicyProfile
 from tensorguard_crypto.fleet import AGGREGATOR_ID, FleetPaths, enroll_robot, load_server_identity
 from tensorguard_crypto.identity import Identity, Role
 from tensorguard_crypto.keystore import load_key
-from tensorguard_crypto.wire import (AggregateRequest, AggregateResult, ModelPackage, RoundConfigPackage,
-                                     RoundKeyAnnouncement, SafetyStats, UpdatePackage)
+from tensorguard_crypto.wire import (
+    AggregateRequest,
+    AggregateResult,
+    ModelPackage,
+    RoundConfigPackage,
+    RoundKeyAnnouncement,
+    SafetyStats,
+    UpdatePackage,
+)
 from tensorguard_learning.compression import adapter_round_coordinates
 from tensorguard_learning.policy import MoEPolicy
 from tensorguard_msgs.action import RunRound
@@ -178,7 +185,7 @@ def test_two_rounds_advance_the_model_and_every_robot_applies_it(fleet):
         assert result.gate_decision in ('deploy', 'canary')
         assert result.model_version > version
         version = result.model_version
-        wait_for(lambda: all(s.model_version == version for s in op.robots.values()), 60,
+        wait_for(lambda version=version: all(s.model_version == version for s in op.robots.values()), 60,
                  f'every robot to apply model {version}')
     assert all(s.epsilon_spent > 0 and s.last_update_bytes > 0 for s in op.robots.values())
 
@@ -206,7 +213,8 @@ def test_forged_replayed_and_malformed_updates_are_refused_by_reason(fleet):
     before = op.rejections()
     replayed = (fleet.paths.server / 'rounds' / '1' / 'updates' / 'robot_1.tgu').read_bytes()
     op.send('robot_1', 1, replayed)
-    current = RoundConfigPackage.deserialize((fleet.paths.server / 'rounds' / str(round_id) / 'config.bin').read_bytes())
+    round_dir = fleet.paths.server / 'rounds' / str(round_id)
+    current = RoundConfigPackage.deserialize((round_dir / 'config.bin').read_bytes())
     honest = UpdatePackage.deserialize(replayed)
     impostor = Identity.generate('robot_1', Role.ROBOT)
     forged = UpdatePackage(**{**{f: getattr(honest, f) for f in honest.__dataclass_fields__},
@@ -237,7 +245,8 @@ def test_update_whose_header_claims_another_robot_or_round_is_refused(fleet):
     wait_for(lambda: op.rejections().get('header_mismatch', 0) - before.get('header_mismatch', 0) == 3, 30,
              f'three header_mismatch refusals (now {op.rejections()})')
     time.sleep(1.5)  # one more status period: nothing else was refused or accepted
-    assert {r: n - before.get(r, 0) for r, n in op.rejections().items() if n != before.get(r, 0)} == {'header_mismatch': 3}
+    changed = {r: n - before.get(r, 0) for r, n in op.rejections().items() if n != before.get(r, 0)}
+    assert changed == {'header_mismatch': 3}
     logs = ''.join(p.read_text() for p in fleet.procs.log_dir.glob('aggregator*.log'))
     assert "refused update (header_mismatch): claimed 'robot_2', round 4242" in logs
     assert all(fleet.alive(name) for name in fleet.procs.children)

@@ -39,21 +39,18 @@ from tensorguard_crypto.refusal import Reason, Refusal, reason_of
 from tensorguard_crypto.secagg import KeyService, KeyServiceSecretKey, SecAggError, generate_key_service_keys
 from tensorguard_crypto.verify import QuorumNotMet, VerificationError, verify_aggregate_request, verify_round_config
 from tensorguard_crypto.wire import AggregateResult, RoundKeyAnnouncement
-from tensorguard_ros.config_fields import described
+from tensorguard_ros.config_fields import LatticeSettings, described
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass
-class KeyServicePolicy:
-    """Key-service configuration (each field becomes a ROS parameter)."""
+class KeyServicePolicy(LatticeSettings):
+    """Key-service configuration: the fleet's `LatticeSettings` and its own (each field becomes a ROS parameter)."""
 
-    fleet_dir: str = described('Fleet directory holding server/ (see provisioning).', '')
-    security_level: int = described('Lattice security level: 128, 192 or 256.', 128)
-    plaintext_bits: int = described('Bits b of the summed integers.', 20)
-    max_clients: int = described('Largest number of robots one round may sum.', 16)
-    min_clients: int = described('DP: noise is sized for a sum over at least this many robots.', 2)
-    min_quorum: int = described('Never decrypt an aggregate of fewer distinct robots, whatever a round says.', 2)
+    fleet_dir: str = described('Fleet directory holding server/ (see provisioning).', '', read_only=True)
+    min_quorum: int = described('Never decrypt an aggregate of fewer distinct robots, whatever a round says.', 2,
+                                minimum=2, read_only=True)
 
 
 class DecryptionRefused(Refusal):

@@ -50,7 +50,7 @@ from tensorguard_crypto.wire import (AggregateRequest, AggregateResult, ModelPac
 from tensorguard_learning.aggregation import Strategy, apply_update, strategy_from_name
 from tensorguard_learning.compression import adapter_round_coordinates
 from tensorguard_learning.policy import MoEPolicy
-from tensorguard_ros.config_fields import described
+from tensorguard_ros.config_fields import POSITIVE, RoundSettings, described
 
 logger = logging.getLogger(__name__)
 
@@ -58,28 +58,21 @@ logger = logging.getLogger(__name__)
 
 
 @dataclass
-class RoundPolicy:
-    """How the aggregator runs rounds (each field becomes a ROS parameter)."""
+class RoundPolicy(RoundSettings):
+    """How the aggregator runs rounds: the fleet's `RoundSettings` and its own (each field becomes a ROS parameter)."""
 
-    fleet_dir: str = described('Fleet directory holding server/ (see provisioning).', '')
-    security_level: int = described('Lattice security level: 128, 192 or 256.', 128)
-    plaintext_bits: int = described('Bits b of the summed integers.', 20)
-    max_clients: int = described('Largest number of robots one round may sum.', 16)
-    clipping_norm: float = described('DP: L2 norm each robot clips its update to.', 1.0)
-    noise_multiplier: float = described('DP: noise std of the sum over min_clients robots / clipping_norm.', 1.0)
-    min_clients: int = described('DP: noise is sized for a sum over at least this many robots.', 2)
-    quorum: int = described('Distinct robots needed before an aggregate may be decrypted.', 2)
+    fleet_dir: str = described('Fleet directory holding server/ (see provisioning).', '', read_only=True)
+    quorum: int = described('Distinct robots needed before an aggregate may be decrypted.', 2,
+                            minimum=2, read_only=True)
     coordinates_per_round: int = described(
         'k of shared random-k compression over expert coordinates; task segments are always sent '
-        '(0: send every coordinate).', 0)
-    round_deadline_s: float = described('Seconds a round collects updates.', 120.0)
-    server_learning_rate: float = described('Scale applied to the aggregated delta.', 1.0)
+        '(0: send every coordinate).', 0, minimum=0)
+    round_deadline_s: float = described('Seconds a round collects updates.', 120.0, minimum=POSITIVE)
+    server_learning_rate: float = described('Scale applied to the aggregated delta.', 1.0, minimum=POSITIVE)
     min_segment_weight: float = described(
         'An expert or task segment is updated only if the robots\' summed usage weight for it reaches '
-        'this (in robot-equivalents) and SEGMENT_NOISE_MARGIN times the DP noise std of that sum.', 0.1)
-    strategy: str = described(
-        'Aggregation strategy: expert_driven (usage-weighted per-expert means) or fedavg (plain mean); '
-        'announced in every round config, robots configured otherwise refuse the round.', 'expert_driven')
+        'this (in robot-equivalents) and SEGMENT_NOISE_MARGIN times the DP noise std of that sum.', 0.1,
+        minimum=0.0)
 
 
 # A segment's weighted mean is its decrypted sum divided by its decrypted weight; a weight within

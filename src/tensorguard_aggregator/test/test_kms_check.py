@@ -5,10 +5,9 @@ from datetime import datetime, timezone
 
 import pytest
 
+from tensorguard_aggregator.kms_check import KMSCheck
 from tensorguard_crypto.identity import Identity
 from tensorguard_crypto.kms import AuditLogTampered, KeyManagementSystem, KeyMetadata, StateMismatch
-
-from tensorguard_aggregator.kms_check import KMSCheck
 
 
 @pytest.fixture

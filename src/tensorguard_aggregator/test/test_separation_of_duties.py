@@ -15,9 +15,15 @@ from tensorguard_aggregator.rounds import Aggregator, RoundPolicy
 from tensorguard_crypto import update_codec
 from tensorguard_crypto.fleet import AGGREGATOR_ID, FleetPaths, enroll_robot, provision_server
 from tensorguard_crypto.identity import Identity
-from tensorguard_crypto.keystore import load_key, unseal_secret
-from tensorguard_crypto.secagg import (BodyCiphertext, KeyCiphertext, KeyService, KeyServiceSecretKey, SummedKey,
-                                       unpack_residues)
+from tensorguard_crypto.keystore import KeyStoreError, load_key, unseal_secret
+from tensorguard_crypto.secagg import (
+    BodyCiphertext,
+    KeyCiphertext,
+    KeyService,
+    KeyServiceSecretKey,
+    SummedKey,
+    unpack_residues,
+)
 from tensorguard_crypto.skellam import SkellamDecoder
 from tensorguard_crypto.verify import VerificationError
 from tensorguard_crypto.wire import AggregateRequest, AggregateResult, RoundKeyAnnouncement, SafetyStats, UpdatePackage
@@ -122,7 +128,7 @@ def open_single_key(secret: KeyServiceSecretKey, key_ciphertext: bytes) -> Summe
     s_ntt = ring.ntt(ring.from_signed(secret.s))
     noisy = ring.centered(ring.intt(ring.add(ct.c0, ring.pointwise(ct.c1, s_ntt))))
     key = np.floor_divide(noisy + params.key_scale // 2, params.key_scale)
-    assert np.all(np.abs(key) <= 1), 'a single key ciphertext must decrypt to the robot\'s ternary key'
+    assert np.all(np.abs(key) <= 1), "a single key ciphertext must decrypt to the robot's ternary key"
     return SummedKey(params, 1, ring.ntt(ring.from_signed(key)))
 
 
@@ -174,7 +180,7 @@ def test_thief_of_the_server_files_after_the_round_opens_nothing_of_it(server, t
     for context in (f'key_service/round/{round_id}', f'{AGGREGATOR_ID}/round/{round_id}/transport'):
         for path in stolen.rglob('*'):
             if path.is_file() and path.suffix != '.key':
-                with pytest.raises(Exception):
+                with pytest.raises(KeyStoreError):
                     unseal_secret(path, PASSPHRASE, context.encode())
     assert not list(stolen.rglob('secret.sealed')) and not list(stolen.rglob('transport.sealed'))
     with pytest.raises(DecryptionRefused) as refused:

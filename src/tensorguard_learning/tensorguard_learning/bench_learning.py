@@ -179,7 +179,8 @@ def main(argv: list[str] | None = None) -> int:
     pretrain_loss = pretrain(base, BCData.from_demonstrations(base, pre_demos),
                              TrainingBudget(max_steps=args.pretrain_steps, batch_size=args.batch_size,
                                             learning_rate=args.lr))
-    held_out = BCData.from_demonstrations(base, [d for t in tasks for d in _cached_demos(t, 3, HELD_OUT_SEED, args.cache_dir)])
+    held_out_demos = [d for t in tasks for d in _cached_demos(t, 3, HELD_OUT_SEED, args.cache_dir)]
+    held_out = BCData.from_demonstrations(base, held_out_demos)
     bar.update(1)
 
     robot_data: list[BCData] = []
@@ -204,9 +205,11 @@ def main(argv: list[str] | None = None) -> int:
                                                 learning_rate=args.lr), envelope)
     central_time = time.perf_counter() - t0
     bar.set_postfix_str('evaluating centralised')
-    rows.append(Row('pre-trained base + initial adapter (round 0)', rollout_success(base, tasks, args.eval_episodes, EVAL_SEED),
+    rows.append(Row('pre-trained base + initial adapter (round 0)',
+                    rollout_success(base, tasks, args.eval_episodes, EVAL_SEED),
                     None, None, f'base pre-trained on {args.pretrain_tasks} task(s)'))
-    rows.append(Row('centralised BC, pooled data (upper bound)', rollout_success(central, tasks, args.eval_episodes, EVAL_SEED),
+    rows.append(Row('centralised BC, pooled data (upper bound)',
+                    rollout_success(central, tasks, args.eval_episodes, EVAL_SEED),
                     None, None, f'{central_steps} steps in {central_time:.0f} s'))
     bar.update(1)
 
@@ -230,9 +233,9 @@ def main(argv: list[str] | None = None) -> int:
     bar.update(1)
 
     runs = {}
+    compressed = f'FedMoE + random-k (1/{args.compression_ratio} bytes) + EF + prox {args.proximal_mu}'
     for name, strategy, ratio in (('FedAvg', FedAvgStrategy(), None), ('FedMoE', ExpertDrivenStrategy(), None),
-                                  (f'FedMoE + random-k (1/{args.compression_ratio} bytes) + EF + prox {args.proximal_mu}', ExpertDrivenStrategy(),
-                                   args.compression_ratio)):
+                                  (compressed, ExpertDrivenStrategy(), args.compression_ratio)):
         bar.set_postfix_str(name)
         run = _federate(name, base, robot_data, strategy, args, envelope, ratio, bar)
         runs[name] = run
@@ -259,7 +262,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f'# robots: {args.robots}, each with {args.tasks_per_robot} task(s) x {args.demos_per_robot_task} demos '
           f'(non-IID); {split}')
     print(f'# adapter: {args.experts} experts (top-{cfg.top_k}), {sum(base.segment_sizes())} federated parameters '
-          f'(dense fp32 update {dense_bytes} B); rounds {args.rounds} x {args.local_steps} local steps, batch {args.batch_size}')
+          f'(dense fp32 update {dense_bytes} B); rounds {args.rounds} x {args.local_steps} local steps, '
+          f'batch {args.batch_size}')
     print('| method | mean success (Beta 95% lower bound, episodes) | per task | bytes/robot/round | s/round | note |')
     print('|---|---|---|---|---|---|')
     for row in rows:

@@ -140,7 +140,7 @@ class EvaluationGate:
         reference = metrics.reference_success_rate
         if reference is not None and total and metrics.success_rate < reference - th.max_regression:
             failures.append(f'success {metrics.success_rate:.3f} is more than max_regression {th.max_regression:.3f} '
-                            f'below the deployed policy\'s {reference:.3f}')
+                            f"below the deployed policy's {reference:.3f}")
         if metrics.kl_divergence is None:
             failures.append('KL divergence to the current policy was not measured')
         elif not np.isfinite(metrics.kl_divergence) or metrics.kl_divergence > th.max_kl_divergence:

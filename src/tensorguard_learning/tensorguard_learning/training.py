@@ -165,7 +165,7 @@ def train_local(policy: MoEPolicy, source: DemonstrationStore | BCData | Sequenc
     """
     envelope.check_training(policy, modules)
     if 'base' in modules:
-        raise ConfigError("train_local federates the adapter only; pre-train the base with pretrain()")
+        raise ConfigError('train_local federates the adapter only; pre-train the base with pretrain()')
     data = _as_data(policy, source)
     reference = [np.asarray(s, dtype=np.float32).copy() for s in (reference or policy.flatten_segments())]
     trainable = {id(p) for m in modules for p in module_parameters(policy, m)}

@@ -3,10 +3,10 @@ import os
 
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from tensorguard_learning.aggregation import (ExpertDrivenStrategy, FedAvgStrategy, apply_update,
-                                              split_update_vector)
+from tensorguard_learning.aggregation import ExpertDrivenStrategy, FedAvgStrategy, apply_update, split_update_vector
 from tensorguard_learning.compression import ErrorFeedback, reconstruct, round_coordinates, select_coordinates
 from tensorguard_learning.errors import ConfigError, UpdateFormatError
 from tensorguard_learning.training import LocalUpdate

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tensorguard_learning.demonstrations import LOG_NAME, Demonstration, DemonstrationStore
 from tensorguard_learning.errors import InvalidDemonstrationError, StoreCorruptError, StoreFullError
@@ -122,7 +123,7 @@ def test_second_writer_is_refused(tmp_path):
             DemonstrationStore(tmp_path, max_bytes=1 << 20)
 
 
-WRITER = textwrap.dedent('''
+WRITER = textwrap.dedent("""
     import sys, time
     import numpy as np
     from tensorguard_learning.demonstrations import Demonstration, DemonstrationStore
@@ -142,7 +143,7 @@ WRITER = textwrap.dedent('''
         store.commit_episode()
         print(f'committed {i}', flush=True)
         i += 1
-''')
+""")
 
 
 def _expected(i):

@@ -4,8 +4,15 @@ import pytest
 import torch
 
 from tensorguard_learning.errors import ConfigError
-from tensorguard_learning.evaluation import (Decision, EvaluationGate, EvaluationMetrics, SafetyThresholds,
-                                             evaluate_policy, policy_kl, success_lower_bound)
+from tensorguard_learning.evaluation import (
+    Decision,
+    EvaluationGate,
+    EvaluationMetrics,
+    SafetyThresholds,
+    evaluate_policy,
+    policy_kl,
+    success_lower_bound,
+)
 from tensorguard_learning.metaworld_source import expert_success, record_demonstrations
 from tensorguard_learning.training import BCData
 

@@ -1,17 +1,20 @@
 """Declare a node's parameters from a library config dataclass, with descriptors.
 
 Library configs (``EdgeConfig``, ``AggregatorConfig``...) stay ROS-free dataclasses whose fields
-carry a ``description`` in their metadata; this turns each field into a declared ROS parameter of
+carry a ``description`` (and optionally a range and ``read_only``) in their metadata, see
+`tensorguard_ros.config_fields.described`; this turns each field into a declared ROS parameter of
 the same name, type and default, so ``config/*.yaml`` files set them and ``ros2 param describe``
-explains them. A value of the wrong type is refused by rclpy at declaration, naming the parameter.
+explains them. A value of the wrong type or out of range is refused by rclpy at declaration, naming
+the parameter; at runtime rclpy refuses out-of-range values and any change of a read-only one.
 """
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from typing import TypeVar
 
-from rcl_interfaces.msg import ParameterDescriptor, ParameterType
+from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, ParameterType
 from rclpy.node import Node
 
 C = TypeVar('C')
@@ -25,6 +28,26 @@ _TYPES = {
     list[int]: ParameterType.PARAMETER_INTEGER_ARRAY,
     list[float]: ParameterType.PARAMETER_DOUBLE_ARRAY,
 }
+_INT64 = (-2 ** 63, 2 ** 63 - 1)
+
+
+def field_descriptor(field: dataclasses.Field, kind: type) -> ParameterDescriptor:
+    """The descriptor of one `described` field: description, type, read-only flag and range."""
+    descriptor = ParameterDescriptor(description=field.metadata.get('description', ''), type=_TYPES[kind],
+                                     read_only=field.metadata.get('read_only', False))
+    if 'range' not in field.metadata:
+        return descriptor
+    low, high, step = field.metadata['range']
+    if kind is int:
+        descriptor.integer_range = [IntegerRange(
+            from_value=_INT64[0] if low is None else low, to_value=_INT64[1] if high is None else high, step=step)]
+    elif kind is float:
+        descriptor.floating_point_range = [FloatingPointRange(
+            from_value=-math.inf if low is None else low, to_value=math.inf if high is None else high,
+            step=float(step))]
+    else:
+        raise TypeError(f'{field.name}: a range needs an int or float field, not {kind}')
+    return descriptor
 
 
 def declare_dataclass_parameters(node: Node, config_type: type[C], prefix: str = '') -> C:
@@ -41,7 +64,6 @@ def declare_dataclass_parameters(node: Node, config_type: type[C], prefix: str =
             default = field.default_factory()
         else:
             raise TypeError(f'{config_type.__name__}.{field.name} needs a default to become a parameter')
-        descriptor = ParameterDescriptor(description=field.metadata.get('description', ''), type=_TYPES[kind])
-        value = node.declare_parameter(prefix + field.name, default, descriptor).value
+        value = node.declare_parameter(prefix + field.name, default, field_descriptor(field, kind)).value
         values[field.name] = list(value) if isinstance(value, (list, tuple)) else value
     return config_type(**values)
