@@ -458,8 +458,8 @@ def _signature_field() -> Any:
 
 
 @dataclass(frozen=True)
-class UpdatePackage(SignedRecord):
-    """One robot's encrypted contribution to one round, signed by the robot."""
+class UpdateHeader(WireRecord):
+    """The fields an update and its bodiless manifest record share (in this order, first on the wire)."""
 
     robot_id: str = _f(_Str())
     round_id: int = _f(_Int())
@@ -470,6 +470,16 @@ class UpdatePackage(SignedRecord):
     body_chunks: int = _f(_Int(0, MAX_BODY_CHUNKS))
     expert_metadata: tuple[ExpertSlice, ...] = _f(_List(_Nested(ExpertSlice), MAX_EXPERTS))
     safety_stats: SafetyStats = _f(_Nested(SafetyStats))
+
+    def header(self) -> dict:
+        """The shared fields by name (to build the other record kind from this one)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(UpdateHeader)}
+
+
+@dataclass(frozen=True)
+class UpdatePackage(UpdateHeader, SignedRecord):
+    """One robot's encrypted contribution to one round, signed by the robot."""
+
     bodies: bytes = _f(_Bytes(0, MAX_BODIES_BYTES))  # lattice bodies sealed to the round's transport key
     key_ciphertext: bytes = _f(_Bytes(0, MAX_KEY_CIPHERTEXT_BYTES))
     signature: bytes = _signature_field()
@@ -485,26 +495,14 @@ class UpdatePackage(SignedRecord):
 
     def contribution(self) -> 'ContributionRecord':
         """The same signed contribution without its bodies, for the key service's manifest."""
-        return ContributionRecord(
-            robot_id=self.robot_id, round_id=self.round_id, round_seed=self.round_seed,
-            config_digest=self.config_digest, model_version=self.model_version, created_at=self.created_at,
-            body_chunks=self.body_chunks, expert_metadata=self.expert_metadata, safety_stats=self.safety_stats,
-            bodies_sha256=_digest(self.bodies), key_ciphertext=self.key_ciphertext, signature=self.signature)
+        return ContributionRecord(**self.header(), bodies_sha256=_digest(self.bodies),
+                                  key_ciphertext=self.key_ciphertext, signature=self.signature)
 
 
 @dataclass(frozen=True)
-class ContributionRecord(WireRecord):
+class ContributionRecord(UpdateHeader):
     """An update without its bodies (their digest instead); verifies with the robot's update signature."""
 
-    robot_id: str = _f(_Str())
-    round_id: int = _f(_Int())
-    round_seed: bytes = _f(_Bytes(SEED_BYTES, SEED_BYTES))
-    config_digest: bytes = _f(_Bytes(DIGEST_BYTES, DIGEST_BYTES))
-    model_version: int = _f(_Int())
-    created_at: float = _f(_Float(0.0, MAX_UNIX_SECONDS))
-    body_chunks: int = _f(_Int(0, MAX_BODY_CHUNKS))
-    expert_metadata: tuple[ExpertSlice, ...] = _f(_List(_Nested(ExpertSlice), MAX_EXPERTS))
-    safety_stats: SafetyStats = _f(_Nested(SafetyStats))
     bodies_sha256: bytes = _f(_Bytes(DIGEST_BYTES, DIGEST_BYTES))
     key_ciphertext: bytes = _f(_Bytes(0, MAX_KEY_CIPHERTEXT_BYTES))
     signature: bytes = _f(_Bytes(SIGNATURE_BYTES, SIGNATURE_BYTES))
