@@ -15,7 +15,7 @@ setup(
     zip_safe=True,
     maintainer='TensorGuard developers',
     maintainer_email='dev@tensorguard.invalid',
-    description='Topic names, QoS profiles and message conversions shared by TensorGuard nodes.',
+    description='Topic names, QoS profiles, parameter declaration and diagnostics shared by TensorGuard nodes.',
     license='Apache-2.0',
     extras_require={'test': ['pytest']},
     entry_points={
