@@ -91,6 +91,14 @@ def test_robot_refuses_a_round_with_weaker_noise_than_its_own_policy(fleet):
     assert refused.value.reason == 'round_parameters_mismatch'
 
 
+def test_robot_refuses_a_round_at_another_security_level_than_its_own(fleet):
+    paths, model = fleet.paths, fleet.model
+    client = _client(paths, model, security_level=192)
+    with pytest.raises(RoundRefused) as refused:
+        client.process_round(fleet.open_round().serialize())
+    assert refused.value.reason == 'round_parameters_mismatch' and 'security level 128' in str(refused.value)
+
+
 def test_robot_refuses_a_round_key_the_aggregator_made_itself(fleet, monkeypatch):
     """The aggregator plays key service: it announces a lattice key whose secret it holds, signed by
     an identity it controls under the key service's name. The robot checks the announcement

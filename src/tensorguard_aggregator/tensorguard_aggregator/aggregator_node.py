@@ -29,6 +29,10 @@ from rclpy.action import ActionServer
 from rclpy.callback_groups import ReentrantCallbackGroup
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 
+from tensorguard_aggregator.gate import DeploymentGate, GateSettings, RoundLog
+from tensorguard_aggregator.held_out import load_held_out
+from tensorguard_aggregator.kms_check import KMSCheck
+from tensorguard_aggregator.rounds import Aggregator, RoundError, RoundPolicy
 from tensorguard_crypto.fleet import passphrase_from_environment
 from tensorguard_crypto.kms import KMSError
 from tensorguard_crypto.verify import VerificationError, decode
@@ -38,13 +42,8 @@ from tensorguard_msgs.msg import EncryptedUpdate, FleetStatus, ModelUpdate, Reje
 from tensorguard_msgs.srv import DecryptAggregate, IssueRoundKey, RevokeRobot, TriggerRound
 from tensorguard_ros import qos, topics
 from tensorguard_ros.diagnostics import DiagnosticsPublisher, Health
-from tensorguard_ros.node_main import enable_autostart, spin_node
+from tensorguard_ros.node_main import destroy_entities, enable_autostart, spin_node
 from tensorguard_ros.params import declare_dataclass_parameters
-
-from tensorguard_aggregator.gate import DeploymentGate, GateSettings, RoundLog
-from tensorguard_aggregator.held_out import load_held_out
-from tensorguard_aggregator.kms_check import KMSCheck
-from tensorguard_aggregator.rounds import Aggregator, RoundError, RoundPolicy
 
 # Bad state on disk: the KMS cannot be used (its audit log or state file does not verify or cannot
 # be read), or the fleet directory cannot be read or written. An operation that meets one is
@@ -78,10 +77,11 @@ class AggregatorNode(LifecycleNode):
         self.closing = False
         self.lock = threading.RLock()
         self.round_closed = threading.Condition(self.lock)
-        self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix='close')
+        self.worker: ThreadPoolExecutor | None = None
         self.last = {'success_rate': 0.0, 'lower_bound': 0.0, 'decision': ''}
         self.held_out = None
-        self.handles = []
+        self.interfaces = []  # publishers and clients, from configure to cleanup
+        self.handles = []  # subscription, services, timers and action server, while active
         enable_autostart(self)
 
     # Lifecycle.
@@ -101,15 +101,18 @@ class AggregatorNode(LifecycleNode):
         self.health.clear('configure')
         self._report_state_set_aside()
         self.kms_check = KMSCheck(self.core.kms)
-        self.config_pub = self.create_publisher(RoundConfig, topics.ROUND_CONFIG, qos.LATCHED)
-        self.model_pub = self.create_publisher(ModelUpdate, topics.MODEL_UPDATES, qos.LATCHED)
-        self.status_pub = self.create_publisher(FleetStatus, topics.FLEET_STATUS, qos.STATUS)
+        self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix='close')
+        self.config_pub = self.create_lifecycle_publisher(RoundConfig, topics.ROUND_CONFIG, qos.LATCHED)
+        self.model_pub = self.create_lifecycle_publisher(ModelUpdate, topics.MODEL_UPDATES, qos.LATCHED)
+        self.status_pub = self.create_lifecycle_publisher(FleetStatus, topics.FLEET_STATUS, qos.STATUS)
         self.key_service = self.create_client(DecryptAggregate, topics.DECRYPT_AGGREGATE, callback_group=self.group)
         self.round_keys = self.create_client(IssueRoundKey, topics.ISSUE_ROUND_KEY, callback_group=self.group)
+        self.interfaces = [self.config_pub, self.model_pub, self.status_pub, self.key_service, self.round_keys]
         resumed = self.core.current
         self.get_logger().info(
             f'configured: model version {self.core.model.model_version}'
-            + (f', resumed round {resumed.config.round_id} with {len(resumed.contributors)} updates' if resumed else ''))
+            + (f', resumed round {resumed.config.round_id} with {len(resumed.contributors)} updates'
+               if resumed else ''))
         return TransitionCallbackReturn.SUCCESS
 
     def _report_state_set_aside(self) -> None:
@@ -125,6 +128,7 @@ class AggregatorNode(LifecycleNode):
                 + f' (see {self.core.rounds_dir}/<round>/quarantine and the node log)')
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        result = super().on_activate(state)  # enables the lifecycle publishers
         self.handles = [
             self.create_subscription(EncryptedUpdate, topics.ENCRYPTED_UPDATES, self._on_update, qos.UPDATES,
                                      callback_group=self.group),
@@ -132,9 +136,8 @@ class AggregatorNode(LifecycleNode):
             self.create_service(RevokeRobot, topics.REVOKE_ROBOT, self._on_revoke, callback_group=self.group),
             self.create_timer(0.5, self._tick, callback_group=self.group),
             self.create_timer(1.0, self._publish_status, callback_group=self.group),
+            ActionServer(self, RunRound, topics.RUN_ROUND, self._run_round_action, callback_group=self.group),
         ]
-        self.action_server = ActionServer(self, RunRound, topics.RUN_ROUND, self._run_round_action,
-                                          callback_group=self.group)
         self._publish_model(self.core.model, 'deploy', [])
         if self.core.current is not None:
             self._publish_round(self.core.current.config)
@@ -142,15 +145,30 @@ class AggregatorNode(LifecycleNode):
             self.next_round_at = time.monotonic() + self.gate_policy.first_round_delay_s
         self.activated_at = time.monotonic()
         self.get_logger().info('active')
-        return super().on_activate(state)
+        return result
 
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
         self.next_round_at = math.inf
+        destroy_entities(self, self.handles)
+        self.get_logger().info('inactive: no updates, requests or rounds until activated again')
         return super().on_deactivate(state)
 
-    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
-        self.worker.shutdown(wait=False, cancel_futures=True)
+    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._release()
         return TransitionCallbackReturn.SUCCESS
+
+    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        destroy_entities(self, self.handles)
+        self._release()
+        return TransitionCallbackReturn.SUCCESS
+
+    def _release(self) -> None:
+        """Undo on_configure: wait for a round being closed, then drop the publishers, clients and core."""
+        if self.worker is not None:
+            self.worker.shutdown(wait=True)
+            self.worker = None
+        destroy_entities(self, self.interfaces)
+        self.core = self.kms_check = self.round_log = self.held_out = None
 
     # Publishing.
     def _publish_round(self, config) -> None:
@@ -384,7 +402,8 @@ class AggregatorNode(LifecycleNode):
             self.phase = 'deploying'
             if decision != 'reject':
                 outcome['model_version'] = self._deploy(candidate, decision, outcome)
-            outcome['deployed_success_rate'] = self.gate.settle(decision, metrics, outcome.get('canary_promoted', False))
+            outcome['deployed_success_rate'] = self.gate.settle(decision, metrics,
+                                                                outcome.get('canary_promoted', False))
         except (RoundError, VerificationError) as exc:
             outcome.update(outcome='failed', reason=exc.reason, detail=str(exc))
             self.get_logger().error(f'round {round_id} failed: {exc}')

@@ -34,19 +34,26 @@ class GateSettings:
     """Evaluator, gate and round-schedule configuration (each field becomes a ROS parameter)."""
 
     eval_tasks: list[str] = described('Meta-World tasks the candidate is rolled out on.',
-                                      default_factory=lambda: ['push-v3'])
-    eval_episodes_per_task: int = described('Simulator episodes per task and evaluation.', 10)
-    eval_seed: int = described('Public simulator seed of the first evaluation episode.', 2_000_000)
-    min_success_rate: float = described('Gate: lower credible bound of success must clear this.', 0.5)
-    max_kl_divergence: float = described('Gate: mean KL(candidate || current) on held-out states.', 5.0)
-    deploy_margin: float = described('Gate: deploy directly if the bound clears the minimum by this much.', 0.05)
+                                      default_factory=lambda: ['push-v3'], read_only=True)
+    eval_episodes_per_task: int = described('Simulator episodes per task and evaluation.', 10,
+                                            minimum=1, read_only=True)
+    eval_seed: int = described('Public simulator seed of the first evaluation episode.', 2_000_000, minimum=0)
+    min_success_rate: float = described('Gate: lower credible bound of success must clear this.', 0.5,
+                                        minimum=0.0, maximum=1.0, read_only=True)
+    max_kl_divergence: float = described('Gate: mean KL(candidate || current) on held-out states.', 5.0,
+                                         minimum=0.0, read_only=True)
+    deploy_margin: float = described('Gate: deploy directly if the bound clears the minimum by this much.', 0.05,
+                                     minimum=0.0, maximum=1.0, read_only=True)
     max_regression: float = described(
         "Gate: reject a candidate whose success rate is more than this below the deployed model's "
-        'measured rate (1.0: off; the first model the aggregator deploys has no reference).', 1.0)
-    canary_percentage: float = described('Fraction of the fleet that runs a canary model first.', 0.25)
-    round_period_s: float = described('Seconds between automatic rounds (0: only on request).', 0.0)
-    max_rounds: int = described('Stop announcing automatic rounds after this many (0: never).', 0)
-    first_round_delay_s: float = described('Seconds after activation before the first automatic round.', 5.0)
+        'measured rate (1.0: off; the first model the aggregator deploys has no reference).', 1.0,
+        minimum=0.0, maximum=1.0, read_only=True)
+    canary_percentage: float = described('Fraction of the fleet that runs a canary model first.', 0.25,
+                                         minimum=0.0, maximum=1.0, read_only=True)
+    round_period_s: float = described('Seconds between automatic rounds (0: only on request).', 0.0, minimum=0.0)
+    max_rounds: int = described('Stop announcing automatic rounds after this many (0: never).', 0, minimum=0)
+    first_round_delay_s: float = described('Seconds after activation before the first automatic round.', 5.0,
+                                           minimum=0.0)
 
     def evaluation_gate(self) -> EvaluationGate:
         """The gate these settings describe."""

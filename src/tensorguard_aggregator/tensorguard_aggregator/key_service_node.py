@@ -11,17 +11,16 @@ import sys
 
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 
+from tensorguard_aggregator.key_service import DecryptionRefused, KeyServiceCore, KeyServicePolicy
+from tensorguard_aggregator.kms_check import KMSCheck
 from tensorguard_crypto.fleet import passphrase_from_environment
 from tensorguard_crypto.kms import KMSError
 from tensorguard_crypto.refusal import Reason, reason_of
 from tensorguard_msgs.srv import DecryptAggregate, IssueRoundKey
 from tensorguard_ros import topics
 from tensorguard_ros.diagnostics import DiagnosticsPublisher, Health
-from tensorguard_ros.node_main import enable_autostart, spin_node
+from tensorguard_ros.node_main import destroy_entities, enable_autostart, spin_node
 from tensorguard_ros.params import declare_dataclass_parameters
-
-from tensorguard_aggregator.key_service import DecryptionRefused, KeyServiceCore, KeyServicePolicy
-from tensorguard_aggregator.kms_check import KMSCheck
 
 
 class KeyServiceNode(LifecycleNode):
@@ -32,11 +31,11 @@ class KeyServiceNode(LifecycleNode):
         self.policy = declare_dataclass_parameters(self, KeyServicePolicy)
         self.core: KeyServiceCore | None = None
         self.kms_check: KMSCheck | None = None
-        self.handles = []
+        self.probe_timer = None
+        self.handles = []  # the two services, while active
         self.decryptions = 0
         self.health = Health(self.get_logger())
         self.diagnostics = DiagnosticsPublisher(self, self.health, self.policy.fleet_dir, self._diagnostic_values)
-        self.create_timer(1.0, self._probe)
         enable_autostart(self)
 
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -47,6 +46,7 @@ class KeyServiceNode(LifecycleNode):
             return TransitionCallbackReturn.FAILURE
         self.health.clear('configure')
         self.kms_check = KMSCheck(self.core.kms)
+        self.probe_timer = self.create_timer(1.0, self._probe)
         self.get_logger().info(f'configured: decrypts aggregates of at least {self.policy.min_quorum} robots')
         return TransitionCallbackReturn.SUCCESS
 
@@ -56,10 +56,24 @@ class KeyServiceNode(LifecycleNode):
         return super().on_activate(state)
 
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
-        for service in self.handles:
-            self.destroy_service(service)
-        self.handles = []
+        destroy_entities(self, self.handles)
         return super().on_deactivate(state)
+
+    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._release()
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        destroy_entities(self, self.handles)
+        self._release()
+        return TransitionCallbackReturn.SUCCESS
+
+    def _release(self) -> None:
+        """Undo on_configure: stop probing the KMS and drop the core."""
+        if self.probe_timer is not None:
+            self.destroy_timer(self.probe_timer)
+            self.probe_timer = None
+        self.core = self.kms_check = None
 
     def _on_round_key(self, request, response):
         try:
@@ -99,9 +113,8 @@ class KeyServiceNode(LifecycleNode):
         self.health.clear('kms')
 
     def _probe(self) -> None:
-        """Every second: re-verify the KMS, so /diagnostics shows a bad state before a request meets it."""
-        if self.kms_check is None:
-            return
+        """Every second while configured: re-verify the KMS, so /diagnostics shows a bad state before a
+        request meets it."""
         try:
             self._check_kms()
         except DecryptionRefused:

@@ -43,10 +43,24 @@ from tensorguard_crypto.keystore import KeyStoreError, destroy_secret, seal_secr
 from tensorguard_crypto.kms import KeyManagementSystem, KMSError
 from tensorguard_crypto.refusal import Reason, Refusal
 from tensorguard_crypto.secagg import BodyCiphertext, SecAggError
-from tensorguard_crypto.verify import (MalformedPackage, RoundVerifier, VerificationError, check_signature, decode,
-                                       verify_model_package, verify_round_config, verify_round_key)
-from tensorguard_crypto.wire import (AggregateRequest, AggregateResult, ModelPackage, RoundConfigPackage,
-                                     UpdatePackage, model_package)
+from tensorguard_crypto.verify import (
+    MalformedPackage,
+    RoundVerifier,
+    VerificationError,
+    check_signature,
+    decode,
+    verify_model_package,
+    verify_round_config,
+    verify_round_key,
+)
+from tensorguard_crypto.wire import (
+    AggregateRequest,
+    AggregateResult,
+    ModelPackage,
+    RoundConfigPackage,
+    UpdatePackage,
+    model_package,
+)
 from tensorguard_learning.aggregation import Strategy, apply_update, strategy_from_name
 from tensorguard_learning.compression import adapter_round_coordinates
 from tensorguard_learning.policy import MoEPolicy
@@ -70,7 +84,7 @@ class RoundPolicy(RoundSettings):
     round_deadline_s: float = described('Seconds a round collects updates.', 120.0, minimum=POSITIVE)
     server_learning_rate: float = described('Scale applied to the aggregated delta.', 1.0, minimum=POSITIVE)
     min_segment_weight: float = described(
-        'An expert or task segment is updated only if the robots\' summed usage weight for it reaches '
+        "An expert or task segment is updated only if the robots' summed usage weight for it reaches "
         'this (in robot-equivalents) and SEGMENT_NOISE_MARGIN times the DP noise std of that sum.', 0.1,
         minimum=0.0)
 

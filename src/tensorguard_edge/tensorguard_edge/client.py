@@ -14,8 +14,9 @@ round; refuse stale, replayed, expired or over-budget rounds; train the adapter 
 the round's shared random-k coordinates (error feedback keeps the rest); clip, scale, round and add
 Skellam noise (`tensorguard_crypto.skellam`); encrypt under a fresh per-round key whose key
 ciphertext only the key service's round key opens (`tensorguard_crypto.secagg`); seal the bodies to
-the aggregator's round transport key (`tensorguard_crypto.hybrid`); sign; return the `UpdatePackage`. The privacy ledger is written
-before the package is returned, so a crash can only over-count spent privacy, never under-count.
+the aggregator's round transport key (`tensorguard_crypto.hybrid`); sign; return the `UpdatePackage`.
+The privacy ledger is written before the package is returned, so a crash can only over-count spent
+privacy, never under-count.
 """
 from __future__ import annotations
 
@@ -36,8 +37,13 @@ from tensorguard_crypto.identity import Role
 from tensorguard_crypto.keystore import load_key
 from tensorguard_crypto.refusal import Refusal
 from tensorguard_crypto.secagg import SecAggError
-from tensorguard_crypto.verify import (PinnedKeys, VerificationError, verify_model_package, verify_round_config,
-                                       verify_round_key)
+from tensorguard_crypto.verify import (
+    PinnedKeys,
+    VerificationError,
+    verify_model_package,
+    verify_round_config,
+    verify_round_key,
+)
 from tensorguard_crypto.wire import RoundConfigPackage, SafetyStats, UpdatePackage
 from tensorguard_learning.aggregation import strategy_from_name
 from tensorguard_learning.compression import ErrorFeedback, adapter_round_coordinates
@@ -46,42 +52,38 @@ from tensorguard_learning.envelope import OperatingEnvelope
 from tensorguard_learning.errors import LearningError
 from tensorguard_learning.policy import MoEPolicy
 from tensorguard_learning.training import TrainingBudget, train_local
-from tensorguard_ros.config_fields import described
-
-
+from tensorguard_ros.config_fields import POSITIVE, RoundSettings, described
 
 
 @dataclass
-class EdgeConfig:
-    """Everything an edge node is configured with (each field becomes a ROS parameter)."""
+class EdgeConfig(RoundSettings):
+    """Everything an edge node is configured with: the fleet's `RoundSettings` and the robot's own
+    (each field becomes a ROS parameter)."""
 
-    robot_id: str = described('Enrolled robot identity (KMS key id).', 'robot_1')
-    state_dir: str = described('Directory for the store, model, privacy ledger and residual.', '')
-    key_path: str = described('Encrypted Ed25519 identity key file (passphrase: TENSORGUARD_KEY_PASSPHRASE).', '')
-    trust_path: str = described('JSON file pinning the server keys this robot trusts.', '')
-    state_dim: int = described('Length of observation.state.', 39)
-    action_dim: int = described('Length of action.', 4)
-    store_max_mb: int = described('Cap on the demonstration store (oldest episodes dropped beyond it).', 256)
-    train_steps: int = described('Behaviour-cloning steps per round.', 200)
-    train_max_seconds: float = described('Wall-clock cap on local training per round.', 60.0)
-    batch_size: int = described('Behaviour-cloning batch size.', 256)
-    learning_rate: float = described('Adam learning rate of local training.', 1e-3)
+    robot_id: str = described('Enrolled robot identity (KMS key id).', 'robot_1', read_only=True)
+    state_dir: str = described('Directory for the store, model, privacy ledger and residual.', '', read_only=True)
+    key_path: str = described('Encrypted Ed25519 identity key file (passphrase: TENSORGUARD_KEY_PASSPHRASE).', '',
+                              read_only=True)
+    trust_path: str = described('JSON file pinning the server keys this robot trusts.', '', read_only=True)
+    state_dim: int = described('Length of observation.state.', 39, minimum=1)
+    action_dim: int = described('Length of action.', 4, minimum=1)
+    store_max_mb: int = described('Cap on the demonstration store (oldest episodes dropped beyond it).', 256,
+                                  minimum=1)
+    train_steps: int = described('Behaviour-cloning steps per round.', 200, minimum=1)
+    train_max_seconds: float = described('Wall-clock cap on local training per round.', 60.0, minimum=POSITIVE)
+    batch_size: int = described('Behaviour-cloning batch size.', 256, minimum=1)
+    learning_rate: float = described('Adam learning rate of local training.', 1e-3, minimum=POSITIVE)
     trainable_modules: list[str] = described('Adapter modules this robot may train (OperatingEnvelope).',
-                                          default_factory=lambda: ['experts', 'router'])
-    max_trainable_params: int = described('OperatingEnvelope: most parameters local training may touch.', 5_000_000)
-    target_update_size_kb: int = described('OperatingEnvelope: largest update package this robot sends.', 4096)
-    epsilon_budget: float = described('Hard privacy budget of this robot (epsilon at privacy_delta).', 10.0)
-    privacy_delta: float = described('delta of the (epsilon, delta) guarantee.', 1e-5)
-    hard_stop: bool = described('Refuse any round that would exceed epsilon_budget.', True)
-    clipping_norm: float = described('DP: L2 norm every update is clipped to.', 1.0)
-    noise_multiplier: float = described('DP: Skellam noise std of the sum over min_clients robots, in units of '
-                                     'clipping_norm.', 1.0)
-    min_clients: int = described('DP: the noise is sized for a sum over at least this many robots; rounds '
-                              'announcing fewer are refused.', 2)
-    max_clients: int = described('Largest number of robots a round may sum (sets the modular headroom).', 16)
-    plaintext_bits: int = described('Bits b of the summed integers (updates are summed mod 2^b).', 20)
-    strategy: str = described('Aggregation strategy (expert_driven or fedavg); rounds announcing another are '
-                              'refused.', 'expert_driven')
+                                             default_factory=lambda: ['experts', 'router'], read_only=True)
+    max_trainable_params: int = described('OperatingEnvelope: most parameters local training may touch.', 5_000_000,
+                                          minimum=1, read_only=True)
+    target_update_size_kb: int = described('OperatingEnvelope: largest update package this robot sends.', 4096,
+                                           minimum=1, read_only=True)
+    epsilon_budget: float = described('Hard privacy budget of this robot (epsilon at privacy_delta).', 10.0,
+                                      minimum=POSITIVE, read_only=True)
+    privacy_delta: float = described('delta of the (epsilon, delta) guarantee.', 1e-5, minimum=POSITIVE,
+                                     maximum=1.0, read_only=True)
+    hard_stop: bool = described('Refuse any round that would exceed epsilon_budget.', True, read_only=True)
 
 class RoundRefused(Refusal):
     """The robot will not contribute to this round (raised with its reason)."""
@@ -227,7 +229,8 @@ class EdgeClient:
         epsilon_after = self.ledger.epsilon_after(codec.skellam)
         if self.config.hard_stop and epsilon_after > self.config.epsilon_budget:
             raise RoundRefused(f'round {cfg.round_id} would raise epsilon to '
-                               f'{epsilon_after:.3f}, over the budget {self.config.epsilon_budget:.3f}', reason='budget_exhausted')
+                               f'{epsilon_after:.3f}, over the budget {self.config.epsilon_budget:.3f}',
+                               reason='budget_exhausted')
 
         progress('training')
         global_segments = self.error_feedback.start_from(self.policy)
@@ -297,7 +300,12 @@ class EdgeClient:
             raise RoundRefused('round coordinates do not match the model', reason='shape_mismatch')
         if cfg.aggregation_strategy != self.strategy.name:
             raise RoundRefused(f'round {cfg.round_id} announces aggregation strategy {cfg.aggregation_strategy}, '
-                               f'this robot is configured for {self.strategy.name}', reason=update_codec.RoundMismatch.reason)
+                               f'this robot is configured for {self.strategy.name}',
+                               reason=update_codec.RoundMismatch.reason)
+        if cfg.security_level != self.config.security_level:
+            raise RoundRefused(f'round {cfg.round_id} announces security level {cfg.security_level}, '
+                               f'this robot is configured for {self.config.security_level}',
+                               reason=update_codec.RoundMismatch.reason)
         if self.store.count() == 0:
             raise RoundRefused('the store holds no episodes yet', reason='no_demonstrations')
 

@@ -26,13 +26,13 @@ from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from std_msgs.msg import Float32MultiArray, String
 
-from tensorguard_edge.client import EdgeClient, EdgeConfig, RoundRefused, ModelRefused, create_client
+from tensorguard_edge.client import EdgeClient, EdgeConfig, ModelRefused, RoundRefused, create_client
 from tensorguard_edge.recorder import EpisodeAssembler, StreamError
 from tensorguard_learning.demonstrations import Demonstration
 from tensorguard_msgs.msg import Demonstration as DemonstrationMsg
 from tensorguard_msgs.msg import EncryptedUpdate, ModelUpdate, RejectionCount, RobotStatus, RoundConfig
 from tensorguard_ros import qos, topics
-from tensorguard_ros.node_main import enable_autostart, spin_node
+from tensorguard_ros.node_main import destroy_entities, enable_autostart, spin_node
 from tensorguard_ros.params import declare_dataclass_parameters
 
 
@@ -43,7 +43,7 @@ class EdgeNode(LifecycleNode):
         super().__init__('edge_node')
         self.config: EdgeConfig = declare_dataclass_parameters(self, EdgeConfig)
         self.topics = {name: self.declare_parameter(
-            f'{name}_topic', default, ParameterDescriptor(description=f'Topic of the robot\'s {name} stream '
+            f'{name}_topic', default, ParameterDescriptor(description=f"Topic of the robot's {name} stream "
                                                           '(relative names resolve in the robot namespace).')).value
             for name, default in (('observation', topics.OBSERVATION), ('action', topics.ACTION),
                                   ('episode_events', topics.EPISODE_EVENTS), ('demonstrations', topics.DEMONSTRATIONS))}
@@ -53,15 +53,12 @@ class EdgeNode(LifecycleNode):
         self.assembler: EpisodeAssembler | None = None
         self.rejections: Counter[str] = Counter()
         self.activity = 'idle'
-        self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix='round')
+        self.worker: ThreadPoolExecutor | None = None
         self.round_busy = threading.Lock()
         self.awaiting_model: bytes | None = None
         self.lock = threading.Lock()
-        self.subscriptions_ = []
-        self.update_pub = None
-        self.status_pub = None
-        self.diag_pub = None
-        self.status_timer = None
+        self.publishers_ = []  # from configure to cleanup
+        self.handles = []  # subscriptions and the status timer, while active
         enable_autostart(self)
 
     # Lifecycle transitions.
@@ -72,15 +69,18 @@ class EdgeNode(LifecycleNode):
             self.get_logger().error(f'configure failed: {type(exc).__name__}: {exc}')
             return TransitionCallbackReturn.FAILURE
         self.assembler = EpisodeAssembler(self._store_episode, self.config.state_dim, self.config.action_dim)
-        self.update_pub = self.create_publisher(EncryptedUpdate, topics.ENCRYPTED_UPDATES, qos.UPDATES)
-        self.status_pub = self.create_publisher(RobotStatus, 'status', qos.STATUS)
-        self.diag_pub = self.create_publisher(DiagnosticArray, topics.DIAGNOSTICS, qos.DIAGNOSTICS)
+        self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix='round')
+        self.update_pub = self.create_lifecycle_publisher(EncryptedUpdate, topics.ENCRYPTED_UPDATES, qos.UPDATES)
+        self.status_pub = self.create_lifecycle_publisher(RobotStatus, 'status', qos.STATUS)
+        self.diag_pub = self.create_lifecycle_publisher(DiagnosticArray, topics.DIAGNOSTICS, qos.DIAGNOSTICS)
+        self.publishers_ = [self.update_pub, self.status_pub, self.diag_pub]
         self.get_logger().info(f'{self.config.robot_id}: configured, {self.client.status().episodes} episodes '
                                f'in store, model version {self.client.status().model_version}')
         return TransitionCallbackReturn.SUCCESS
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
-        self.subscriptions_ = [
+        result = super().on_activate(state)  # enables the lifecycle publishers
+        self.handles = [
             self.create_subscription(Float32MultiArray, self.topics['observation'], self._on_observation,
                                      qos.SENSOR_STREAM),
             self.create_subscription(Float32MultiArray, self.topics['action'], self._on_action, qos.SENSOR_STREAM),
@@ -89,40 +89,36 @@ class EdgeNode(LifecycleNode):
                                      qos.DEMONSTRATIONS),
             self.create_subscription(RoundConfig, topics.ROUND_CONFIG, self._on_round_config, qos.LATCHED),
             self.create_subscription(ModelUpdate, topics.MODEL_UPDATES, self._on_model_update, qos.LATCHED),
+            self.create_timer(self.status_period, self._publish_status),
         ]
-        self.status_timer = self.create_timer(self.status_period, self._publish_status)
         self.activity = 'recording'
         self.get_logger().info(f'{self.config.robot_id}: active')
-        return super().on_activate(state)
+        return result
 
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
-        self._drop_subscriptions()
+        destroy_entities(self, self.handles)
         self.activity = 'idle'
         return super().on_deactivate(state)
 
     def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
-        self._drop_subscriptions()
-        self._close_client()
+        self._release()
         return TransitionCallbackReturn.SUCCESS
 
     def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
-        self._drop_subscriptions()
-        self._close_client()
+        destroy_entities(self, self.handles)
+        self._release()
         return TransitionCallbackReturn.SUCCESS
 
-    def _drop_subscriptions(self) -> None:
-        for sub in self.subscriptions_:
-            self.destroy_subscription(sub)
-        self.subscriptions_ = []
-        if self.status_timer is not None:
-            self.destroy_timer(self.status_timer)
-            self.status_timer = None
-
-    def _close_client(self) -> None:
-        self.worker.shutdown(wait=True)
+    def _release(self) -> None:
+        """Undo on_configure: finish a round being built, close the client, drop the publishers."""
+        if self.worker is not None:
+            self.worker.shutdown(wait=True)
+            self.worker = None
         if self.client is not None:
             self.client.close()
             self.client = None
+        destroy_entities(self, self.publishers_)
+        self.assembler = None
 
     # Recording.
     def _reject(self, reason: str, detail: str) -> None:

@@ -1,13 +1,20 @@
-"""Entry-point plumbing shared by every TensorGuard node: spinning, and lifecycle autostart."""
+"""Entry-point plumbing shared by every TensorGuard node: spinning, lifecycle autostart, and
+destroying what a lifecycle transition created."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import rclpy
 from rcl_interfaces.msg import ParameterDescriptor
+from rclpy.client import Client
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor, SingleThreadedExecutor
-from rclpy.lifecycle import LifecycleNode, TransitionCallbackReturn
+from rclpy.lifecycle import LifecycleNode, LifecyclePublisher, TransitionCallbackReturn
 from rclpy.node import Node
+from rclpy.publisher import Publisher
+from rclpy.service import Service
+from rclpy.subscription import Subscription
+from rclpy.timer import Timer
 
 
 def spin_node(make_node: Callable[[], Node], args: list[str] | None = None, threads: int = 1) -> int:
@@ -42,3 +49,24 @@ def enable_autostart(node: LifecycleNode) -> None:
             node.trigger_activate()
 
     timer = node.create_timer(0.0, walk_to_active)
+
+
+def destroy_entities(node: LifecycleNode, entities: list[Any]) -> None:
+    """Destroy `node`'s subscriptions, services, clients, timers, publishers and action servers in
+    `entities` (what one lifecycle transition created, for the opposite one) and empty the list."""
+    for entity in entities:
+        if isinstance(entity, Subscription):
+            node.destroy_subscription(entity)
+        elif isinstance(entity, Service):
+            node.destroy_service(entity)
+        elif isinstance(entity, Client):
+            node.destroy_client(entity)
+        elif isinstance(entity, Timer):
+            node.destroy_timer(entity)
+        elif isinstance(entity, LifecyclePublisher):
+            node.destroy_lifecycle_publisher(entity)
+        elif isinstance(entity, Publisher):
+            node.destroy_publisher(entity)
+        else:  # an action server
+            entity.destroy()
+    entities.clear()
