@@ -5,15 +5,15 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
-from tensorguard_aggregator.key_service import KeyServiceCore, KeyServicePolicy
-from tensorguard_aggregator.rounds import Aggregator, RoundPolicy
+from tensorguard_aggregator.key_service import KeyServiceCore, KeyServiceSettings
+from tensorguard_aggregator.rounds import Aggregator, AggregatorSettings
 from tensorguard_crypto import update_codec
 from tensorguard_crypto.fleet import FleetPaths, enroll_robot, provision_server
 from tensorguard_crypto.wire import AggregateResult
-from tensorguard_edge.client import EdgeConfig, RoundRefused, create_client
+from tensorguard_edge.client import EdgeSettings, RoundRefused, create_client
 from tensorguard_learning.demonstrations import Demonstration
 from tensorguard_learning.errors import ConfigError
-from tensorguard_learning.policy import MoEPolicy, PolicyConfig, build_policy
+from tensorguard_learning.policy import MoEConfig, MoEPolicy, build_policy
 
 PASSPHRASE = b'test passphrase, not a secret'
 SHARED = dict(security_level=128, plaintext_bits=20, max_clients=16, clipping_norm=2.0, noise_multiplier=0.003,
@@ -29,7 +29,7 @@ class Fleet:
     key_service: KeyServiceCore
 
     def aggregator(self, strategy: str) -> Aggregator:
-        return Aggregator(RoundPolicy(fleet_dir=str(self.paths.root), quorum=2, strategy=strategy, **SHARED),
+        return Aggregator(AggregatorSettings(fleet_dir=str(self.paths.root), quorum=2, strategy=strategy, **SHARED),
                           PASSPHRASE)
 
     def open_round(self, aggregator: Aggregator):
@@ -37,7 +37,7 @@ class Fleet:
 
     def client(self, robot_id: str, strategy: str, model):
         robot = self.paths.robot_dir(robot_id)
-        client = create_client(EdgeConfig(
+        client = create_client(EdgeSettings(
             robot_id=robot_id, state_dir=str(robot / 'state'), key_path=str(robot / 'identity.key'),
             trust_path=str(robot / 'trust.json'), train_steps=5, batch_size=16, epsilon_budget=1e9,
             strategy=strategy, **{k: v for k, v in SHARED.items() if k != 'security_level'}))
@@ -54,7 +54,7 @@ def fleet(tmp_path, monkeypatch) -> Fleet:
     monkeypatch.setenv('TENSORGUARD_KEY_PASSPHRASE', PASSPHRASE.decode())
     paths = FleetPaths(tmp_path / 'fleet')
     provision_server(paths, PASSPHRASE)
-    key_service = KeyServiceCore(KeyServicePolicy(fleet_dir=str(paths.root), **{
+    key_service = KeyServiceCore(KeyServiceSettings(fleet_dir=str(paths.root), **{
         k: SHARED[k] for k in ('security_level', 'plaintext_bits', 'max_clients', 'min_clients')}), PASSPHRASE)
     for robot in ROBOTS:
         enroll_robot(paths, robot, PASSPHRASE)
@@ -64,7 +64,7 @@ def fleet(tmp_path, monkeypatch) -> Fleet:
 @pytest.mark.parametrize('server, robot', [('expert_driven', 'fedavg'), ('fedavg', 'expert_driven')])
 def test_robot_refuses_a_round_announcing_another_strategy_and_spends_nothing(fleet, server, robot):
     aggregator = fleet.aggregator(server)
-    model = aggregator.publish_model(build_policy(PolicyConfig(tasks=('push-v3',), num_experts=2)), 0, 'initial')
+    model = aggregator.publish_model(build_policy(MoEConfig(tasks=('push-v3',), num_experts=2)), 0, 'initial')
     config = fleet.open_round(aggregator)
     assert config.aggregation_strategy == server
     client = fleet.client('robot_1', robot, model)
@@ -76,7 +76,7 @@ def test_robot_refuses_a_round_announcing_another_strategy_and_spends_nothing(fl
 
 def test_fedavg_round_decodes_to_the_mean_of_the_robots_clipped_vectors(fleet, monkeypatch):
     aggregator = fleet.aggregator('fedavg')
-    model = aggregator.publish_model(build_policy(PolicyConfig(tasks=('push-v3',), num_experts=2)), 0, 'initial')
+    model = aggregator.publish_model(build_policy(MoEConfig(tasks=('push-v3',), num_experts=2)), 0, 'initial')
     config = fleet.open_round(aggregator)
     sent = []
     for robot in ROBOTS:
@@ -104,7 +104,7 @@ def test_fedavg_round_decodes_to_the_mean_of_the_robots_clipped_vectors(fleet, m
 
 def test_aggregator_restarted_with_another_strategy_abandons_the_open_round(fleet):
     aggregator = fleet.aggregator('fedavg')
-    aggregator.publish_model(build_policy(PolicyConfig(tasks=('push-v3',), num_experts=2)), 0, 'initial')
+    aggregator.publish_model(build_policy(MoEConfig(tasks=('push-v3',), num_experts=2)), 0, 'initial')
     fleet.open_round(aggregator)
     restarted = fleet.aggregator('expert_driven')
     assert restarted.current is None and restarted.state_problems['round_state_unreadable'] == 1

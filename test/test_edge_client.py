@@ -6,15 +6,15 @@ import numpy as np
 import pytest
 
 from tensorguard_aggregator import rounds
-from tensorguard_aggregator.key_service import KeyServiceCore, KeyServicePolicy
-from tensorguard_aggregator.rounds import Aggregator, RoundError, RoundPolicy
+from tensorguard_aggregator.key_service import KeyServiceCore, KeyServiceSettings
+from tensorguard_aggregator.rounds import Aggregator, AggregatorSettings, RoundError
 from tensorguard_crypto.fleet import FleetPaths, enroll_robot, provision_server
 from tensorguard_crypto.identity import Identity, Role
 from tensorguard_crypto.secagg import generate_key_service_keys
 from tensorguard_crypto.wire import RoundKeyAnnouncement
-from tensorguard_edge.client import EdgeConfig, RoundRefused, create_client
+from tensorguard_edge.client import EdgeSettings, RoundRefused, create_client
 from tensorguard_learning.demonstrations import Demonstration
-from tensorguard_learning.policy import PolicyConfig, build_policy
+from tensorguard_learning.policy import MoEConfig, build_policy
 
 PASSPHRASE = b'test passphrase, not a secret'
 SHARED = dict(security_level=128, plaintext_bits=20, max_clients=16, clipping_norm=2.0, noise_multiplier=0.5,
@@ -39,10 +39,10 @@ def fleet(tmp_path, monkeypatch):
     monkeypatch.setenv('TENSORGUARD_KEY_PASSPHRASE', PASSPHRASE.decode())
     paths = FleetPaths(tmp_path / 'fleet')
     provision_server(paths, PASSPHRASE)
-    aggregator = Aggregator(RoundPolicy(fleet_dir=str(paths.root), quorum=1, **SHARED), PASSPHRASE)
-    key_service = KeyServiceCore(KeyServicePolicy(fleet_dir=str(paths.root), **{
+    aggregator = Aggregator(AggregatorSettings(fleet_dir=str(paths.root), quorum=1, **SHARED), PASSPHRASE)
+    key_service = KeyServiceCore(KeyServiceSettings(fleet_dir=str(paths.root), **{
         k: SHARED[k] for k in ('security_level', 'plaintext_bits', 'max_clients', 'min_clients')}), PASSPHRASE)
-    model = aggregator.publish_model(build_policy(PolicyConfig(tasks=('push-v3',), num_experts=2)), 0, 'initial')
+    model = aggregator.publish_model(build_policy(MoEConfig(tasks=('push-v3',), num_experts=2)), 0, 'initial')
     enroll_robot(paths, 'robot_1', PASSPHRASE)
     return Fleet(paths, aggregator, key_service, model)
 
@@ -52,7 +52,7 @@ def _client(paths: Path, model, **overrides):
     values = dict(robot_id='robot_1', state_dir=str(robot / 'state'), key_path=str(robot / 'identity.key'),
                   trust_path=str(robot / 'trust.json'), train_steps=5, batch_size=16, epsilon_budget=1000.0,
                   clipping_norm=2.0, noise_multiplier=0.5, min_clients=2, max_clients=16, plaintext_bits=20)
-    client = create_client(EdgeConfig(**{**values, **overrides}))
+    client = create_client(EdgeSettings(**{**values, **overrides}))
     client.apply_model(model.serialize())
     frames = 20
     client.add_demonstration(Demonstration(
@@ -150,7 +150,7 @@ def test_compressed_round_sends_fewer_bytes_and_is_accepted(fleet):
     dense = client.process_round(fleet.open_round().serialize())
     aggregator.accept(dense.serialize())
     aggregator.close_round({'outcome': 'test'})
-    aggregator.policy.coordinates_per_round = 200
+    aggregator.settings.coordinates_per_round = 200
     compressed = client.process_round(fleet.open_round().serialize())
     assert aggregator.accept(compressed.serialize()).robot_id == 'robot_1'
     assert len(compressed.bodies) < len(dense.bodies) / 4

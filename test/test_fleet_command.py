@@ -9,12 +9,12 @@ import subprocess
 import numpy as np
 import pytest
 
-from tensorguard_aggregator.key_service import KeyServiceCore, KeyServicePolicy
-from tensorguard_aggregator.rounds import Aggregator, RoundPolicy
+from tensorguard_aggregator.key_service import KeyServiceCore, KeyServiceSettings
+from tensorguard_aggregator.rounds import Aggregator, AggregatorSettings
 from tensorguard_crypto.cli import EXIT_OK
-from tensorguard_edge.client import EdgeConfig, create_client
+from tensorguard_edge.client import EdgeSettings, create_client
 from tensorguard_learning.demonstrations import Demonstration
-from tensorguard_learning.policy import PolicyConfig, build_policy
+from tensorguard_learning.policy import MoEConfig, build_policy
 
 pytestmark = pytest.mark.slow
 
@@ -57,15 +57,15 @@ def test_a_fleet_provisioned_by_the_command_runs_a_round(tmp_path, monkeypatch):
     assert not (fleet_dir / 'robots').exists()  # no robot key stays on the server
 
     server = SERVER_PASSPHRASE.encode()
-    aggregator = Aggregator(RoundPolicy(fleet_dir=str(fleet_dir), quorum=2, **SHARED), server)
-    key_service = KeyServiceCore(KeyServicePolicy(fleet_dir=str(fleet_dir), **{
+    aggregator = Aggregator(AggregatorSettings(fleet_dir=str(fleet_dir), quorum=2, **SHARED), server)
+    key_service = KeyServiceCore(KeyServiceSettings(fleet_dir=str(fleet_dir), **{
         k: SHARED[k] for k in ('security_level', 'plaintext_bits', 'max_clients', 'min_clients')}), server)
-    model = aggregator.publish_model(build_policy(PolicyConfig(tasks=('push-v3',), num_experts=2)), 0, 'initial')
+    model = aggregator.publish_model(build_policy(MoEConfig(tasks=('push-v3',), num_experts=2)), 0, 'initial')
 
     clients = []
     for index, (robot, passphrase) in enumerate(ROBOTS.items()):
         monkeypatch.setenv('TENSORGUARD_KEY_PASSPHRASE', passphrase)  # each robot opens its own key
-        client = create_client(EdgeConfig(
+        client = create_client(EdgeSettings(
             robot_id=robot, state_dir=str(robot_dirs[robot].parent / 'state'),
             key_path=str(robot_dirs[robot] / 'identity.key'), trust_path=str(robot_dirs[robot] / 'trust.json'),
             train_steps=5, batch_size=16, epsilon_budget=1e7, **{k: SHARED[k] for k in (

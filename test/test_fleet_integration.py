@@ -22,7 +22,7 @@ from rclpy.executors import MultiThreadedExecutor
 from rclpy.node import Node
 
 from tensorguard_crypto import update_codec
-from tensorguard_crypto.accountant import DPPolicyProfile
+from tensorguard_crypto.accountant import DPProfile
 from tensorguard_crypto.fleet import AGGREGATOR_ID, FleetPaths, enroll_robot, load_server_identity
 from tensorguard_crypto.identity import Identity, Role
 from tensorguard_crypto.keystore import load_key
@@ -346,9 +346,9 @@ def _round_codec(fleet, config: RoundConfigPackage) -> update_codec.RoundCodec:
     model = MoEPolicy.from_bytes(ModelPackage.deserialize(
         (fleet.paths.server / 'models' / f'{config.model_version}.tgm').read_bytes()).parameters)
     indices = adapter_round_coordinates(config.round_seed, model, config.num_coordinates)
-    profile = DPPolicyProfile(clipping_norm=shared['clipping_norm'], epsilon_budget=1.0,
-                              noise_multiplier=shared['noise_multiplier'], min_clients=shared['min_clients'],
-                              bits=shared['plaintext_bits'])
+    profile = DPProfile(clipping_norm=shared['clipping_norm'], epsilon_budget=1.0,
+                        noise_multiplier=shared['noise_multiplier'], min_clients=shared['min_clients'],
+                        bits=shared['plaintext_bits'])
     return update_codec.codec_for_round(config, profile, indices.size + len(model.segment_sizes()),
                                         shared['max_clients'])
 

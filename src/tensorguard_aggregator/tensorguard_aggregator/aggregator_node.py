@@ -32,7 +32,7 @@ from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackRet
 from tensorguard_aggregator.gate import DeploymentGate, GateSettings, RoundLog
 from tensorguard_aggregator.held_out import load_held_out
 from tensorguard_aggregator.kms_check import KMSCheck
-from tensorguard_aggregator.rounds import Aggregator, RoundError, RoundPolicy
+from tensorguard_aggregator.rounds import Aggregator, AggregatorSettings, RoundError
 from tensorguard_crypto.fleet import passphrase_from_environment
 from tensorguard_crypto.kms import KMSError
 from tensorguard_crypto.verify import VerificationError, decode
@@ -59,15 +59,16 @@ class AggregatorNode(LifecycleNode):
 
     def __init__(self) -> None:
         super().__init__('aggregator')
-        self.round_policy = declare_dataclass_parameters(self, RoundPolicy)
-        self.gate_policy = declare_dataclass_parameters(self, GateSettings)
+        self.round_settings = declare_dataclass_parameters(self, AggregatorSettings)
+        self.gate_settings = declare_dataclass_parameters(self, GateSettings)
         self.group = ReentrantCallbackGroup()
         self.core: Aggregator | None = None
         self.kms_check: KMSCheck | None = None
-        self.gate = DeploymentGate(self.gate_policy)
+        self.gate = DeploymentGate(self.gate_settings)
         self.round_log: RoundLog | None = None
         self.health = Health(self.get_logger())
-        self.diagnostics = DiagnosticsPublisher(self, self.health, self.round_policy.fleet_dir, self._diagnostic_values)
+        self.diagnostics = DiagnosticsPublisher(self, self.health, self.round_settings.fleet_dir,
+                                                self._diagnostic_values)
         self.roster: tuple[list[str], list[str]] = ([], [])
         self.unrecorded: dict | None = None
         self.activated_at = math.inf
@@ -87,8 +88,8 @@ class AggregatorNode(LifecycleNode):
     # Lifecycle.
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
         try:
-            self.core = Aggregator(self.round_policy, passphrase_from_environment())
-            unknown = sorted(set(self.gate_policy.eval_tasks) - set(self.core.model_policy.cfg.tasks))
+            self.core = Aggregator(self.round_settings, passphrase_from_environment())
+            unknown = sorted(set(self.gate_settings.eval_tasks) - set(self.core.model_policy.cfg.tasks))
             if unknown:
                 raise ValueError(f'eval_tasks {unknown} are not tasks of the fleet model '
                                  f'{list(self.core.model_policy.cfg.tasks)}')
@@ -141,8 +142,8 @@ class AggregatorNode(LifecycleNode):
         self._publish_model(self.core.model, 'deploy', [])
         if self.core.current is not None:
             self._publish_round(self.core.current.config)
-        if self.gate_policy.round_period_s > 0:
-            self.next_round_at = time.monotonic() + self.gate_policy.first_round_delay_s
+        if self.gate_settings.round_period_s > 0:
+            self.next_round_at = time.monotonic() + self.gate_settings.first_round_delay_s
         self.activated_at = time.monotonic()
         self.get_logger().info('active')
         return result
@@ -222,7 +223,7 @@ class AggregatorNode(LifecycleNode):
             msg = FleetStatus(
                 round_id=current.config.round_id if current else self.core.model.round_id,
                 phase=self.phase, model_version=self.core.model.model_version,
-                quorum=current.config.quorum if current else self.round_policy.quorum,
+                quorum=current.config.quorum if current else self.round_settings.quorum,
                 participants=current.contributors if current else [],
                 enrolled_robots=self.roster[0], revoked_robots=self.roster[1],
                 rejections=[RejectionCount(reason=r, count=c) for r, c in sorted(self.health.refusals().items())],
@@ -351,10 +352,10 @@ class AggregatorNode(LifecycleNode):
     def _advance_rounds(self) -> None:
         with self.lock:
             if self.core.current is None:
-                limit = self.gate_policy.max_rounds
+                limit = self.gate_settings.max_rounds
                 due = time.monotonic() >= self.next_round_at and (limit == 0 or self.rounds_started < limit)
                 if due:
-                    self.next_round_at = time.monotonic() + self.gate_policy.round_period_s
+                    self.next_round_at = time.monotonic() + self.gate_settings.round_period_s
             else:
                 due = False
         if due:
@@ -424,7 +425,7 @@ class AggregatorNode(LifecycleNode):
         version (rollback), so every robot ends the round on one version.
         """
         if decision == 'canary':
-            canary = self.gate_policy.canary_robots(self.core.expected_robots())
+            canary = self.gate_settings.canary_robots(self.core.expected_robots())
             parent_policy = self.core.model_policy
             model = self.core.publish_model(candidate.policy, candidate.round_id, 'canary')
             self._publish_model(model, 'canary', canary)

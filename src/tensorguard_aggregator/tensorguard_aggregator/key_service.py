@@ -45,7 +45,7 @@ logger = logging.getLogger(__name__)
 
 
 @dataclass
-class KeyServicePolicy(LatticeSettings):
+class KeyServiceSettings(LatticeSettings):
     """Key-service configuration: the fleet's `LatticeSettings` and its own (each field becomes a ROS parameter)."""
 
     fleet_dir: str = described('Fleet directory holding server/ (see provisioning).', '', read_only=True)
@@ -78,16 +78,16 @@ def _write_exclusive(path: Path, data: bytes) -> bool:
 class KeyServiceCore:
     """Issues per-round keys and decrypts each round's aggregate once (see module docstring)."""
 
-    def __init__(self, policy: KeyServicePolicy, passphrase: bytes) -> None:
-        if policy.min_quorum < 2:
+    def __init__(self, settings: KeyServiceSettings, passphrase: bytes) -> None:
+        if settings.min_quorum < 2:
             raise ValueError('min_quorum must be at least 2: one robot\'s "aggregate" is its update')
-        self.policy = policy
-        self.paths = FleetPaths(Path(policy.fleet_dir))
+        self.settings = settings
+        self.paths = FleetPaths(Path(settings.fleet_dir))
         self.kms = self.paths.kms()
         self.identity = load_server_identity(self.paths, KEY_SERVICE_ID, passphrase)
         self._passphrase = passphrase
-        self.params = standard_params(policy.security_level, policy.plaintext_bits, policy.max_clients,
-                                      policy.min_clients)
+        self.params = standard_params(settings.security_level, settings.plaintext_bits, settings.max_clients,
+                                      settings.min_clients)
         self.rounds_dir = self.paths.server / 'key_service' / 'rounds'
         self.rounds_dir.mkdir(parents=True, exist_ok=True)
         self.log_path = self.paths.server / 'key_service' / 'decryptions.jsonl'
@@ -144,8 +144,8 @@ class KeyServiceCore:
                                         reason='round_parameters_mismatch')
             request = verify_aggregate_request(request_blob, self.kms, config)
             robots = sorted(c.robot_id for c in request.contributions)
-            if len(robots) < self.policy.min_quorum:
-                raise QuorumNotMet(f'{len(robots)} contributors, the key service requires {self.policy.min_quorum}')
+            if len(robots) < self.settings.min_quorum:
+                raise QuorumNotMet(f'{len(robots)} contributors, the key service requires {self.settings.min_quorum}')
             directory = self._round_dir(config.round_id)
             if (directory / 'decrypted.json').exists():
                 raise DecryptionRefused(f'round {config.round_id} was decrypted once; a second decryption is refused',

@@ -11,7 +11,7 @@ import sys
 
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 
-from tensorguard_aggregator.key_service import DecryptionRefused, KeyServiceCore, KeyServicePolicy
+from tensorguard_aggregator.key_service import DecryptionRefused, KeyServiceCore, KeyServiceSettings
 from tensorguard_aggregator.kms_check import KMSCheck
 from tensorguard_crypto.fleet import passphrase_from_environment
 from tensorguard_crypto.kms import KMSError
@@ -28,26 +28,26 @@ class KeyServiceNode(LifecycleNode):
 
     def __init__(self) -> None:
         super().__init__('key_service')
-        self.policy = declare_dataclass_parameters(self, KeyServicePolicy)
+        self.settings = declare_dataclass_parameters(self, KeyServiceSettings)
         self.core: KeyServiceCore | None = None
         self.kms_check: KMSCheck | None = None
         self.probe_timer = None
         self.handles = []  # the two services, while active
         self.decryptions = 0
         self.health = Health(self.get_logger())
-        self.diagnostics = DiagnosticsPublisher(self, self.health, self.policy.fleet_dir, self._diagnostic_values)
+        self.diagnostics = DiagnosticsPublisher(self, self.health, self.settings.fleet_dir, self._diagnostic_values)
         enable_autostart(self)
 
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
         try:
-            self.core = KeyServiceCore(self.policy, passphrase_from_environment())
+            self.core = KeyServiceCore(self.settings, passphrase_from_environment())
         except Exception as exc:  # noqa: BLE001 - start-up failures are reported and refused.
             self.health.fault('configure', f'configure failed: {type(exc).__name__}: {exc}')
             return TransitionCallbackReturn.FAILURE
         self.health.clear('configure')
         self.kms_check = KMSCheck(self.core.kms)
         self.probe_timer = self.create_timer(1.0, self._probe)
-        self.get_logger().info(f'configured: decrypts aggregates of at least {self.policy.min_quorum} robots')
+        self.get_logger().info(f'configured: decrypts aggregates of at least {self.settings.min_quorum} robots')
         return TransitionCallbackReturn.SUCCESS
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -128,7 +128,7 @@ class KeyServiceNode(LifecycleNode):
     def _diagnostic_values(self) -> dict[str, str]:
         """Key/values of the key service's /diagnostics status."""
         return {'configured': str(self.core is not None), 'decryptions': str(self.decryptions),
-                'min_quorum': str(self.policy.min_quorum)}
+                'min_quorum': str(self.settings.min_quorum)}
 
 
 def main(args: list[str] | None = None) -> int:

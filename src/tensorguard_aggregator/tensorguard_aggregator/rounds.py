@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from tensorguard_crypto import update_codec
-from tensorguard_crypto.accountant import DPPolicyProfile
+from tensorguard_crypto.accountant import DPProfile
 from tensorguard_crypto.fleet import AGGREGATOR_ID, KEY_SERVICE_ID, SERVER_ID, FleetPaths, load_server_identity
 from tensorguard_crypto.hybrid import HybridError, SealedBoxKey
 from tensorguard_crypto.identity import Role
@@ -72,7 +72,7 @@ logger = logging.getLogger(__name__)
 
 
 @dataclass
-class RoundPolicy(RoundSettings):
+class AggregatorSettings(RoundSettings):
     """How the aggregator runs rounds: the fleet's `RoundSettings` and its own (each field becomes a ROS parameter)."""
 
     fleet_dir: str = described('Fleet directory holding server/ (see provisioning).', '', read_only=True)
@@ -178,18 +178,18 @@ class OpenRound:
 class Aggregator:
     """Round state machine of the fleet server (see module docstring)."""
 
-    def __init__(self, policy: RoundPolicy, passphrase: bytes) -> None:
-        self.policy = policy
-        self.paths = FleetPaths(Path(policy.fleet_dir))
+    def __init__(self, settings: AggregatorSettings, passphrase: bytes) -> None:
+        self.settings = settings
+        self.paths = FleetPaths(Path(settings.fleet_dir))
         self.kms: KeyManagementSystem = self.paths.kms()
         self.aggregator_identity = load_server_identity(self.paths, AGGREGATOR_ID, passphrase)
         self.server_identity = load_server_identity(self.paths, SERVER_ID, passphrase)
         self._passphrase = passphrase
         self.state_problems: Counter[str] = Counter()
-        self.profile = DPPolicyProfile(clipping_norm=policy.clipping_norm, epsilon_budget=1.0,
-                                       noise_multiplier=policy.noise_multiplier, min_clients=policy.min_clients,
-                                       bits=policy.plaintext_bits)
-        self.strategy = strategy_from_name(policy.strategy, quorum_threshold=policy.quorum)
+        self.profile = DPProfile(clipping_norm=settings.clipping_norm, epsilon_budget=1.0,
+                                 noise_multiplier=settings.noise_multiplier, min_clients=settings.min_clients,
+                                 bits=settings.plaintext_bits)
+        self.strategy = strategy_from_name(settings.strategy, quorum_threshold=settings.quorum)
         self.rounds_dir = self.paths.rounds_dir
         self.models_dir = self.paths.models_dir
         self.current: OpenRound | None = None
@@ -242,12 +242,12 @@ class Aggregator:
     def _codec(self, round_seed: bytes) -> update_codec.RoundCodec:
         indices = adapter_round_coordinates(round_seed, self.model_policy, self._num_coordinates())
         dim = self.strategy.vector_length(self.model_policy.segment_sizes(), indices)
-        return update_codec.build_codec(self.profile, dim, self.policy.max_clients, self.policy.security_level,
+        return update_codec.build_codec(self.profile, dim, self.settings.max_clients, self.settings.security_level,
                                         round_seed)
 
     def _num_coordinates(self) -> int:
         total = sum(self.model_policy.segment_sizes())
-        k = self.policy.coordinates_per_round
+        k = self.settings.coordinates_per_round
         return total if k <= 0 else min(k, total)
 
     def _verifier(self, config: RoundConfigPackage, codec: update_codec.RoundCodec, clock) -> RoundVerifier:
@@ -274,7 +274,7 @@ class Aggregator:
             round_id=round_id, round_seed=seed, model_version=self.model.model_version,
             num_coordinates=self._num_coordinates(), total_coordinates=sum(self.model_policy.segment_sizes()),
             num_experts=self.model_policy.cfg.num_experts,
-            deadline=now + (deadline_s or self.policy.round_deadline_s), quorum=quorum or self.policy.quorum,
+            deadline=now + (deadline_s or self.settings.round_deadline_s), quorum=quorum or self.settings.quorum,
             round_key=round_key, aggregator_transport_key=transport.public_key, key_service_key_id=KEY_SERVICE_ID,
             aggregator_key_id=AGGREGATOR_ID, signer_key_id=AGGREGATOR_ID, created_at=now,
             aggregation_strategy=self.strategy.name,
@@ -430,10 +430,10 @@ class Aggregator:
             raise RoundError('the key service decrypted another set of robots', reason='contributors_mismatch')
         _write_atomic(self.current.directory / 'aggregate.bin', result_blob)
         summed = update_codec.decode_aggregate(self.current.codec, result.aggregate)
-        floor = segment_weight_floor(self.current.codec, len(result.contributors), self.policy.min_segment_weight)
+        floor = segment_weight_floor(self.current.codec, len(result.contributors), self.settings.min_segment_weight)
         indices = adapter_round_coordinates(config.round_seed, self.model_policy, config.num_coordinates)
         policy, delta, frozen = apply_round_sum(self.model_policy, summed, floor, self.strategy,
-                                                self.policy.server_learning_rate, indices)
+                                                self.settings.server_learning_rate, indices)
         return Candidate(config.round_id, policy, tuple(result.contributors), float(np.linalg.norm(delta)), frozen)
 
     def close_round(self, outcome: dict) -> None:

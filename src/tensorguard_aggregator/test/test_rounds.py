@@ -9,7 +9,7 @@ import yaml
 
 from tensorguard_aggregator.rounds import SEGMENT_NOISE_MARGIN, segment_weight_floor
 from tensorguard_crypto import update_codec
-from tensorguard_crypto.accountant import DPPolicyProfile
+from tensorguard_crypto.accountant import DPProfile
 from tensorguard_learning.aggregation import ExpertDrivenStrategy
 
 FLEET_YAML = Path(__file__).resolve().parents[3] / 'config' / 'fleet.yaml'
@@ -19,9 +19,9 @@ def shipped_codec(dim: int) -> tuple[update_codec.RoundCodec, float]:
     """The codec and min_segment_weight that config/fleet.yaml gives a `dim`-vector round."""
     config = yaml.safe_load(FLEET_YAML.read_text())
     shared = config['/**']['ros__parameters']
-    profile = DPPolicyProfile(clipping_norm=shared['clipping_norm'], epsilon_budget=1.0,
-                              noise_multiplier=shared['noise_multiplier'], min_clients=shared['min_clients'],
-                              bits=shared['plaintext_bits'])
+    profile = DPProfile(clipping_norm=shared['clipping_norm'], epsilon_budget=1.0,
+                        noise_multiplier=shared['noise_multiplier'], min_clients=shared['min_clients'],
+                        bits=shared['plaintext_bits'])
     codec = update_codec.build_codec(profile, dim, shared['max_clients'], shared['security_level'],
                                      secrets.token_bytes(32))
     return codec, config['/**/aggregator']['ros__parameters'].get('min_segment_weight', 0.1)

@@ -10,8 +10,8 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
-from tensorguard_aggregator.key_service import DecryptionRefused, KeyServiceCore, KeyServicePolicy
-from tensorguard_aggregator.rounds import Aggregator, RoundPolicy
+from tensorguard_aggregator.key_service import DecryptionRefused, KeyServiceCore, KeyServiceSettings
+from tensorguard_aggregator.rounds import Aggregator, AggregatorSettings
 from tensorguard_crypto import update_codec
 from tensorguard_crypto.fleet import AGGREGATOR_ID, FleetPaths, enroll_robot, provision_server
 from tensorguard_crypto.identity import Identity
@@ -27,7 +27,7 @@ from tensorguard_crypto.secagg import (
 from tensorguard_crypto.skellam import SkellamDecoder
 from tensorguard_crypto.verify import VerificationError
 from tensorguard_crypto.wire import AggregateRequest, AggregateResult, RoundKeyAnnouncement, SafetyStats, UpdatePackage
-from tensorguard_learning.policy import PolicyConfig, build_policy
+from tensorguard_learning.policy import MoEConfig, build_policy
 
 PASSPHRASE = b'test passphrase, not a secret'
 # The shipped fleet's noise level (config/fleet.yaml): low enough that one robot's decoded update
@@ -49,11 +49,11 @@ class Server:
         return self.aggregator.open_round(self.key_service.round_key(self.aggregator.next_round_id()), quorum=quorum)
 
     def restart_aggregator(self) -> Aggregator:
-        self.aggregator = Aggregator(RoundPolicy(fleet_dir=str(self.paths.root), quorum=2, **SHARED), PASSPHRASE)
+        self.aggregator = Aggregator(AggregatorSettings(fleet_dir=str(self.paths.root), quorum=2, **SHARED), PASSPHRASE)
         return self.aggregator
 
     def restart_key_service(self) -> KeyServiceCore:
-        self.key_service = KeyServiceCore(KeyServicePolicy(fleet_dir=str(self.paths.root), **{
+        self.key_service = KeyServiceCore(KeyServiceSettings(fleet_dir=str(self.paths.root), **{
             k: SHARED[k] for k in ('security_level', 'plaintext_bits', 'max_clients', 'min_clients')}), PASSPHRASE)
         return self.key_service
 
@@ -71,7 +71,7 @@ def server(tmp_path, monkeypatch) -> Server:
     fleet = Server(paths, None, None)
     fleet.restart_aggregator()
     fleet.restart_key_service()
-    fleet.aggregator.publish_model(build_policy(PolicyConfig(tasks=('push-v3',), num_experts=2)), 0, 'initial')
+    fleet.aggregator.publish_model(build_policy(MoEConfig(tasks=('push-v3',), num_experts=2)), 0, 'initial')
     for robot in ROBOTS:
         enroll_robot(paths, robot, PASSPHRASE)
     return fleet

@@ -69,7 +69,7 @@ def round_rdp(config: SkellamConfig, orders: Sequence[int] = RDP_ORDERS) -> np.n
 
 
 @dataclass(frozen=True)
-class DPPolicyProfile:
+class DPProfile:
     """A robot's DP policy: clipping, noise, budget and whether exceeding it is refused."""
 
     clipping_norm: float
@@ -99,7 +99,7 @@ class DPPolicyProfile:
 class PrivacyLedger:
     """One robot's running privacy spend: composed RDP over the rounds it contributed to."""
 
-    profile: DPPolicyProfile
+    profile: DPProfile
     orders: tuple[int, ...] = RDP_ORDERS
     rounds: list[str] = field(default_factory=list)
     rdp: np.ndarray | None = None
@@ -149,7 +149,7 @@ class PrivacyLedger:
         return {'orders': list(self.orders), 'rounds': list(self.rounds), 'rdp': [float(v) for v in self.rdp]}
 
     @classmethod
-    def from_dict(cls, profile: DPPolicyProfile, state: dict) -> "PrivacyLedger":
+    def from_dict(cls, profile: DPProfile, state: dict) -> "PrivacyLedger":
         """Restore a ledger saved with `to_dict`."""
         try:
             return cls(profile, tuple(int(a) for a in state['orders']), [str(r) for r in state['rounds']],

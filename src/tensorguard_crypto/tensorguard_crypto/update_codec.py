@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from tensorguard_crypto import hybrid
-from tensorguard_crypto.accountant import DPPolicyProfile
+from tensorguard_crypto.accountant import DPProfile
 from tensorguard_crypto.params import SecAggParams, standard_params
 from tensorguard_crypto.secagg import (
     BodyCiphertext,
@@ -80,7 +80,7 @@ class RoundCodec:
         return self.secagg.key_ciphertext_bytes
 
 
-def build_codec(profile: DPPolicyProfile, dim: int, max_clients: int, security_level: int,
+def build_codec(profile: DPProfile, dim: int, max_clients: int, security_level: int,
                 round_seed: bytes) -> RoundCodec:
     """The codec a party's own configuration implies for a `dim`-vector round."""
     secagg = standard_params(security_level, profile.bits, max_clients, profile.min_clients)
@@ -95,7 +95,7 @@ def announce(codec: RoundCodec) -> dict:
             'ring_degree': codec.secagg.n, 'modulus_bits': codec.secagg.coefficient_bits}
 
 
-def codec_for_round(config: RoundConfigPackage, profile: DPPolicyProfile, dim: int, max_clients: int) -> RoundCodec:
+def codec_for_round(config: RoundConfigPackage, profile: DPProfile, dim: int, max_clients: int) -> RoundCodec:
     """Build our own codec for `config` and check the server announced exactly it."""
     codec = build_codec(profile, dim, max_clients, config.security_level, config.round_seed)
     for name, ours in announce(codec).items():

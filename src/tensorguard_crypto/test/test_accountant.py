@@ -7,7 +7,7 @@ import pytest
 from tensorguard_crypto.accountant import (
     RDP_ORDERS,
     AccountantError,
-    DPPolicyProfile,
+    DPProfile,
     PrivacyBudgetExceeded,
     PrivacyLedger,
     rdp_to_epsilon,
@@ -50,10 +50,10 @@ def test_large_noise_matches_gaussian_rdp():
     assert np.allclose(rdp, gaussian, rtol=1e-3)
 
 
-def profile(**overrides) -> DPPolicyProfile:
+def profile(**overrides) -> DPProfile:
     base = dict(clipping_norm=1.0, epsilon_budget=10.0, noise_multiplier=1.0, min_clients=16, bits=20)
     base.update(overrides)
-    return DPPolicyProfile(**base)
+    return DPProfile(**base)
 
 
 def test_round_uses_sensitivity_after_rounding():

@@ -5,7 +5,7 @@ import os
 import numpy as np
 import pytest
 
-from tensorguard_crypto.accountant import DPPolicyProfile, PrivacyBudgetExceeded, PrivacyLedger
+from tensorguard_crypto.accountant import DPProfile, PrivacyBudgetExceeded, PrivacyLedger
 from tensorguard_crypto.params import standard_params
 from tensorguard_crypto.secagg import (
     BodyCiphertext,
@@ -24,7 +24,7 @@ DIM = 6000
 def test_sixteen_robots_private_mean_within_predicted_noise():
     params = standard_params(128, plaintext_bits=20, max_clients=1000, min_clients=ROBOTS)
     secret, public = generate_key_service_keys(params)
-    policy = DPPolicyProfile(clipping_norm=1.0, epsilon_budget=12.0, noise_multiplier=0.5, min_clients=ROBOTS)
+    policy = DPProfile(clipping_norm=1.0, epsilon_budget=12.0, noise_multiplier=0.5, min_clients=ROBOTS)
     config = policy.skellam_config(DIM, max_clients=1000)
     seed = os.urandom(32)
     data = np.random.default_rng(7)  # the robots' training updates (test data, not secrets)
@@ -65,7 +65,7 @@ def test_sixteen_robots_private_mean_within_predicted_noise():
 
 
 def test_robot_hard_stop_blocks_the_over_budget_round():
-    policy = DPPolicyProfile(clipping_norm=1.0, epsilon_budget=6.0, noise_multiplier=1.0, min_clients=ROBOTS)
+    policy = DPProfile(clipping_norm=1.0, epsilon_budget=6.0, noise_multiplier=1.0, min_clients=ROBOTS)
     config = policy.skellam_config(1000, max_clients=100)
     ledger = PrivacyLedger(policy)
     ledger.charge('round-1', config)

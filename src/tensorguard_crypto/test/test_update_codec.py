@@ -5,14 +5,14 @@ import numpy as np
 import pytest
 
 from tensorguard_crypto import update_codec
-from tensorguard_crypto.accountant import DPPolicyProfile
+from tensorguard_crypto.accountant import DPProfile
 from tensorguard_crypto.hybrid import SealedBoxKey
 from tensorguard_crypto.secagg import KeyService, generate_key_service_keys
 from tensorguard_crypto.wire import RoundConfigPackage
 
 DIM = 300
 MAX_CLIENTS = 16
-PROFILE = DPPolicyProfile(clipping_norm=1.0, epsilon_budget=10.0, noise_multiplier=0.5, min_clients=3, bits=20)
+PROFILE = DPProfile(clipping_norm=1.0, epsilon_budget=10.0, noise_multiplier=0.5, min_clients=3, bits=20)
 
 
 def _config(codec, **overrides):

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from tensorguard_crypto import update_codec
-from tensorguard_crypto.accountant import DPPolicyProfile, PrivacyLedger
+from tensorguard_crypto.accountant import DPProfile, PrivacyLedger
 from tensorguard_crypto.hybrid import HybridError
 from tensorguard_crypto.identity import Role
 from tensorguard_crypto.keystore import load_key
@@ -56,7 +56,7 @@ from tensorguard_ros.config_fields import POSITIVE, RoundSettings, described
 
 
 @dataclass
-class EdgeConfig(RoundSettings):
+class EdgeSettings(RoundSettings):
     """Everything an edge node is configured with: the fleet's `RoundSettings` and the robot's own
     (each field becomes a ROS parameter)."""
 
@@ -130,7 +130,7 @@ class TrustAnchors:
 class EdgeClient:
     """One robot's store, model, privacy ledger and round pipeline (see module docstring)."""
 
-    def __init__(self, config: EdgeConfig) -> None:
+    def __init__(self, config: EdgeSettings) -> None:
         if not config.state_dir or not config.key_path or not config.trust_path:
             raise ValueError('state_dir, key_path and trust_path must be set')
         self.config = config
@@ -141,7 +141,7 @@ class EdgeClient:
             raise ValueError(f'key file belongs to {self.identity.key_id!r}, not robot {config.robot_id!r}')
         self.trust = TrustAnchors.load(config.trust_path)
         self.store = DemonstrationStore(self.state_dir / 'demos', config.store_max_mb * 1024 * 1024)
-        self.profile = DPPolicyProfile(
+        self.profile = DPProfile(
             clipping_norm=config.clipping_norm, epsilon_budget=config.epsilon_budget,
             hard_stop_enabled=config.hard_stop, delta=config.privacy_delta,
             noise_multiplier=config.noise_multiplier, min_clients=config.min_clients, bits=config.plaintext_bits)
@@ -323,6 +323,6 @@ class EdgeClient:
         self.store.close()
 
 
-def create_client(config: EdgeConfig | None = None, **overrides) -> EdgeClient:
+def create_client(config: EdgeSettings | None = None, **overrides) -> EdgeClient:
     """Build an `EdgeClient` from a config (or keyword overrides of the defaults), as in the brief."""
-    return EdgeClient(dataclasses.replace(config or EdgeConfig(), **overrides))
+    return EdgeClient(dataclasses.replace(config or EdgeSettings(), **overrides))

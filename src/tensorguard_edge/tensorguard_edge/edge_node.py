@@ -26,7 +26,7 @@ from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from std_msgs.msg import Float32MultiArray, String
 
-from tensorguard_edge.client import EdgeClient, EdgeConfig, ModelRefused, RoundRefused, create_client
+from tensorguard_edge.client import EdgeClient, EdgeSettings, ModelRefused, RoundRefused, create_client
 from tensorguard_edge.recorder import EpisodeAssembler, StreamError
 from tensorguard_learning.demonstrations import Demonstration
 from tensorguard_msgs.msg import Demonstration as DemonstrationMsg
@@ -41,7 +41,7 @@ class EdgeNode(LifecycleNode):
 
     def __init__(self) -> None:
         super().__init__('edge_node')
-        self.config: EdgeConfig = declare_dataclass_parameters(self, EdgeConfig)
+        self.config: EdgeSettings = declare_dataclass_parameters(self, EdgeSettings)
         self.topics = {name: self.declare_parameter(
             f'{name}_topic', default, ParameterDescriptor(description=f"Topic of the robot's {name} stream "
                                                           '(relative names resolve in the robot namespace).')).value

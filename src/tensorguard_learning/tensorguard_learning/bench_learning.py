@@ -26,7 +26,7 @@ from tensorguard_learning.demonstrations import Demonstration, DemonstrationStor
 from tensorguard_learning.envelope import OperatingEnvelope
 from tensorguard_learning.evaluation import EvaluationGate, EvaluationMetrics, SafetyThresholds, policy_kl
 from tensorguard_learning.metaworld_source import RolloutReport, record_demonstrations, rollout_success
-from tensorguard_learning.policy import MoEPolicy, PolicyConfig
+from tensorguard_learning.policy import MoEConfig, MoEPolicy
 from tensorguard_learning.training import BCData, TrainingBudget, pretrain, train_local
 
 DEFAULT_TASKS = ('push-v3', 'door-open-v3', 'drawer-close-v3', 'button-press-topdown-v3',
@@ -168,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     tasks = tuple(args.tasks)
     t_start = time.perf_counter()
     envelope = OperatingEnvelope(max_trainable_params=2_000_000, target_update_size_kb=1024)
-    cfg = PolicyConfig(tasks=tasks, expert_hidden=args.expert_hidden, num_experts=args.experts)
+    cfg = MoEConfig(tasks=tasks, expert_hidden=args.expert_hidden, num_experts=args.experts)
     rounds_total = 3 * args.rounds
     bar = tqdm(total=rounds_total + args.robots + 6, desc='bench', unit='step', file=sys.stderr)
 

@@ -4,7 +4,7 @@ Success: per task, s successes in n simulator episodes give a Beta(1 + s, 1 + n 
 (uniform prior). The gate uses the lower credible bound (the `1 - credibility` quantile), not the
 point estimate, so ten lucky episodes cannot clear a 0.85 bar.
 
-KL: both policies are diagonal Gaussians with the same fixed std sigma (`PolicyConfig.action_std`),
+KL: both policies are diagonal Gaussians with the same fixed std sigma (`MoEConfig.action_std`),
 so KL(new || current) at a state is ||mu_new - mu_cur||^2 / (2 sigma^2); the metric is its mean
 over held-out states.
 """

@@ -1,7 +1,7 @@
 """Policy: a frozen-able base encoder plus a task-aware mixture-of-experts adapter (`MoEAdapter`).
 
 Action distribution (used for the KL in evaluation): a diagonal Gaussian N(mu(s, task), sigma^2 I)
-with a fixed, configured sigma (``PolicyConfig.action_std``); behaviour cloning fits mu by mean
+with a fixed, configured sigma (``MoEConfig.action_std``); behaviour cloning fits mu by mean
 squared error, which is the Gaussian negative log-likelihood up to a constant. The robot executes
 clip(mu, -1, 1).
 
@@ -31,7 +31,7 @@ ROUTER_INITS = ('random', 'round_robin')
 _ASSIGNED_LOGIT = 4.0
 
 
-def initial_router_logits(cfg: PolicyConfig) -> torch.Tensor:
+def initial_router_logits(cfg: MoEConfig) -> torch.Tensor:
     """Router logits [tasks, E] a fresh policy starts from.
 
     'random': N(0, 1), so tasks share experts at random. 'round_robin': task t prefers experts
@@ -49,7 +49,7 @@ def initial_router_logits(cfg: PolicyConfig) -> torch.Tensor:
 
 
 @dataclass(frozen=True)
-class PolicyConfig:
+class MoEConfig:
     """Shape of the policy; identical on every robot and on the server."""
 
     tasks: tuple[str, ...]
@@ -79,7 +79,7 @@ class PolicyConfig:
 class BaseEncoder(nn.Module):
     """State normaliser + MLP: the shared, pre-trained and then frozen part of the policy."""
 
-    def __init__(self, cfg: PolicyConfig) -> None:
+    def __init__(self, cfg: MoEConfig) -> None:
         super().__init__()
         self.register_buffer('obs_mean', torch.zeros(cfg.obs_dim))
         self.register_buffer('obs_std', torch.ones(cfg.obs_dim))
@@ -98,7 +98,7 @@ class BaseEncoder(nn.Module):
 class MoEAdapter(nn.Module):
     """Task-aware router over E expert MLPs; the output is the gate-weighted sum of the top-k experts."""
 
-    def __init__(self, cfg: PolicyConfig) -> None:
+    def __init__(self, cfg: MoEConfig) -> None:
         super().__init__()
         self.cfg = cfg
         self.task_embedding = nn.Parameter(torch.randn(len(cfg.tasks), cfg.task_embed_dim) * 0.1)
@@ -131,7 +131,7 @@ class MoEAdapter(nn.Module):
 class MoEPolicy(nn.Module):
     """Base encoder + MoE adapter; mean action of a fixed-std Gaussian policy."""
 
-    def __init__(self, cfg: PolicyConfig) -> None:
+    def __init__(self, cfg: MoEConfig) -> None:
         super().__init__()
         self.cfg = cfg
         torch.manual_seed(cfg.init_seed)
@@ -229,7 +229,7 @@ class MoEPolicy(nn.Module):
         try:
             data = torch.load(io.BytesIO(blob[len(_BLOB_MAGIC):]), weights_only=True)
             cfg = data['config']
-            policy = cls(PolicyConfig(**{**cfg, 'tasks': tuple(cfg['tasks'])}))
+            policy = cls(MoEConfig(**{**cfg, 'tasks': tuple(cfg['tasks'])}))
             policy.load_state_dict(data['state'])
         except (RuntimeError, KeyError, TypeError) as exc:
             raise UpdateFormatError(f'model blob is malformed: {exc}') from exc
@@ -248,9 +248,9 @@ class MoEPolicy(nn.Module):
         return other
 
 
-def build_policy(config: PolicyConfig | dict) -> MoEPolicy:
-    """Build a fresh policy from a `PolicyConfig` or a plain dict (e.g. parsed YAML)."""
+def build_policy(config: MoEConfig | dict) -> MoEPolicy:
+    """Build a fresh policy from a `MoEConfig` or a plain dict (e.g. parsed YAML)."""
     if isinstance(config, dict):
-        config = PolicyConfig(**{**config, 'tasks': tuple(config['tasks'])})
+        config = MoEConfig(**{**config, 'tasks': tuple(config['tasks'])})
     return MoEPolicy(config)
 

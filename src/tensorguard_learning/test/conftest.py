@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from tensorguard_learning.metaworld_source import record_demonstrations
-from tensorguard_learning.policy import PolicyConfig, build_policy
+from tensorguard_learning.policy import MoEConfig, build_policy
 
 torch.set_num_threads(1)
 TASKS = ('push-v3', 'door-open-v3')
@@ -25,5 +25,5 @@ def demos():
 @pytest.fixture
 def tiny_policy():
     """A small policy over TASKS."""
-    return build_policy(PolicyConfig(tasks=TASKS, expert_hidden=16, base_hidden=32, feature_dim=32,
-                                     num_experts=4, top_k=2))
+    return build_policy(MoEConfig(tasks=TASKS, expert_hidden=16, base_hidden=32, feature_dim=32,
+                                  num_experts=4, top_k=2))

@@ -5,7 +5,7 @@ import torch
 
 from tensorguard_learning.envelope import OperatingEnvelope
 from tensorguard_learning.errors import ConfigError, EnvelopeViolation, UpdateFormatError
-from tensorguard_learning.policy import MoEPolicy, PolicyConfig, build_policy
+from tensorguard_learning.policy import MoEConfig, MoEPolicy, build_policy
 from tensorguard_learning.training import TrainingBudget, train_local
 
 
@@ -45,23 +45,23 @@ def test_routing_is_task_aware_top_k(tiny_policy):
 
 def test_round_robin_router_gives_tasks_their_own_experts_until_they_run_out():
     tasks = tuple(f't{i}' for i in range(5))
-    own = build_policy(PolicyConfig(tasks=tasks, num_experts=5, top_k=1, router_init='round_robin'))
+    own = build_policy(MoEConfig(tasks=tasks, num_experts=5, top_k=1, router_init='round_robin'))
     assert np.array_equal(own.routing_weights(tasks), np.eye(5, dtype=np.float32))
-    shared = build_policy(PolicyConfig(tasks=tasks, num_experts=4, top_k=2, router_init='round_robin'))
+    shared = build_policy(MoEConfig(tasks=tasks, num_experts=4, top_k=2, router_init='round_robin'))
     chosen = [set(np.flatnonzero(row)) for row in shared.routing_weights(tasks)]
     assert chosen == [{0, 1}, {2, 3}, {0, 1}, {2, 3}, {0, 1}]
     restored = MoEPolicy.from_bytes(own.state_bytes())
     assert restored.cfg.router_init == 'round_robin'
     assert np.array_equal(restored.routing_weights(tasks), own.routing_weights(tasks))
     with pytest.raises(ConfigError, match='router_init'):
-        PolicyConfig(tasks=tasks, router_init='learned')
+        MoEConfig(tasks=tasks, router_init='learned')
 
 
 def test_build_policy_from_dict_and_bad_config():
     policy = build_policy({'tasks': ['push-v3'], 'expert_hidden': 8, 'num_experts': 2, 'top_k': 1})
     assert policy.cfg.tasks == ('push-v3',)
     with pytest.raises(ConfigError, match='top_k'):
-        PolicyConfig(tasks=('a',), num_experts=2, top_k=3)
+        MoEConfig(tasks=('a',), num_experts=2, top_k=3)
 
 
 def test_envelope_refuses_forbidden_module_and_too_many_params(tiny_policy, demos):

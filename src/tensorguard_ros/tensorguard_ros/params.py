@@ -1,6 +1,6 @@
 """Declare a node's parameters from a library config dataclass, with descriptors.
 
-Library configs (``EdgeConfig``, ``AggregatorConfig``...) stay ROS-free dataclasses whose fields
+Library configs (``EdgeSettings``, ``AggregatorConfig``...) stay ROS-free dataclasses whose fields
 carry a ``description`` (and optionally a range and ``read_only``) in their metadata, see
 `tensorguard_ros.config_fields.described`; this turns each field into a declared ROS parameter of
 the same name, type and default, so ``config/*.yaml`` files set them and ``ros2 param describe``

@@ -13,7 +13,7 @@ from tensorguard_aggregator.held_out import MAX_BYTES, held_out_dir
 from tensorguard_crypto.fleet import FleetPaths
 from tensorguard_learning.demonstrations import Demonstration, DemonstrationStore
 from tensorguard_learning.metaworld_source import record_demonstrations
-from tensorguard_learning.policy import MoEPolicy, PolicyConfig, build_policy
+from tensorguard_learning.policy import MoEConfig, MoEPolicy, build_policy
 from tensorguard_learning.training import TrainingBudget, pretrain
 
 HELD_OUT_SEED = 500_000
@@ -23,7 +23,7 @@ HELD_OUT_SEED = 500_000
 class BootstrapSpec:
     """What the initial model is pre-trained on and how the held-out set is drawn.
 
-    `policy_options` are `PolicyConfig` fields other than the task list (experts, top-k, ...).
+    `policy_options` are `MoEConfig` fields other than the task list (experts, top-k, ...).
     """
 
     policy_tasks: tuple[str, ...]
@@ -37,7 +37,7 @@ class BootstrapSpec:
 
 def build_initial_policy(spec: BootstrapSpec) -> MoEPolicy:
     """Pre-train base + adapter on the server's demonstrations of `pretrain_tasks`; freeze the base."""
-    policy = build_policy(PolicyConfig(tasks=spec.policy_tasks, **spec.policy_options))
+    policy = build_policy(MoEConfig(tasks=spec.policy_tasks, **spec.policy_options))
     demos = [d for i, task in enumerate(spec.pretrain_tasks)
              for d in record_demonstrations(task, spec.pretrain_episodes_per_task, spec.seed + 1000 * i)]
     pretrain(policy, demos, TrainingBudget(max_steps=spec.pretrain_steps), freeze=True)

@@ -34,10 +34,10 @@ import numpy as np
 import torch
 
 from tensorguard_aggregator.gate import DeploymentGate, GateSettings
-from tensorguard_aggregator.rounds import RoundPolicy, apply_round_sum, segment_weight_floor
+from tensorguard_aggregator.rounds import AggregatorSettings, apply_round_sum, segment_weight_floor
 from tensorguard_crypto import update_codec
-from tensorguard_crypto.accountant import DPPolicyProfile
-from tensorguard_edge.client import EdgeConfig
+from tensorguard_crypto.accountant import DPProfile
+from tensorguard_edge.client import EdgeSettings
 from tensorguard_learning.aggregation import ExpertDrivenStrategy
 from tensorguard_learning.envelope import OperatingEnvelope
 from tensorguard_learning.metaworld_source import record_demonstrations
@@ -67,7 +67,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument('--noise-multiplier', type=float, default=None, help='override fleet.yaml')
     parser.add_argument('--no-noise', action='store_true', help='clip only: no Skellam noise, no rounding')
     parser.add_argument('--min-segment-weight', type=float, default=None, help='override fleet.yaml')
-    parser.add_argument('--policy', default='{}', help="JSON of PolicyConfig fields overriding the plan's")
+    parser.add_argument('--policy', default='{}', help="JSON of MoEConfig fields overriding the plan's")
     parser.add_argument('--trainable-modules', default=None, help="comma-separated; default: the edge node's")
     parser.add_argument('--train-steps', type=int, default=None, help='override fleet.yaml')
     parser.add_argument('--no-gate', action='store_true', help='apply every candidate, whatever the gate says')
@@ -81,8 +81,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     shared, plan = load_config(args.config, args.plan)
     plan = replace(plan, rounds=args.rounds or plan.rounds, policy={**plan.policy, **json.loads(args.policy)})
-    rounds = node_parameters(args.config, 'aggregator', RoundPolicy)
-    edge = node_parameters(args.config, 'edge_node', EdgeConfig)
+    rounds = node_parameters(args.config, 'aggregator', AggregatorSettings)
+    edge = node_parameters(args.config, 'edge_node', EdgeSettings)
     gate = replace(node_parameters(args.config, 'aggregator', GateSettings), eval_tasks=list(plan.fleet_tasks))
     if args.eval_episodes:
         gate = replace(gate, eval_episodes_per_task=args.eval_episodes)
@@ -99,8 +99,8 @@ def main(argv: list[str] | None = None) -> int:
                                                                           plan.held_out_episodes_per_task))
     most = schedule[min(plan.rounds, len(schedule)) - 1]
     demos = [robot_demonstrations(plan, robot, most) for robot in range(plan.robots)]
-    profile = DPPolicyProfile(clipping_norm=shared['clipping_norm'], epsilon_budget=1.0,
-                              noise_multiplier=noise, min_clients=shared['min_clients'], bits=shared['plaintext_bits'])
+    profile = DPProfile(clipping_norm=shared['clipping_norm'], epsilon_budget=1.0,
+                        noise_multiplier=noise, min_clients=shared['min_clients'], bits=shared['plaintext_bits'])
     envelope = OperatingEnvelope(trainable_modules=list(modules), max_trainable_params=edge.max_trainable_params,
                                  target_update_size_kb=edge.target_update_size_kb, round_interval_seconds=3600)
     strategy = ExpertDrivenStrategy()

@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from tensorguard_aggregator.rounds import Aggregator, RoundPolicy
+from tensorguard_aggregator.rounds import Aggregator, AggregatorSettings
 from tensorguard_crypto.fleet import FleetPaths, enroll_robot_bundle, install_bundle, provision_server
 from tensorguard_crypto.params import standard_params
 from tensorguard_learning.policy import MoEPolicy
@@ -43,7 +43,7 @@ def provision(fleet: FleetPaths, shared: dict, plan: FleetPlan, passphrase: byte
     started = time.monotonic()
     policy = build_initial_policy(bootstrap_spec(plan))
     record_held_out(fleet, plan.fleet_tasks, plan.held_out_episodes_per_task)
-    aggregator = Aggregator(RoundPolicy(fleet_dir=str(fleet.root), **{k: shared[k] for k in ROUND_PARAMETERS}),
+    aggregator = Aggregator(AggregatorSettings(fleet_dir=str(fleet.root), **{k: shared[k] for k in ROUND_PARAMETERS}),
                             passphrase)
     aggregator.publish_model(policy, round_id=0, decision='initial')
     log(f'initial model: base pre-trained on {", ".join(plan.pretrain_tasks)} '
