@@ -32,7 +32,14 @@ from pathlib import Path
 
 from tensorguard_crypto import update_codec
 from tensorguard_crypto.fleet import KEY_SERVICE_ID, FleetPaths, load_server_identity
-from tensorguard_crypto.keystore import KeyStoreError, destroy_secret, seal_secret, unseal_secret
+from tensorguard_crypto.keystore import (
+    KeyFileExists,
+    KeyStoreError,
+    destroy_secret,
+    seal_secret,
+    unseal_secret,
+    write_private_file,
+)
 from tensorguard_crypto.kms import KMSError
 from tensorguard_crypto.params import standard_params
 from tensorguard_crypto.refusal import Reason, Refusal, reason_of
@@ -55,24 +62,6 @@ class KeyServiceSettings(LatticeSettings):
 
 class DecryptionRefused(Refusal):
     """The key service will not issue a round key or decrypt (raised with its reason)."""
-
-
-def _write_exclusive(path: Path, data: bytes) -> bool:
-    """Create `path` with `data`, fsync'd with its directory; False if it already exists."""
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        return False
-    with os.fdopen(fd, 'wb') as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
-    return True
 
 
 class KeyServiceCore:
@@ -147,17 +136,16 @@ class KeyServiceCore:
             if len(robots) < self.settings.min_quorum:
                 raise QuorumNotMet(f'{len(robots)} contributors, the key service requires {self.settings.min_quorum}')
             directory = self._round_dir(config.round_id)
-            if (directory / 'decrypted.json').exists():
-                raise DecryptionRefused(f'round {config.round_id} was decrypted once; a second decryption is refused',
-                                        reason='round_already_decrypted')
             announcement_path = directory / 'announcement.bin'
             if not announcement_path.exists() or announcement_path.read_bytes() != config.round_key:
                 raise DecryptionRefused(f'round {config.round_id} does not carry the key this key service issued',
                                         reason='unknown_round_key')
             record = json.dumps({'round_id': config.round_id, 'robots': robots, 'at': time.time()}).encode()
-            if not _write_exclusive(directory / 'decrypted.json', record):
+            try:
+                write_private_file(directory / 'decrypted.json', record, 'decryption record')
+            except KeyFileExists:
                 raise DecryptionRefused(f'round {config.round_id} was decrypted once; a second decryption is refused',
-                                        reason='round_already_decrypted')
+                                        reason='round_already_decrypted') from None
             aggregate = self._decrypt_once(config, request)
         except DecryptionRefused as exc:
             self._log(round_id, [], exc.reason)

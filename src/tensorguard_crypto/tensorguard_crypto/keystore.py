@@ -273,7 +273,8 @@ def read_private_file(path: str | os.PathLike, what: str, max_bytes: int) -> byt
 
 def write_private_file(path: str | os.PathLike, data: bytes, what: str) -> None:
     """Create `path` holding `data`, mode 0600 (new parent directories 0700): written to a temporary name
-    with O_EXCL, fsynced, then hard-linked into place, so it never overwrites and is never seen half-written."""
+    with O_EXCL, fsynced, then hard-linked into place and the directory fsynced, so it never overwrites, is
+    never seen half-written and survives a crash once this returns."""
     path = Path(path)
     try:
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -292,6 +293,11 @@ def write_private_file(path: str | os.PathLike, data: bytes, what: str) -> None:
         finally:
             os.close(fd)
         os.link(temporary, path)
+        directory = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
     except FileExistsError:
         raise KeyFileExists(f'{path}: already exists; refusing to overwrite a {what}') from None
     except OSError as error:
