@@ -346,9 +346,7 @@ def _round_codec(fleet, config: RoundConfigPackage) -> update_codec.RoundCodec:
     model = MoEPolicy.from_bytes(ModelPackage.deserialize(
         (fleet.paths.server / 'models' / f'{config.model_version}.tgm').read_bytes()).parameters)
     indices = adapter_round_coordinates(config.round_seed, model, config.num_coordinates)
-    profile = DPProfile(clipping_norm=shared['clipping_norm'], epsilon_budget=1.0,
-                        noise_multiplier=shared['noise_multiplier'], min_clients=shared['min_clients'],
-                        bits=shared['plaintext_bits'])
+    profile = DPProfile.from_fleet_parameters(shared)
     return update_codec.codec_for_round(config, profile, indices.size + len(model.segment_sizes()),
                                         shared['max_clients'])
 

@@ -43,7 +43,7 @@ from tensorguard_msgs.srv import DecryptAggregate, IssueRoundKey, RevokeRobot, T
 from tensorguard_ros import qos, topics
 from tensorguard_ros.diagnostics import DiagnosticsPublisher, Health
 from tensorguard_ros.node_main import destroy_entities, enable_autostart, spin_node
-from tensorguard_ros.params import declare_dataclass_parameters
+from tensorguard_ros.params import declare_dataclass_parameters, follow_parameter_changes
 
 # Bad state on disk: the KMS cannot be used (its audit log or state file does not verify or cannot
 # be read), or the fleet directory cannot be read or written. An operation that meets one is
@@ -83,6 +83,8 @@ class AggregatorNode(LifecycleNode):
         self.held_out = None
         self.interfaces = []  # publishers and clients, from configure to cleanup
         self.handles = []  # subscription, services, timers and action server, while active
+        follow_parameter_changes(self, AggregatorSettings, self._apply_round_settings)
+        follow_parameter_changes(self, GateSettings, self._apply_gate_settings)
         enable_autostart(self)
 
     # Lifecycle.
@@ -147,6 +149,22 @@ class AggregatorNode(LifecycleNode):
         self.activated_at = time.monotonic()
         self.get_logger().info('active')
         return result
+
+    def _apply_round_settings(self, settings: AggregatorSettings) -> None:
+        """`ros2 param set` of a writable round parameter: used from the next round it concerns."""
+        with self.lock:
+            self.round_settings = settings
+            if self.core is not None:
+                self.core.settings = settings
+
+    def _apply_gate_settings(self, settings: GateSettings) -> None:
+        """`ros2 param set` of a writable gate or schedule parameter; a new round period restarts the clock."""
+        with self.lock:
+            rescheduled = settings.round_period_s != self.gate_settings.round_period_s
+            self.gate_settings = self.gate.settings = settings
+            if rescheduled and self.handles:
+                self.next_round_at = (time.monotonic() + settings.round_period_s if settings.round_period_s > 0
+                                      else math.inf)
 
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
         self.next_round_at = math.inf

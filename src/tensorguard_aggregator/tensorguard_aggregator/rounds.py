@@ -29,7 +29,7 @@ import os
 import secrets
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -186,9 +186,7 @@ class Aggregator:
         self.server_identity = load_server_identity(self.paths, SERVER_ID, passphrase)
         self._passphrase = passphrase
         self.state_problems: Counter[str] = Counter()
-        self.profile = DPProfile(clipping_norm=settings.clipping_norm, epsilon_budget=1.0,
-                                 noise_multiplier=settings.noise_multiplier, min_clients=settings.min_clients,
-                                 bits=settings.plaintext_bits)
+        self.profile = DPProfile.from_fleet_parameters(asdict(settings))
         self.strategy = strategy_from_name(settings.strategy, quorum_threshold=settings.quorum)
         self.rounds_dir = self.paths.rounds_dir
         self.models_dir = self.paths.models_dir

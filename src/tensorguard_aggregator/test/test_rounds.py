@@ -19,9 +19,7 @@ def shipped_codec(dim: int) -> tuple[update_codec.RoundCodec, float]:
     """The codec and min_segment_weight that config/fleet.yaml gives a `dim`-vector round."""
     config = yaml.safe_load(FLEET_YAML.read_text())
     shared = config['/**']['ros__parameters']
-    profile = DPProfile(clipping_norm=shared['clipping_norm'], epsilon_budget=1.0,
-                        noise_multiplier=shared['noise_multiplier'], min_clients=shared['min_clients'],
-                        bits=shared['plaintext_bits'])
+    profile = DPProfile.from_fleet_parameters(shared)
     codec = update_codec.build_codec(profile, dim, shared['max_clients'], shared['security_level'],
                                      secrets.token_bytes(32))
     return codec, config['/**/aggregator']['ros__parameters'].get('min_segment_weight', 0.1)

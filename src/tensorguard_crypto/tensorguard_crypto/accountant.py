@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -70,23 +70,27 @@ def round_rdp(config: SkellamConfig, orders: Sequence[int] = RDP_ORDERS) -> np.n
 
 @dataclass(frozen=True)
 class DPProfile:
-    """A robot's DP policy: clipping, noise, budget and whether exceeding it is refused."""
+    """The fleet-wide DP mechanism every robot and the server agree on: clipping, noise and encoding."""
 
     clipping_norm: float
-    epsilon_budget: float
-    hard_stop_enabled: bool = True
-    delta: float = 1e-5
     noise_multiplier: float = 1.0
-    min_clients: int = 16
+    min_clients: int = 2
     bits: int = 20
     beta: float = math.exp(-0.5)
     rotate: bool = True
 
     def __post_init__(self) -> None:
-        if not (self.epsilon_budget > 0 and math.isfinite(self.epsilon_budget)):
-            raise AccountantError(f'epsilon_budget must be positive and finite, got {self.epsilon_budget}')
-        if not 0 < self.delta < 1:
-            raise AccountantError(f'delta must be in (0, 1), got {self.delta}')
+        if not (self.clipping_norm > 0 and math.isfinite(self.clipping_norm)):
+            raise AccountantError(f'clipping_norm must be positive and finite, got {self.clipping_norm}')
+        if not self.min_clients >= 1:
+            raise AccountantError(f'min_clients must be at least 1, got {self.min_clients}')
+
+    @classmethod
+    def from_fleet_parameters(cls, values: Mapping[str, Any]) -> DPProfile:
+        """The profile the fleet-wide ROS parameters set (``clipping_norm``, ``noise_multiplier``,
+        ``min_clients``, ``plaintext_bits``), from a parameter mapping or a settings dataclass's fields."""
+        return cls(clipping_norm=values['clipping_norm'], noise_multiplier=values['noise_multiplier'],
+                   min_clients=values['min_clients'], bits=values['plaintext_bits'])
 
     def skellam_config(self, dim: int, max_clients: int) -> SkellamConfig:
         """The encoder configuration this policy implies for a `dim`-vector round."""
@@ -95,11 +99,26 @@ class DPProfile:
                              beta=self.beta, rotate=self.rotate)
 
 
+@dataclass(frozen=True)
+class PrivacyBudget:
+    """One robot's own limit: epsilon at `delta`, and whether a round that would exceed it is refused."""
+
+    epsilon: float
+    delta: float = 1e-5
+    hard_stop: bool = True
+
+    def __post_init__(self) -> None:
+        if not (self.epsilon > 0 and math.isfinite(self.epsilon)):
+            raise AccountantError(f'epsilon budget must be positive and finite, got {self.epsilon}')
+        if not 0 < self.delta < 1:
+            raise AccountantError(f'delta must be in (0, 1), got {self.delta}')
+
+
 @dataclass
 class PrivacyLedger:
     """One robot's running privacy spend: composed RDP over the rounds it contributed to."""
 
-    profile: DPProfile
+    budget: PrivacyBudget
     orders: tuple[int, ...] = RDP_ORDERS
     rounds: list[str] = field(default_factory=list)
     rdp: np.ndarray | None = None
@@ -112,14 +131,14 @@ class PrivacyLedger:
             raise AccountantError('rdp curve does not match the orders')
 
     def epsilon(self) -> float:
-        """(epsilon at the profile's delta) spent so far."""
+        """(epsilon at the budget's delta) spent so far."""
         if not self.rounds:
             return 0.0
-        return rdp_to_epsilon(self.orders, self.rdp, self.profile.delta)[0]
+        return rdp_to_epsilon(self.orders, self.rdp, self.budget.delta)[0]
 
     def epsilon_after(self, config: SkellamConfig) -> float:
         """Epsilon the ledger would show after one more round with `config`."""
-        return rdp_to_epsilon(self.orders, self.rdp + round_rdp(config, self.orders), self.profile.delta)[0]
+        return rdp_to_epsilon(self.orders, self.rdp + round_rdp(config, self.orders), self.budget.delta)[0]
 
     def charge(self, round_id: str, config: SkellamConfig) -> float:
         """Record a round and return the new epsilon; the hard stop refuses a round that would exceed the budget.
@@ -129,30 +148,28 @@ class PrivacyLedger:
         """
         if round_id in self.rounds:
             raise AccountantError(f'round {round_id!r} already charged')
-        if config.clipping_norm != self.profile.clipping_norm:
-            raise AccountantError('round config uses a different clipping norm than the policy')
         after = self.epsilon_after(config)
-        if self.profile.hard_stop_enabled and after > self.profile.epsilon_budget:
+        if self.budget.hard_stop and after > self.budget.epsilon:
             raise PrivacyBudgetExceeded(
                 f'round {round_id!r} would raise epsilon from {self.epsilon():.4f} to {after:.4f}, '
-                f'over the budget {self.profile.epsilon_budget} (delta={self.profile.delta})')
+                f'over the budget {self.budget.epsilon} (delta={self.budget.delta})')
         self.rdp = self.rdp + round_rdp(config, self.orders)
         self.rounds.append(round_id)
         return after
 
     def exceeded(self) -> bool:
         """True if the spend is over the budget (only possible with the hard stop disabled)."""
-        return self.epsilon() > self.profile.epsilon_budget
+        return self.epsilon() > self.budget.epsilon
 
     def to_dict(self) -> dict:
         """JSON-ready state for persisting the ledger across restarts."""
         return {'orders': list(self.orders), 'rounds': list(self.rounds), 'rdp': [float(v) for v in self.rdp]}
 
     @classmethod
-    def from_dict(cls, profile: DPProfile, state: dict) -> "PrivacyLedger":
+    def from_dict(cls, budget: PrivacyBudget, state: dict) -> "PrivacyLedger":
         """Restore a ledger saved with `to_dict`."""
         try:
-            return cls(profile, tuple(int(a) for a in state['orders']), [str(r) for r in state['rounds']],
+            return cls(budget, tuple(int(a) for a in state['orders']), [str(r) for r in state['rounds']],
                        np.asarray(state['rdp'], dtype=np.float64))
         except (KeyError, TypeError, ValueError) as exc:
             raise AccountantError(f'invalid ledger state: {exc}') from exc

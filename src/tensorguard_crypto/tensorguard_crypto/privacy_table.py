@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from tensorguard_crypto.accountant import DPProfile, PrivacyLedger
+from tensorguard_crypto.accountant import DPProfile, PrivacyBudget, PrivacyLedger
 
 
 def table(dim: int, rounds: int, clipping_norm: float, max_clients: int, delta: float,
@@ -23,11 +23,9 @@ def table(dim: int, rounds: int, clipping_norm: float, max_clients: int, delta: 
     rows = []
     for multiplier in noise_multipliers:
         for clients in min_clients:
-            profile = DPProfile(clipping_norm=clipping_norm, epsilon_budget=1e300,
-                                hard_stop_enabled=False, delta=delta, noise_multiplier=multiplier,
-                                min_clients=clients)
+            profile = DPProfile(clipping_norm=clipping_norm, noise_multiplier=multiplier, min_clients=clients)
             config = profile.skellam_config(dim, max(max_clients, clients))
-            ledger = PrivacyLedger(profile)
+            ledger = PrivacyLedger(PrivacyBudget(epsilon=1e300, delta=delta, hard_stop=False))
             first = ledger.epsilon_after(config)
             for r in range(rounds):
                 ledger.charge(str(r), config)

@@ -8,6 +8,7 @@ from tensorguard_crypto.accountant import (
     RDP_ORDERS,
     AccountantError,
     DPProfile,
+    PrivacyBudget,
     PrivacyBudgetExceeded,
     PrivacyLedger,
     rdp_to_epsilon,
@@ -51,7 +52,7 @@ def test_large_noise_matches_gaussian_rdp():
 
 
 def profile(**overrides) -> DPProfile:
-    base = dict(clipping_norm=1.0, epsilon_budget=10.0, noise_multiplier=1.0, min_clients=16, bits=20)
+    base = dict(clipping_norm=1.0, noise_multiplier=1.0, min_clients=16, bits=20)
     base.update(overrides)
     return DPProfile(**base)
 
@@ -69,7 +70,7 @@ def test_round_uses_sensitivity_after_rounding():
 
 def test_epsilon_grows_with_rounds_and_shrinks_with_noise():
     cfg = profile().skellam_config(dim=4096, max_clients=100)
-    ledger = PrivacyLedger(profile(epsilon_budget=1e6))
+    ledger = PrivacyLedger(PrivacyBudget(epsilon=1e6))
     spent = [ledger.charge(f'r{i}', cfg) for i in range(5)]
     assert all(a < b for a, b in zip(spent, spent[1:]))
     assert ledger.epsilon() == pytest.approx(spent[-1])
@@ -83,10 +84,10 @@ def test_epsilon_grows_with_rounds_and_shrinks_with_noise():
 
 def test_hard_stop_refuses_the_round_that_would_exceed():
     cfg = profile().skellam_config(dim=4096, max_clients=100)
-    probe = PrivacyLedger(profile(epsilon_budget=1e6))
+    probe = PrivacyLedger(PrivacyBudget(epsilon=1e6))
     probe.charge('a', cfg)
     two_rounds = probe.charge('b', cfg)
-    ledger = PrivacyLedger(profile(epsilon_budget=two_rounds + 1e-9))
+    ledger = PrivacyLedger(PrivacyBudget(epsilon=two_rounds + 1e-9))
     ledger.charge('a', cfg)
     ledger.charge('b', cfg)
     with pytest.raises(PrivacyBudgetExceeded, match='over the budget'):
@@ -97,25 +98,29 @@ def test_hard_stop_refuses_the_round_that_would_exceed():
 
 def test_without_hard_stop_rounds_are_recorded_and_flagged():
     cfg = profile().skellam_config(dim=4096, max_clients=100)
-    ledger = PrivacyLedger(profile(epsilon_budget=1.0, hard_stop_enabled=False))
+    ledger = PrivacyLedger(PrivacyBudget(epsilon=1.0, hard_stop=False))
     ledger.charge('a', cfg)
     assert ledger.exceeded()
 
 
 def test_ledger_persists_and_rejects_bad_input():
     cfg = profile().skellam_config(dim=100, max_clients=20)
-    ledger = PrivacyLedger(profile(epsilon_budget=100.0))
+    ledger = PrivacyLedger(PrivacyBudget(epsilon=100.0))
     ledger.charge('r1', cfg)
-    restored = PrivacyLedger.from_dict(ledger.profile, ledger.to_dict())
+    restored = PrivacyLedger.from_dict(ledger.budget, ledger.to_dict())
     assert restored.epsilon() == pytest.approx(ledger.epsilon()) and restored.rounds == ['r1']
     with pytest.raises(AccountantError, match='already charged'):
         ledger.charge('r1', cfg)
-    with pytest.raises(AccountantError, match='clipping norm'):
-        ledger.charge('r2', profile(clipping_norm=2.0).skellam_config(dim=100, max_clients=20))
     with pytest.raises(AccountantError, match='invalid ledger'):
-        PrivacyLedger.from_dict(ledger.profile, {'orders': [2]})
-    with pytest.raises(AccountantError, match='epsilon_budget'):
-        profile(epsilon_budget=0.0)
+        PrivacyLedger.from_dict(ledger.budget, {'orders': [2]})
+    with pytest.raises(AccountantError, match='epsilon budget'):
+        PrivacyBudget(epsilon=0.0)
+    with pytest.raises(AccountantError, match='delta'):
+        PrivacyBudget(epsilon=1.0, delta=1.0)
+    with pytest.raises(AccountantError, match='clipping_norm'):
+        profile(clipping_norm=0.0)
+    with pytest.raises(AccountantError, match='min_clients'):
+        profile(min_clients=0)
     with pytest.raises(AccountantError, match='orders'):
         skellam_rdp([1], 1.0, 1.0, 1.0)
     with pytest.raises(AccountantError, match='delta'):

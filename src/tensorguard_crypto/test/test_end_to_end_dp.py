@@ -5,7 +5,7 @@ import os
 import numpy as np
 import pytest
 
-from tensorguard_crypto.accountant import DPProfile, PrivacyBudgetExceeded, PrivacyLedger
+from tensorguard_crypto.accountant import DPProfile, PrivacyBudget, PrivacyBudgetExceeded, PrivacyLedger
 from tensorguard_crypto.params import standard_params
 from tensorguard_crypto.secagg import (
     BodyCiphertext,
@@ -24,7 +24,8 @@ DIM = 6000
 def test_sixteen_robots_private_mean_within_predicted_noise():
     params = standard_params(128, plaintext_bits=20, max_clients=1000, min_clients=ROBOTS)
     secret, public = generate_key_service_keys(params)
-    policy = DPProfile(clipping_norm=1.0, epsilon_budget=12.0, noise_multiplier=0.5, min_clients=ROBOTS)
+    policy = DPProfile(clipping_norm=1.0, noise_multiplier=0.5, min_clients=ROBOTS)
+    budget = PrivacyBudget(epsilon=12.0)
     config = policy.skellam_config(DIM, max_clients=1000)
     seed = os.urandom(32)
     data = np.random.default_rng(7)  # the robots' training updates (test data, not secrets)
@@ -34,7 +35,7 @@ def test_sixteen_robots_private_mean_within_predicted_noise():
 
     bodies, key_cts, ledgers = [], [], []
     for update in updates:
-        ledger = PrivacyLedger(policy)
+        ledger = PrivacyLedger(budget)
         ledger.charge('round-1', config)
         ledgers.append(ledger)
         encryptor = RoundEncryptor(params, seed, public)
@@ -61,13 +62,13 @@ def test_sixteen_robots_private_mean_within_predicted_noise():
     assert abs(np.mean(error)) < 5 * predicted / math.sqrt(DIM)  # and unbiased
     # the private mean still carries the signal
     assert np.corrcoef(mean, true_mean)[0, 1] > 0.3
-    assert all(0 < ledger.epsilon() <= policy.epsilon_budget for ledger in ledgers)
+    assert all(0 < ledger.epsilon() <= budget.epsilon for ledger in ledgers)
 
 
 def test_robot_hard_stop_blocks_the_over_budget_round():
-    policy = DPProfile(clipping_norm=1.0, epsilon_budget=6.0, noise_multiplier=1.0, min_clients=ROBOTS)
+    policy = DPProfile(clipping_norm=1.0, noise_multiplier=1.0, min_clients=ROBOTS)
     config = policy.skellam_config(1000, max_clients=100)
-    ledger = PrivacyLedger(policy)
+    ledger = PrivacyLedger(PrivacyBudget(epsilon=6.0))
     ledger.charge('round-1', config)
     with pytest.raises(PrivacyBudgetExceeded):
         ledger.charge('round-2', config)

@@ -12,7 +12,7 @@ from tensorguard_crypto.wire import RoundConfigPackage
 
 DIM = 300
 MAX_CLIENTS = 16
-PROFILE = DPProfile(clipping_norm=1.0, epsilon_budget=10.0, noise_multiplier=0.5, min_clients=3, bits=20)
+PROFILE = DPProfile(clipping_norm=1.0, noise_multiplier=0.5, min_clients=3, bits=20)
 
 
 def _config(codec, **overrides):

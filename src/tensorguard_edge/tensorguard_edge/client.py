@@ -25,13 +25,13 @@ import json
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
 from tensorguard_crypto import update_codec
-from tensorguard_crypto.accountant import DPProfile, PrivacyLedger
+from tensorguard_crypto.accountant import DPProfile, PrivacyBudget, PrivacyLedger
 from tensorguard_crypto.hybrid import HybridError
 from tensorguard_crypto.identity import Role
 from tensorguard_crypto.keystore import load_key
@@ -65,10 +65,10 @@ class EdgeSettings(RoundSettings):
     key_path: str = described('Encrypted Ed25519 identity key file (passphrase: TENSORGUARD_KEY_PASSPHRASE).', '',
                               read_only=True)
     trust_path: str = described('JSON file pinning the server keys this robot trusts.', '', read_only=True)
-    state_dim: int = described('Length of observation.state.', 39, minimum=1)
-    action_dim: int = described('Length of action.', 4, minimum=1)
+    state_dim: int = described('Length of observation.state.', 39, minimum=1, read_only=True)
+    action_dim: int = described('Length of action.', 4, minimum=1, read_only=True)
     store_max_mb: int = described('Cap on the demonstration store (oldest episodes dropped beyond it).', 256,
-                                  minimum=1)
+                                  minimum=1, read_only=True)
     train_steps: int = described('Behaviour-cloning steps per round.', 200, minimum=1)
     train_max_seconds: float = described('Wall-clock cap on local training per round.', 60.0, minimum=POSITIVE)
     batch_size: int = described('Behaviour-cloning batch size.', 256, minimum=1)
@@ -141,25 +141,30 @@ class EdgeClient:
             raise ValueError(f'key file belongs to {self.identity.key_id!r}, not robot {config.robot_id!r}')
         self.trust = TrustAnchors.load(config.trust_path)
         self.store = DemonstrationStore(self.state_dir / 'demos', config.store_max_mb * 1024 * 1024)
-        self.profile = DPProfile(
-            clipping_norm=config.clipping_norm, epsilon_budget=config.epsilon_budget,
-            hard_stop_enabled=config.hard_stop, delta=config.privacy_delta,
-            noise_multiplier=config.noise_multiplier, min_clients=config.min_clients, bits=config.plaintext_bits)
+        self.profile = DPProfile.from_fleet_parameters(asdict(config))
+        self.privacy_budget = PrivacyBudget(epsilon=config.epsilon_budget, delta=config.privacy_delta,
+                                            hard_stop=config.hard_stop)
         self.ledger_path = self.state_dir / 'privacy.json'
-        self.ledger = (PrivacyLedger.from_dict(self.profile, json.loads(self.ledger_path.read_text()))
-                       if self.ledger_path.exists() else PrivacyLedger(self.profile))
-        self.envelope = OperatingEnvelope(
-            trainable_modules=list(config.trainable_modules), max_trainable_params=config.max_trainable_params,
-            target_update_size_kb=config.target_update_size_kb,
-            round_interval_seconds=max(config.train_max_seconds, 1.0))
-        self.budget = TrainingBudget(max_steps=config.train_steps, max_seconds=config.train_max_seconds,
-                                     batch_size=config.batch_size, learning_rate=config.learning_rate)
+        self.ledger = (PrivacyLedger.from_dict(self.privacy_budget, json.loads(self.ledger_path.read_text()))
+                       if self.ledger_path.exists() else PrivacyLedger(self.privacy_budget))
+        self.retune(config)
         self.strategy = strategy_from_name(config.strategy)
         self.policy: MoEPolicy | None = None
         self.model_version = 0
         self.error_feedback: ErrorFeedback | None = None
         self.last_update_bytes = 0
         self._load_model()
+
+    def retune(self, config: EdgeSettings) -> None:
+        """Take the training parameters (steps, time, batch, learning rate) of `config` from the next round;
+        everything else in it is read-only and so unchanged."""
+        self.config = config
+        self.envelope = OperatingEnvelope(
+            trainable_modules=list(config.trainable_modules), max_trainable_params=config.max_trainable_params,
+            target_update_size_kb=config.target_update_size_kb,
+            round_interval_seconds=max(config.train_max_seconds, 1.0))
+        self.budget = TrainingBudget(max_steps=config.train_steps, max_seconds=config.train_max_seconds,
+                                     batch_size=config.batch_size, learning_rate=config.learning_rate)
 
     # Demonstrations.
     def add_demonstration(self, demo: Demonstration) -> int:

@@ -33,7 +33,7 @@ from tensorguard_msgs.msg import Demonstration as DemonstrationMsg
 from tensorguard_msgs.msg import EncryptedUpdate, ModelUpdate, RejectionCount, RobotStatus, RoundConfig
 from tensorguard_ros import qos, topics
 from tensorguard_ros.node_main import destroy_entities, enable_autostart, spin_node
-from tensorguard_ros.params import declare_dataclass_parameters
+from tensorguard_ros.params import declare_dataclass_parameters, follow_parameter_changes
 
 
 class EdgeNode(LifecycleNode):
@@ -59,7 +59,15 @@ class EdgeNode(LifecycleNode):
         self.lock = threading.Lock()
         self.publishers_ = []  # from configure to cleanup
         self.handles = []  # subscriptions and the status timer, while active
+        follow_parameter_changes(self, EdgeSettings, self._apply_settings)
         enable_autostart(self)
+
+    def _apply_settings(self, settings: EdgeSettings) -> None:
+        """`ros2 param set` of a writable training parameter: used from the next round."""
+        with self.lock:
+            self.config = settings
+            if self.client is not None:
+                self.client.retune(settings)
 
     # Lifecycle transitions.
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:

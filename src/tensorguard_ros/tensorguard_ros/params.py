@@ -5,13 +5,16 @@ carry a ``description`` (and optionally a range and ``read_only``) in their meta
 `tensorguard_ros.config_fields.described`; this turns each field into a declared ROS parameter of
 the same name, type and default, so ``config/*.yaml`` files set them and ``ros2 param describe``
 explains them. A value of the wrong type or out of range is refused by rclpy at declaration, naming
-the parameter; at runtime rclpy refuses out-of-range values and any change of a read-only one.
+the parameter; at runtime rclpy refuses out-of-range values and any change of a read-only one, and
+`follow_parameter_changes` hands every accepted change of a writable one to the node at once.
 """
 from __future__ import annotations
 
 import dataclasses
 import math
 import typing
+from array import array
+from collections.abc import Callable
 from typing import TypeVar
 
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, ParameterType
@@ -53,7 +56,6 @@ def field_descriptor(field: dataclasses.Field, kind: type) -> ParameterDescripto
 def declare_dataclass_parameters(node: Node, config_type: type[C], prefix: str = '') -> C:
     """Declare one parameter per field of `config_type`; return the config built from their values."""
     hints = typing.get_type_hints(config_type)
-    values = {}
     for field in dataclasses.fields(config_type):
         kind = hints[field.name]
         if kind not in _TYPES:
@@ -64,6 +66,29 @@ def declare_dataclass_parameters(node: Node, config_type: type[C], prefix: str =
             default = field.default_factory()
         else:
             raise TypeError(f'{config_type.__name__}.{field.name} needs a default to become a parameter')
-        value = node.declare_parameter(prefix + field.name, default, field_descriptor(field, kind)).value
-        values[field.name] = list(value) if isinstance(value, (list, tuple)) else value
+        node.declare_parameter(prefix + field.name, default, field_descriptor(field, kind))
+    return current_dataclass_parameters(node, config_type, prefix)
+
+
+def current_dataclass_parameters(node: Node, config_type: type[C], prefix: str = '') -> C:
+    """The config built from the node's current values of parameters declared from `config_type`."""
+    values = {}
+    for field in dataclasses.fields(config_type):
+        value = node.get_parameter(prefix + field.name).value
+        values[field.name] = list(value) if isinstance(value, (list, tuple, array)) else value
     return config_type(**values)
+
+
+def follow_parameter_changes(node: Node, config_type: type[C], apply: Callable[[C], None], prefix: str = '') -> None:
+    """Call `apply` with the rebuilt config after every accepted change of one of `config_type`'s parameters.
+
+    Without this a writable parameter would be accepted by `ros2 param set` and silently ignored;
+    read-only and out-of-range values never get here (rclpy refuses them first).
+    """
+    names = {prefix + field.name for field in dataclasses.fields(config_type)}
+
+    def on_set(parameters: list) -> None:
+        if any(parameter.name in names for parameter in parameters):
+            apply(current_dataclass_parameters(node, config_type, prefix))
+
+    node.add_post_set_parameters_callback(on_set)

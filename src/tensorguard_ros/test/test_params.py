@@ -1,4 +1,5 @@
-"""`declare_dataclass_parameters`: each field's range and read-only flag, enforced by rclpy on an in-process node."""
+"""`declare_dataclass_parameters`: each field's range and read-only flag, enforced by rclpy on an in-process node;
+`follow_parameter_changes`: accepted runtime changes reach the node, refused ones do not."""
 from __future__ import annotations
 
 from collections.abc import Iterator
@@ -11,7 +12,7 @@ from rclpy.node import Node
 from rclpy.parameter import Parameter
 
 from tensorguard_ros.config_fields import POSITIVE, RoundSettings, described
-from tensorguard_ros.params import declare_dataclass_parameters
+from tensorguard_ros.params import declare_dataclass_parameters, follow_parameter_changes
 
 
 @dataclass
@@ -62,4 +63,19 @@ def test_an_out_of_range_value_stops_the_node_at_start_up(context, override):
     node = _node(context, override)
     with pytest.raises(InvalidParameterValueException, match=override.split(':=')[0]):
         declare_dataclass_parameters(node, Settings)
+    node.destroy_node()
+
+
+def test_accepted_changes_reach_the_node_and_refused_ones_do_not(context):
+    node = _node(context)
+    declare_dataclass_parameters(node, Settings)
+    seen: list[Settings] = []
+    follow_parameter_changes(node, Settings, seen.append)
+    node.set_parameters([Parameter('quorum', value=1)])
+    node.set_parameters([Parameter('period_s', value=-1.0)])
+    assert seen == []
+    node.set_parameters([Parameter('period_s', value=5.0)])
+    node.declare_parameter('unrelated', 0)
+    node.set_parameters([Parameter('unrelated', value=3)])
+    assert seen == [Settings(period_s=5.0)]
     node.destroy_node()

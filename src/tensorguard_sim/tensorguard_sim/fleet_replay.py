@@ -43,8 +43,9 @@ from tensorguard_learning.envelope import OperatingEnvelope
 from tensorguard_learning.metaworld_source import record_demonstrations
 from tensorguard_learning.training import BCData, TrainingBudget, train_local
 from tensorguard_sim.bootstrap_model import build_initial_policy, held_out_demonstrations
-from tensorguard_sim.plan import FleetPlan, load_config, node_parameters
+from tensorguard_sim.plan import FleetPlan, load_config
 from tensorguard_sim.provisioning import bootstrap_spec
+from tensorguard_sim.ros_parameters import node_parameters
 
 
 def robot_demonstrations(plan: FleetPlan, robot: int, episodes: int) -> list:
@@ -81,9 +82,10 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     shared, plan = load_config(args.config, args.plan)
     plan = replace(plan, rounds=args.rounds or plan.rounds, policy={**plan.policy, **json.loads(args.policy)})
-    rounds = node_parameters(args.config, 'aggregator', AggregatorSettings)
-    edge = node_parameters(args.config, 'edge_node', EdgeSettings)
-    gate = replace(node_parameters(args.config, 'aggregator', GateSettings), eval_tasks=list(plan.fleet_tasks))
+    aggregator = '/tensorguard/aggregator'
+    rounds = node_parameters(args.config, aggregator, AggregatorSettings)
+    edge = node_parameters(args.config, f'/{plan.robot_id(0)}/edge_node', EdgeSettings)
+    gate = replace(node_parameters(args.config, aggregator, GateSettings), eval_tasks=list(plan.fleet_tasks))
     if args.eval_episodes:
         gate = replace(gate, eval_episodes_per_task=args.eval_episodes)
     noise = shared['noise_multiplier'] if args.noise_multiplier is None else args.noise_multiplier
@@ -99,8 +101,7 @@ def main(argv: list[str] | None = None) -> int:
                                                                           plan.held_out_episodes_per_task))
     most = schedule[min(plan.rounds, len(schedule)) - 1]
     demos = [robot_demonstrations(plan, robot, most) for robot in range(plan.robots)]
-    profile = DPProfile(clipping_norm=shared['clipping_norm'], epsilon_budget=1.0,
-                        noise_multiplier=noise, min_clients=shared['min_clients'], bits=shared['plaintext_bits'])
+    profile = DPProfile.from_fleet_parameters({**shared, 'noise_multiplier': noise})
     envelope = OperatingEnvelope(trainable_modules=list(modules), max_trainable_params=edge.max_trainable_params,
                                  target_update_size_kb=edge.target_update_size_kb, round_interval_seconds=3600)
     strategy = ExpertDrivenStrategy()

@@ -1,4 +1,4 @@
-"""The simulation plan (``config/simulated_fleet.yaml``) and node parameters read from the fleet YAML.
+"""The simulation plan (``config/simulated_fleet.yaml``) and the fleet YAML's shared parameters.
 
 Pure Python and YAML, so launch files import it to start the same robots as `simulated_fleet`.
 """
@@ -57,10 +57,3 @@ def load_config(params_path: Path, plan_path: Path) -> tuple[dict, FleetPlan]:
     shared = yaml.safe_load(params_path.read_text())['/**']['ros__parameters']
     return shared, load_plan(plan_path)
 
-
-def node_parameters(params_path: Path, node: str, dataclass_type):
-    """A node's parameter dataclass as the fleet YAML sets it: defaults, then `/**`, then `/**/<node>`."""
-    config = yaml.safe_load(params_path.read_text())
-    values = {**config.get('/**', {}).get('ros__parameters', {}),
-              **config.get(f'/**/{node}', {}).get('ros__parameters', {})}
-    return dataclass_type(**{k: v for k, v in values.items() if k in dataclass_type.__dataclass_fields__})

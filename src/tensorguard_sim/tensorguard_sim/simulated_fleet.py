@@ -36,14 +36,15 @@ from tensorguard_aggregator.gate import DeploymentGate, GateSettings
 from tensorguard_crypto.fleet import FleetPaths
 from tensorguard_learning.policy import MoEPolicy
 from tensorguard_sim.fleet_monitor import run_rounds
-from tensorguard_sim.plan import FleetPlan, load_config, node_parameters
+from tensorguard_sim.plan import FleetPlan, load_config
 from tensorguard_sim.provisioning import provision
+from tensorguard_sim.ros_parameters import node_parameters
 
 
 def evaluate_initial_model(policy: MoEPolicy, plan: FleetPlan, params_path: Path) -> dict:
     """Round 0, the starting point the rounds are measured against: the initial model rolled out
     under the aggregator's own evaluation settings (tasks, episodes per task, round 0's seeds)."""
-    settings = node_parameters(params_path, 'aggregator', GateSettings)
+    settings = node_parameters(params_path, '/tensorguard/aggregator', GateSettings)
     metrics = DeploymentGate(replace(settings, eval_tasks=list(plan.fleet_tasks))).evaluate(policy, round_id=0)
     return {'round_id': 0, 'participants': [], 'rejected': 0, 'rejections_by_reason': {}, 'bytes_per_robot': 0,
             'epsilon_spent_max': 0.0, 'success_rate': metrics.success_rate,
