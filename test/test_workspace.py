@@ -15,9 +15,20 @@ LIBRARIES = ['tensorguard_crypto', 'tensorguard_learning']
 ROS_MODULES = {'rclpy', 'rosidl_runtime_py', 'launch', 'launch_ros', 'tensorguard_msgs',
                'tensorguard_ros', 'std_msgs', 'sensor_msgs', 'diagnostic_msgs'}
 TENSORGUARD = {p.name for p in PACKAGES}
-# Robot and server share only messages and libraries; the simulation may import both.
+# Robot and server share only messages and libraries; the simulation may import both. The rqt plugin
+# sees the fleet only through its ROS interfaces (its integration test starts a fleet through tensorguard_sim).
+# So does the monitor (and its dashboard stays small: no torch through the learning library); the
+# `tensorguard` command reaches the monitor through an entry point, never an import.
 NEVER_IMPORTS = {'tensorguard_edge': {'tensorguard_aggregator', 'tensorguard_sim'},
-                 'tensorguard_aggregator': {'tensorguard_edge', 'tensorguard_sim'}}
+                 'tensorguard_aggregator': {'tensorguard_edge', 'tensorguard_sim'},
+                 'tensorguard_rqt': {'tensorguard_edge', 'tensorguard_aggregator'},
+                 'tensorguard_monitor': {'tensorguard_learning', 'tensorguard_edge', 'tensorguard_aggregator',
+                                         'tensorguard_sim'},
+                 'tensorguard_crypto': {'tensorguard_monitor'}}
+# Modules of ROS packages that are ROS-free by design (tested and used without ROS).
+ROS_FREE_MODULES = ['tensorguard_monitor/tensorguard_monitor/fleet_state.py',
+                    'tensorguard_monitor/tensorguard_monitor/metrics.py',
+                    'tensorguard_monitor/tensorguard_monitor/web.py']
 
 
 def _imports(source: Path) -> set[str]:
@@ -73,6 +84,11 @@ def test_libraries_never_import_ros(library):
     offenders = [f'{source.relative_to(ROOT)}: {sorted(_imports(source) & ROS_MODULES)}'
                  for source in (ROOT / 'src' / library).rglob('*.py') if _imports(source) & ROS_MODULES]
     assert not offenders
+
+
+@pytest.mark.parametrize('module', ROS_FREE_MODULES)
+def test_ros_free_modules_never_import_ros(module):
+    assert not _imports(ROOT / 'src' / module) & ROS_MODULES
 
 
 @pytest.mark.parametrize('pkg', PYTHON_PACKAGES, ids=lambda p: p.name)

@@ -1,0 +1,1 @@
+"""rqt plugin for a TensorGuard fleet: fleet panel, robots table, confirmed actions."""
