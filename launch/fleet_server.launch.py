@@ -24,6 +24,10 @@ def generate_launch_description() -> LaunchDescription:
         DeclareLaunchArgument('params_file', default_value=str(CONFIG), description='Parameter YAML.'),
         DeclareLaunchArgument('eval_tasks', default_value="['push-v3']",
                               description='Meta-World tasks the evaluator rolls candidates out on.'),
+        # launch escalates to SIGTERM this long after SIGINT (its default, 5 s, is shorter than a Python node
+        # importing torch and MuJoCo takes to exit on a loaded 2-core machine: docs/fleet-provisioning-trial.md).
+        DeclareLaunchArgument('sigterm_timeout', default_value='30',
+                              description='Seconds each node may take to stop after SIGINT before SIGTERM.'),
         LifecycleNode(package='tensorguard_aggregator', executable='key_service', name='key_service',
                       namespace='tensorguard', output='screen',
                       parameters=[params, {'fleet_dir': fleet_dir}]),

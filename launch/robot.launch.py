@@ -31,6 +31,10 @@ def generate_launch_description() -> LaunchDescription:
                               description='Also start a simulated Meta-World robot as the demonstrator.'),
         DeclareLaunchArgument('tasks', default_value="['push-v3']", description='Tasks of the simulated robot.'),
         DeclareLaunchArgument('seed', default_value='0', description='Simulator seed of the first episode.'),
+        # launch escalates to SIGTERM this long after SIGINT (its default, 5 s, is shorter than a Python node
+        # importing torch and MuJoCo takes to exit on a loaded 2-core machine: docs/fleet-provisioning-trial.md).
+        DeclareLaunchArgument('sigterm_timeout', default_value='30',
+                              description='Seconds each node may take to stop after SIGINT before SIGTERM.'),
         LifecycleNode(
             package='tensorguard_edge', executable='edge_node', name='edge_node', namespace=robot_id,
             output='screen',

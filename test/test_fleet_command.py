@@ -1,19 +1,22 @@
-"""A fleet provisioned with the operator command (`tensorguard fleet init` / `enroll`, `tensorguard robot
-install`, run as processes with the passphrase in their environment) runs a round through the real
-aggregator, key-service and edge cores, without ROS: what the command writes is what the nodes load."""
+"""A fleet provisioned with the operator commands (`tensorguard fleet init` / `enroll`, `tensorguard robot
+install` and the fleet server's `publish_initial_model`, run as processes with the passphrase in their
+environment) runs a round through the real aggregator, key-service and edge cores, without ROS: what the
+commands write is what the nodes load."""
 import json
 import os
 import shutil
 import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
 
+from tensorguard_aggregator.held_out import load_held_out
 from tensorguard_aggregator.key_service import KeyServiceCore, KeyServiceSettings
 from tensorguard_aggregator.rounds import Aggregator, AggregatorSettings
 from tensorguard_crypto.cli import EXIT_OK
 from tensorguard_edge.client import EdgeSettings, create_client
-from tensorguard_learning.demonstrations import Demonstration
+from tensorguard_learning.demonstrations import Demonstration, DemonstrationStore
 from tensorguard_learning.policy import MoEConfig, build_policy
 
 pytestmark = pytest.mark.slow
@@ -25,15 +28,25 @@ SHARED = dict(security_level=128, plaintext_bits=20, max_clients=16, clipping_no
               min_clients=2)
 
 
-def tensorguard(passphrase: str, *argv: str) -> str:
-    """Run the `tensorguard` command on PATH as an operator would; returns its stdout."""
-    command = shutil.which('tensorguard')
-    assert command, 'tensorguard is not on PATH (source scripts/env.sh)'
+# What `ros2 run tensorguard_aggregator publish_initial_model` runs.
+PUBLISH_INITIAL_MODEL = (Path(__file__).resolve().parents[1] / 'install' / 'tensorguard_aggregator' / 'lib'
+                         / 'tensorguard_aggregator' / 'publish_initial_model')
+
+
+def run(command: str, passphrase: str, *argv: str) -> str:
+    """Run an operator command as a process with `passphrase` in its environment; returns its stdout."""
     result = subprocess.run([command, *argv], capture_output=True, text=True, timeout=300,
                             env={**os.environ, 'TENSORGUARD_KEY_PASSPHRASE': passphrase})
     assert result.returncode == EXIT_OK, result.stderr
     assert passphrase not in result.stdout + result.stderr
     return result.stdout
+
+
+def tensorguard(passphrase: str, *argv: str) -> str:
+    """Run the `tensorguard` command on PATH as an operator would; returns its stdout."""
+    command = shutil.which('tensorguard')
+    assert command, 'tensorguard is not on PATH (source scripts/env.sh)'
+    return run(command, passphrase, *argv)
 
 
 def demonstration(robot: int) -> Demonstration:
@@ -56,11 +69,24 @@ def test_a_fleet_provisioned_by_the_command_runs_a_round(tmp_path, monkeypatch):
         assert f'trust_path:={robot_dirs[robot] / "trust.json"}' in out
     assert not (fleet_dir / 'robots').exists()  # no robot key stays on the server
 
+    assert 'publish_initial_model' in tensorguard(SERVER_PASSPHRASE, 'fleet', 'status', str(fleet_dir))
+    # The operator's inputs: a policy file and the server's own held-out demonstrations.
+    policy_file = tmp_path / 'operator' / 'policy.pt'
+    policy_file.parent.mkdir()
+    policy_file.write_bytes(build_policy(MoEConfig(tasks=('push-v3',), num_experts=2)).state_bytes())
+    with DemonstrationStore(tmp_path / 'operator' / 'held_out', max_bytes=1 << 24) as store:
+        store.append_episode(demonstration(2))
+    assert PUBLISH_INITIAL_MODEL.is_file(), 'tensorguard_aggregator is not built (scripts/bootstrap)'
+    out = run(str(PUBLISH_INITIAL_MODEL), SERVER_PASSPHRASE, str(fleet_dir), '--policy', str(policy_file),
+              '--held-out', str(tmp_path / 'operator' / 'held_out'))
+    assert 'published model version 1' in out and '1 episodes' in out
+
     server = SERVER_PASSPHRASE.encode()
     aggregator = Aggregator(AggregatorSettings(fleet_dir=str(fleet_dir), quorum=2, **SHARED), server)
     key_service = KeyServiceCore(KeyServiceSettings(fleet_dir=str(fleet_dir), **{
         k: SHARED[k] for k in ('security_level', 'plaintext_bits', 'max_clients', 'min_clients')}), server)
-    model = aggregator.publish_model(build_policy(MoEConfig(tasks=('push-v3',), num_experts=2)), 0, 'initial')
+    model = aggregator.model
+    assert model.model_version == 1 and len(load_held_out(aggregator.paths, aggregator.model_policy)) == 20
 
     clients = []
     for index, (robot, passphrase) in enumerate(ROBOTS.items()):

@@ -22,6 +22,7 @@ setup(
         'console_scripts': [
             'aggregator = tensorguard_aggregator.aggregator_node:main',
             'key_service = tensorguard_aggregator.key_service_node:main',
+            'publish_initial_model = tensorguard_aggregator.initial_model:main',
         ],
     },
 )

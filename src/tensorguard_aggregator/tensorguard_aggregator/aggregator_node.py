@@ -389,9 +389,12 @@ class AggregatorNode(LifecycleNode):
                 self.get_logger().warning(f'round {self.core.current.config.round_id}: {robot} was revoked; '
                                           'its update was taken out of the sum')
             if self.core.expired():
-                round_id = self.core.current.config.round_id
+                current = self.core.current
+                round_id, received = current.config.round_id, len(current.contributors)
                 self._finish({'round_id': round_id, 'outcome': 'expired_without_quorum',
-                              'participants': self.core.current.contributors})
+                              'participants': current.contributors,
+                              'detail': f'round {round_id} reached its deadline with {received} of the '
+                                        f'{current.config.quorum} updates its quorum needs'})
                 return
             if self.core.ready_to_close():
                 self.closing = True

@@ -1,5 +1,7 @@
 """`tensorguard` operator command line: info, keygen, bench, the KMS (register, revoke, rotate, list,
 verify-log), a fleet (init, enroll, rotate, revoke, status) and a robot's side of enrolment (install).
+Other installed packages add sub-commands through the ``tensorguard.commands`` entry-point group
+(``tensorguard dashboard`` from tensorguard_monitor); this package never imports them.
 
 Exit codes: 0 success, 2 usage error (including a malformed key id or a non-positive count), 3 key
 file error (also a wrong, short or missing passphrase), 4 KMS refusal or unusable KMS files (audit log
@@ -30,6 +32,14 @@ from .kms import AuditLogTampered, KeyManagementSystem, KeyMetadata, KMSError, S
 
 AUDIT_LOG_ENV = 'TENSORGUARD_KMS_AUDIT_LOG'
 EXIT_OK, EXIT_USAGE, EXIT_KEY_FILE, EXIT_KMS, EXIT_TAMPERED, EXIT_HSM, EXIT_FLEET = 0, 2, 3, 4, 5, 6, 7
+# The fleet server's command that signs and installs the initial model (package tensorguard_aggregator).
+PUBLISH_INITIAL_MODEL = 'ros2 run tensorguard_aggregator publish_initial_model'
+
+
+# Sub-commands of other packages: entry-point group, and the ones this command knows by name (help text,
+# and the package to name when it is not installed).
+COMMAND_GROUP = 'tensorguard.commands'
+KNOWN_COMMANDS = {'dashboard': ('tensorguard_monitor', 'serve the fleet web dashboard and Prometheus /metrics')}
 
 
 class CliError(Exception):
@@ -86,7 +96,7 @@ def _info(_: argparse.Namespace) -> None:
         print(f'{name:<{width}}  {value}')
 
 
-def _passphrase(what: str, new: bool) -> bytes:
+def read_passphrase(what: str, new: bool) -> bytes:
     """From TENSORGUARD_KEY_PASSPHRASE, else typed at the terminal (twice for new keys); never from argv."""
     value = os.environ.get(keystore.PASSPHRASE_ENV)
     if not value:
@@ -111,7 +121,7 @@ def _keygen(args: argparse.Namespace) -> None:
             signer = session.generate_signer(args.key_id, role)
             _print_public(args.key_id, role, signer.public_key_bytes(), args.path)
         return
-    identity = keystore.generate_key(args.path, args.security_level, _passphrase('the new key', new=True),
+    identity = keystore.generate_key(args.path, args.security_level, read_passphrase('the new key', new=True),
                                      key_id=args.key_id, role=role, scrypt_log2_n=args.scrypt_log2_n)
     _print_public(identity.key_id, role, identity.public_key_bytes(), args.path)
 
@@ -183,11 +193,12 @@ def _verify_log(args: argparse.Namespace) -> None:
 def _fleet_init(args: argparse.Namespace) -> None:
     paths = FleetPaths(args.fleet_dir)
     fleet.require_unprovisioned(paths)
-    for record in fleet.provision_server(paths, _passphrase('the fleet server keys', new=True), args.owner):
+    for record in fleet.provision_server(paths, read_passphrase('the fleet server keys', new=True), args.owner):
         print(_record_line(record))
     print(f'fleet {paths.root}: server identities in {paths.server}, KMS audit log {paths.kms_log}. '
           f'Next: enrol robots with `tensorguard fleet enroll {paths.root} ROBOT --bundle FILE` and publish '
-          'the initial model (docs/operations.md, "Provisioning").')
+          f'the initial model with `{PUBLISH_INITIAL_MODEL} {paths.root} --policy FILE --held-out DIR` '
+          '(docs/operations.md, "Provisioning").')
 
 
 def _print_bundle(record, bundle: Path) -> None:
@@ -199,14 +210,14 @@ def _print_bundle(record, bundle: Path) -> None:
 def _fleet_enroll(args: argparse.Namespace) -> None:
     paths = FleetPaths(args.fleet_dir)
     fleet.check_enrollment(paths, args.robot_id, args.bundle)
-    passphrase = _passphrase(f'the key of {args.robot_id}', new=True)
+    passphrase = read_passphrase(f'the key of {args.robot_id}', new=True)
     _print_bundle(fleet.enroll_robot_bundle(paths, args.robot_id, passphrase, args.bundle, args.owner), args.bundle)
 
 
 def _fleet_rotate(args: argparse.Namespace) -> None:
     paths = FleetPaths(args.fleet_dir)
     fleet.check_enrollment(paths, args.robot_id, args.bundle, rotate=True)
-    passphrase = _passphrase(f'the new key of {args.robot_id}', new=True)
+    passphrase = read_passphrase(f'the new key of {args.robot_id}', new=True)
     _print_bundle(fleet.rotate_robot_bundle(paths, args.robot_id, passphrase, args.bundle, args.reason), args.bundle)
 
 
@@ -230,7 +241,9 @@ def _fleet_status(args: argparse.Namespace) -> None:
                   + (f', round {status.round_open} open' if status.round_open is not None else '')
                   + f'; the key service decrypted {status.rounds_decrypted}')
         models = (f'{status.model_versions} on disk, current version {status.current_model}'
-                  if status.current_model is not None else 'none yet (the aggregator needs a signed initial model)')
+                  if status.current_model is not None else
+                  f'none yet: the aggregator needs a signed initial model; publish it with '
+                  f'`{PUBLISH_INITIAL_MODEL} {status.root} --policy FILE --held-out DIR`')
         print('\n'.join([
             f'fleet directory    {status.root}',
             f'KMS audit log      verified: {status.audit_log_entries} entries, head {status.audit_log_head}',
@@ -245,7 +258,7 @@ def _fleet_status(args: argparse.Namespace) -> None:
 
 
 def _robot_install(args: argparse.Namespace) -> None:
-    files = fleet.install_bundle(args.bundle, args.robot_dir, _passphrase('the robot key in the bundle', new=False),
+    files = fleet.install_bundle(args.bundle, args.robot_dir, read_passphrase('the robot key in the bundle', new=False),
                                  args.replace)
     robot_dir = args.robot_dir.resolve()
     print(f'installed {files.robot_id} (public key fingerprint {fingerprint(files.public_key)}) into {robot_dir}\n'
@@ -383,11 +396,47 @@ def build_parser() -> argparse.ArgumentParser:
     install.add_argument('--replace', action='store_true',
                          help='replace an installed identity (after `fleet rotate`)')
     install.set_defaults(handler=_robot_install)
+    _add_package_commands(commands)
     return parser
+
+
+def _installed_commands() -> dict[str, importlib_metadata.EntryPoint]:
+    """Sub-commands installed packages register in the `COMMAND_GROUP` entry-point group, by name."""
+    return {entry.name: entry for entry in importlib_metadata.entry_points(group=COMMAND_GROUP)}
+
+
+def _add_package_commands(commands: argparse._SubParsersAction) -> None:
+    """List other packages' sub-commands in the help (`main` runs them before argparse sees their arguments)."""
+    installed = _installed_commands()
+    for name in sorted(set(installed) | set(KNOWN_COMMANDS)):
+        package, text = KNOWN_COMMANDS.get(name, (None, None))
+        if name in installed:
+            text = text or installed[name].dist.metadata['Summary']
+        else:
+            text = f'{text} (needs {package}: not installed)'
+        commands.add_parser(name, help=text, add_help=False)
+
+
+def _run_package_command(name: str, argv: list[str]) -> int:
+    """Run sub-command `name` of another package, or explain that its package is not installed."""
+    entry = _installed_commands().get(name)
+    if entry is None:
+        print(f'error: `tensorguard {name}` needs the {KNOWN_COMMANDS[name][0]} package, which is not installed '
+              '(it is part of the workspace: run scripts/bootstrap, then source scripts/env.sh)', file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        run = entry.load()
+    except ImportError as error:
+        print(f'error: `tensorguard {name}` could not be loaded from {entry.value}: {error}', file=sys.stderr)
+        return EXIT_USAGE
+    return run(argv, prog=f'tensorguard {name}')
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `tensorguard` console script; returns the exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and (argv[0] in KNOWN_COMMANDS or argv[0] in _installed_commands()):
+        return _run_package_command(argv[0], argv[1:])
     args = build_parser().parse_args(argv)
     try:
         args.handler(args)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import pickle
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
@@ -223,7 +224,11 @@ class MoEPolicy(nn.Module):
 
     @classmethod
     def from_bytes(cls, blob: bytes) -> MoEPolicy:
-        """Rebuild a policy published with `state_bytes` (weights-only load)."""
+        """Rebuild a policy published with `state_bytes`.
+
+        The pickle inside is read by torch's weights-only unpickler: tensors, dicts, lists and plain values
+        only, so a blob that names any other object (code to run) is refused as malformed, never executed.
+        """
         if not blob.startswith(_BLOB_MAGIC):
             raise UpdateFormatError('model blob does not start with the TensorGuard policy magic')
         try:
@@ -231,10 +236,13 @@ class MoEPolicy(nn.Module):
             cfg = data['config']
             policy = cls(MoEConfig(**{**cfg, 'tasks': tuple(cfg['tasks'])}))
             policy.load_state_dict(data['state'])
-        except (RuntimeError, KeyError, TypeError) as exc:
-            raise UpdateFormatError(f'model blob is malformed: {exc}') from exc
+            base_version = data['base_version']
+        except (pickle.UnpicklingError, RuntimeError, ValueError, EOFError, KeyError, IndexError, TypeError,
+                AttributeError, ConfigError) as exc:
+            detail = (str(exc).strip().splitlines() or [''])[0][:200]
+            raise UpdateFormatError(f'model blob is malformed: {type(exc).__name__}: {detail}') from exc
         policy.refresh_base_version()
-        if policy.base_version != data['base_version']:
+        if policy.base_version != base_version:
             raise UpdateFormatError('model blob base_version does not match its base weights')
         return policy
 

@@ -1,4 +1,8 @@
 """Policy layout, serialisation, routing; OperatingEnvelope enforcement."""
+import io
+import os
+import pickle
+
 import numpy as np
 import pytest
 import torch
@@ -32,6 +36,31 @@ def test_state_bytes_roundtrip_and_tamper(tiny_policy):
         MoEPolicy.from_bytes(b'junk' + blob)
     with pytest.raises(UpdateFormatError):
         MoEPolicy.from_bytes(blob[:200])
+
+
+class _RunsCode:
+    """Pickles to a call of os.mkdir: loading it with a plain unpickler would create the marker directory."""
+
+    def __init__(self, marker) -> None:
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return os.mkdir, (self.marker,)
+
+
+@pytest.mark.parametrize('writer', ['torch.save', 'pickle.dumps'])
+def test_from_bytes_refuses_a_pickle_that_would_run_code_without_running_it(tmp_path, writer, tiny_policy):
+    marker = tmp_path / 'code-ran'
+    payload = {'config': _RunsCode(marker), 'state': tiny_policy.state_dict(), 'base_version': ''}
+    if writer == 'torch.save':
+        buffer = io.BytesIO()
+        torch.save(payload, buffer)
+        blob = buffer.getvalue()
+    else:
+        blob = pickle.dumps(payload)
+    with pytest.raises(UpdateFormatError, match='UnpicklingError'):
+        MoEPolicy.from_bytes(b'TGPOL1' + blob)
+    assert not marker.exists()
 
 
 def test_routing_is_task_aware_top_k(tiny_policy):

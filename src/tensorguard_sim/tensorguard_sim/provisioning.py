@@ -1,51 +1,42 @@
 """Provisioning of a demo fleet (ROS-free), as an operator and N robot owners would do it.
 
-The library calls behind ``tensorguard fleet init`` / ``enroll`` and ``tensorguard robot install``:
-server identities enrolled in the KMS, an initial model pre-trained on the server's own
-demonstrations and its held-out set, then every robot enrolled, each given a bundle that is
-installed into its ``robots/<id>/``.
+The library calls behind ``tensorguard fleet init`` / ``enroll``, the fleet server's
+``publish_initial_model`` and ``tensorguard robot install``: server identities enrolled in the KMS, an
+initial model pre-trained on the server's own demonstrations and its held-out set, then every robot
+enrolled, each given a bundle that is installed into its ``robots/<id>/``.
 """
 from __future__ import annotations
 
+import tempfile
 import time
 from collections.abc import Callable
+from pathlib import Path
 
-from tensorguard_aggregator.rounds import Aggregator, AggregatorSettings
+from tensorguard_aggregator.initial_model import publish_initial_model
 from tensorguard_crypto.fleet import FleetPaths, enroll_robot_bundle, install_bundle, provision_server
 from tensorguard_crypto.params import standard_params
 from tensorguard_learning.policy import MoEPolicy
-from tensorguard_sim.bootstrap_model import BootstrapSpec, build_initial_policy, record_held_out
+from tensorguard_sim.bootstrap_model import bootstrap_spec, write_initial_files
 from tensorguard_sim.plan import FleetPlan
-
-# The fleet-wide parameters (``/**`` in the fleet YAML) the aggregator's core needs to sign the initial model.
-ROUND_PARAMETERS = ('security_level', 'plaintext_bits', 'max_clients', 'clipping_norm', 'noise_multiplier',
-                    'min_clients')
-
-
-def bootstrap_spec(plan: FleetPlan) -> BootstrapSpec:
-    """The initial model of `plan`: its tasks are the fleet's and the pre-training tasks."""
-    return BootstrapSpec(policy_tasks=tuple(dict.fromkeys(plan.fleet_tasks + plan.pretrain_tasks)),
-                         pretrain_tasks=plan.pretrain_tasks,
-                         pretrain_episodes_per_task=plan.pretrain_episodes_per_task,
-                         pretrain_steps=plan.pretrain_steps, policy_options=plan.policy,
-                         held_out_episodes_per_task=plan.held_out_episodes_per_task)
 
 
 def provision(fleet: FleetPaths, shared: dict, plan: FleetPlan, passphrase: bytes,
               log: Callable[[str], None]) -> MoEPolicy:
     """Server keys, the initial model and the held-out set, then every robot's enrolment: a bundle per
-    robot in ``<fleet>/../bundles/``, installed into ``robots/<id>/`` as `tensorguard robot install` does."""
+    robot in ``<fleet>/../bundles/``, installed into ``robots/<id>/`` as `tensorguard robot install` does.
+
+    The initial policy and held-out set are written to files and published with `publish_initial_model`,
+    as an operator does with ``bootstrap_model`` and the fleet server's ``publish_initial_model`` command."""
     params = standard_params(shared['security_level'], shared['plaintext_bits'], shared['max_clients'],
                              shared['min_clients'])
     provision_server(fleet, passphrase)
     log(f'provisioned server identities in {fleet.server}; the key service makes one lattice key per round '
         f'(ring n={params.n}, log2 q={params.coefficient_bits})')
     started = time.monotonic()
-    policy = build_initial_policy(bootstrap_spec(plan))
-    record_held_out(fleet, plan.fleet_tasks, plan.held_out_episodes_per_task)
-    aggregator = Aggregator(AggregatorSettings(fleet_dir=str(fleet.root), **{k: shared[k] for k in ROUND_PARAMETERS}),
-                            passphrase)
-    aggregator.publish_model(policy, round_id=0, decision='initial')
+    with tempfile.TemporaryDirectory(dir=fleet.root.parent, prefix='.initial-model-') as inputs:
+        policy_file, held_out = Path(inputs) / 'policy.pt', Path(inputs) / 'held_out'
+        policy = write_initial_files(bootstrap_spec(plan), plan.fleet_tasks, policy_file, held_out)
+        publish_initial_model(fleet, policy_file, held_out, passphrase)
     log(f'initial model: base pre-trained on {", ".join(plan.pretrain_tasks)} '
         f'({time.monotonic() - started:.0f} s), adapter {policy.cfg.num_experts} experts (top-{policy.cfg.top_k}, '
         f'{sum(policy.segment_sizes()):,} federated parameters)')
