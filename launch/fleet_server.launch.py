@@ -2,8 +2,9 @@
 
     ros2 launch launch/fleet_server.launch.py fleet_dir:=/var/lib/tensorguard/fleet
 
-The fleet directory is provisioned beforehand (server keys, KMS, initial model: see
-docs/operations.md); the key passphrase comes from TENSORGUARD_KEY_PASSPHRASE.
+The fleet directory is provisioned beforehand (`tensorguard fleet init`, then the initial model with
+`ros2 run tensorguard_aggregator publish_initial_model`: docs/operations.md); the key passphrase comes
+from TENSORGUARD_KEY_PASSPHRASE. `eval_tasks` must be tasks of the initial policy.
 """
 from pathlib import Path
 

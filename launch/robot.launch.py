@@ -1,10 +1,11 @@
 """One robot: its TensorGuard edge node, and optionally a simulated Meta-World robot feeding it.
 
     ros2 launch launch/robot.launch.py robot_id:=robot_1 \
-        state_dir:=/var/lib/tensorguard/robot_1 key_path:=/etc/tensorguard/robot_1.key \
-        trust_path:=/etc/tensorguard/trust.json [simulate:=true tasks:="['push-v3']"]
+        state_dir:=/var/lib/tensorguard/robot_1 key_path:=/etc/tensorguard/robot_1/identity.key \
+        trust_path:=/etc/tensorguard/robot_1/trust.json [simulate:=true tasks:="['push-v3']"]
 
-The identity key's passphrase comes from TENSORGUARD_KEY_PASSPHRASE in the environment.
+`robot_id`, `key_path` and `trust_path` are what `tensorguard robot install` prints. The identity key's
+passphrase comes from TENSORGUARD_KEY_PASSPHRASE in the environment.
 Everything else is in config/fleet.yaml (`/**` keys, so the same file serves every robot).
 """
 from pathlib import Path
