@@ -4,7 +4,7 @@ The ROS fleet (`simulated_fleet`) takes about four minutes a run and spends most
 processes, DDS and encryption, none of which changes what is learned. This replay makes the same
 library calls on the same data, so a configuration can be compared in a fraction of that:
 
-- the initial model and held-out set exactly as provisioning builds them (`provisioning.bootstrap_spec`);
+- the initial model and held-out set exactly as provisioning builds them (`bootstrap_model.bootstrap_spec`);
 - each robot's demonstrations as its `sim_robot` records them (episode k of robot i: task
   ``tasks[k % len(tasks)]``, simulator seed ``FleetPlan.seed_of(i) + k``), the first N of them in round r;
 - per robot `train_local` with the edge node's budget, `ExpertDrivenStrategy.flatten_update`;
@@ -42,9 +42,8 @@ from tensorguard_learning.aggregation import ExpertDrivenStrategy
 from tensorguard_learning.envelope import OperatingEnvelope
 from tensorguard_learning.metaworld_source import record_demonstrations
 from tensorguard_learning.training import BCData, TrainingBudget, train_local
-from tensorguard_sim.bootstrap_model import build_initial_policy, held_out_demonstrations
+from tensorguard_sim.bootstrap_model import bootstrap_spec, build_initial_policy, held_out_demonstrations
 from tensorguard_sim.plan import FleetPlan, load_config
-from tensorguard_sim.provisioning import bootstrap_spec
 from tensorguard_sim.ros_parameters import node_parameters
 
 
