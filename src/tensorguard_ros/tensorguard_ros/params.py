@@ -15,7 +15,8 @@ import math
 import typing
 from array import array
 from collections.abc import Callable
-from typing import TypeVar
+from pathlib import Path
+from typing import Any, TypeVar
 
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, ParameterType
 from rclpy.node import Node
@@ -92,3 +93,28 @@ def follow_parameter_changes(node: Node, config_type: type[C], apply: Callable[[
             apply(current_dataclass_parameters(node, config_type, prefix))
 
     node.add_post_set_parameters_callback(on_set)
+
+
+def parameters_from_file(params_path: str | Path, node_fqn: str) -> dict[str, Any]:
+    """The parameter values `params_path` gives node `node_fqn` (e.g. ``/robot_1/edge_node``), resolved
+    as for a node started with ``--params-file`` (rcl parses the YAML, rclpy applies ``/**``, ``/*``,
+    namespaces and later-overrides-earlier), so operator commands read a robot's own file the way its
+    nodes do: a throwaway node in a private context reads its overrides and announces nothing."""
+    import rclpy
+    from rclpy.context import Context
+    from rclpy.signals import SignalHandlerOptions
+
+    namespace, _, name = node_fqn.rpartition('/')
+    context = Context()
+    rclpy.init(args=[], context=context, signal_handler_options=SignalHandlerOptions.NO)
+    try:
+        node = Node(name, namespace=namespace or '/', context=context, use_global_arguments=False,
+                    cli_args=['--ros-args', '--params-file', str(params_path)], start_parameter_services=False,
+                    enable_rosout=False, automatically_declare_parameters_from_overrides=True)
+        try:
+            return {key: list(p.value) if isinstance(p.value, array) else p.value
+                    for key, p in node.get_parameters_by_prefix('').items()}
+        finally:
+            node.destroy_node()
+    finally:
+        context.try_shutdown()
