@@ -18,6 +18,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from tensorguard_aggregator.outcomes import VersionOutcomes
 from tensorguard_crypto.fleet import FleetPaths
 from tensorguard_learning.evaluation import EvaluationGate, EvaluationMetrics, SafetyThresholds, evaluate_policy
 from tensorguard_learning.policy import MoEPolicy
@@ -50,6 +51,15 @@ class GateSettings:
         minimum=0.0, maximum=1.0, read_only=True)
     canary_percentage: float = described('Fraction of the fleet that runs a canary model first.', 0.25,
                                          minimum=0.0, maximum=1.0, read_only=True)
+    canary_min_episodes: int = described(
+        'Canary: autonomous episodes the canary robots must report on the candidate before it can be '
+        "promoted (0: the server's second trial alone decides).", 0, minimum=0, read_only=True)
+    canary_window_s: float = described(
+        'Canary: seconds to wait for those reports; too few by then is a rollback.', 600.0, minimum=0.0,
+        read_only=True)
+    canary_max_episodes_per_robot: int = described(
+        "Canary: one robot's reported episodes count up to this many, so no single robot decides.", 50,
+        minimum=1, read_only=True)
     round_period_s: float = described('Seconds between automatic rounds (0: only on request).', 0.0, minimum=0.0)
     max_rounds: int = described('Stop announcing automatic rounds after this many (0: never).', 0, minimum=0)
     first_round_delay_s: float = described('Seconds after activation before the first automatic round.', 5.0,
@@ -94,9 +104,32 @@ class DeploymentGate:
         _, failures = self.thresholds.evaluate(metrics)
         return self.thresholds.decide(metrics).value, failures
 
-    def promote(self, trial: EvaluationMetrics) -> tuple[bool, list[str]]:
-        """After a canary's second trial: (promote to the fleet, else roll back; the failed checks)."""
-        return self.thresholds.evaluate(trial)
+    def promote(self, trial: EvaluationMetrics, on_robot: VersionOutcomes | None = None,
+                fleet_on_robot: VersionOutcomes | None = None) -> tuple[bool, list[str]]:
+        """After a canary: (promote to the fleet, else roll back; the failed checks).
+
+        The server's second trial must pass the gate, and, when `canary_min_episodes` asks for it,
+        so must the canary robots' own episodes (`on_robot`): enough of them, a success rate at least
+        the gate's minimum, and no more than `max_regression` below the rate the fleet's current
+        model reached on the robots (`fleet_on_robot`, when it has as many episodes).
+        """
+        passed, failures = self.thresholds.evaluate(trial)
+        if self.settings.canary_min_episodes:
+            failures = failures + self.on_robot_failures(on_robot or VersionOutcomes(0, 0, 0), fleet_on_robot)
+        return passed and not failures, failures
+
+    def on_robot_failures(self, candidate: VersionOutcomes, fleet: VersionOutcomes | None) -> list[str]:
+        """The on-robot checks a canary failed (empty: passed)."""
+        needed, settings = self.settings.canary_min_episodes, self.settings
+        if candidate.episodes < needed:
+            return [f'canary robots reported {candidate.episodes} autonomous episodes of the {needed} required']
+        if candidate.success_rate < settings.min_success_rate:
+            return [f'on-robot success {candidate.success_rate:.2f} below {settings.min_success_rate:.2f}']
+        if (fleet is not None and fleet.episodes >= needed
+                and candidate.success_rate < fleet.success_rate - settings.max_regression):
+            return [f'on-robot success {candidate.success_rate:.2f} is more than {settings.max_regression:.2f} '
+                    f"below the fleet model's {fleet.success_rate:.2f}"]
+        return []
 
     def settle(self, decision: str, metrics: EvaluationMetrics, promoted: bool = False) -> float | None:
         """Record what the fleet runs after the round; return that model's measured success rate.

@@ -131,7 +131,8 @@ class Candidate:
     frozen_segments: int
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
+def write_atomic(path: Path, data: bytes) -> None:
+    """Replace `path` with `data` so a crash leaves the old or the new file, never a torn one."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f'.{path.name}.tmp')
     with open(tmp, 'wb') as f:
@@ -222,7 +223,7 @@ class Aggregator:
         package = model_package(model_version=parent + 1, parent_version=parent, round_id=round_id,
                                 parameters=policy.state_bytes(), gate_decision=decision,
                                 signer_key_id=SERVER_ID, created_at=time.time()).signed_by(self.server_identity)
-        _write_atomic(self.models_dir / f'{package.model_version}.tgm', package.serialize())
+        write_atomic(self.models_dir / f'{package.model_version}.tgm', package.serialize())
         self.model, self.model_policy = package, policy
         return package
 
@@ -286,7 +287,7 @@ class Aggregator:
         destroy_secret(directory / 'transport.sealed')
         seal_secret(directory / 'transport.sealed', transport.secret_bytes(), self._passphrase,
                     self._transport_context(round_id))
-        _write_atomic(directory / 'config.bin', config.serialize())
+        write_atomic(directory / 'config.bin', config.serialize())
         self.current = OpenRound(directory, config, codec, self._verifier(config, codec, time.time), transport)
         return config
 
@@ -328,7 +329,7 @@ class Aggregator:
 
     def _abandon(self, directory: Path, round_id: int, detail: str) -> None:
         try:
-            _write_atomic(directory / 'outcome.json', json.dumps(
+            write_atomic(directory / 'outcome.json', json.dumps(
                 {'round_id': round_id, 'outcome': 'abandoned', 'reason': 'round_state_unreadable',
                  'detail': detail}, indent=2).encode())
         except OSError as exc:
@@ -347,7 +348,7 @@ class Aggregator:
         package = self.current.verifier.verify(data)
         try:
             body = self.current.open_body(package)
-            _write_atomic(self.current.directory / 'updates' / f'{package.robot_id}.tgu', data)
+            write_atomic(self.current.directory / 'updates' / f'{package.robot_id}.tgu', data)
         except (UpdateUnusable, OSError):
             self.current.verifier.forget(package.robot_id)
             raise
@@ -426,7 +427,7 @@ class Aggregator:
             raise RoundError('aggregate result is bound to another round', reason='wrong_round')
         if sorted(result.contributors) != sorted(self.current.contributors):
             raise RoundError('the key service decrypted another set of robots', reason='contributors_mismatch')
-        _write_atomic(self.current.directory / 'aggregate.bin', result_blob)
+        write_atomic(self.current.directory / 'aggregate.bin', result_blob)
         summed = update_codec.decode_aggregate(self.current.codec, result.aggregate)
         floor = segment_weight_floor(self.current.codec, len(result.contributors), self.settings.min_segment_weight)
         indices = adapter_round_coordinates(config.round_seed, self.model_policy, config.num_coordinates)
@@ -436,6 +437,6 @@ class Aggregator:
 
     def close_round(self, outcome: dict) -> None:
         """Record the round's outcome and destroy its transport secret; the next round may open."""
-        _write_atomic(self.current.directory / 'outcome.json', json.dumps(outcome, indent=2).encode())
+        write_atomic(self.current.directory / 'outcome.json', json.dumps(outcome, indent=2).encode())
         destroy_secret(self.current.directory / 'transport.sealed')
         self.current = None

@@ -56,6 +56,8 @@ class Reason(enum.StrEnum):
     QUARANTINED = 'quarantined'
     ROUND_STATE_UNREADABLE = 'round_state_unreadable'
     MODEL_FILE_UNREADABLE = 'model_file_unreadable'
+    REPLAYED_REPORT = 'replayed_report'
+    UNKNOWN_MODEL_VERSION = 'unknown_model_version'
     # The key service.
     ROUND_PARAMETERS_MISMATCH = 'round_parameters_mismatch'
     ROUND_ALREADY_DECRYPTED = 'round_already_decrypted'

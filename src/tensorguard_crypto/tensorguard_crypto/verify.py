@@ -21,6 +21,7 @@ from .wire import (
     ContributionRecord,
     FieldTooLarge,
     ModelPackage,
+    OutcomeReport,
     PackageTooLarge,
     RoundConfigPackage,
     RoundKeyAnnouncement,
@@ -293,6 +294,13 @@ def verify_model_package(data: bytes, keys: KeyResolver, current_version: int | 
     if current_version is not None and model.model_version <= current_version:
         raise StaleModel(f'model version {model.model_version} does not advance {current_version}')
     return model
+
+
+def verify_outcome_report(data: bytes, keys: KeyResolver) -> OutcomeReport:
+    """Decode an outcome report and check it is signed by the enrolled, unrevoked robot it names."""
+    report = decode(OutcomeReport, data)
+    check_signature(report, keys, report.robot_id, (Role.ROBOT,))
+    return report
 
 
 def verify_aggregate_request(data: bytes, keys: KeyResolver, round_config: RoundConfigPackage,

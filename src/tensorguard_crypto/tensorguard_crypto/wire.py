@@ -606,6 +606,32 @@ class ModelPackage(SignedRecord):
 
 
 @dataclass(frozen=True)
+class OutcomeReport(SignedRecord):
+    """A robot's running tally of autonomous episodes under one model version, signed by the robot.
+
+    Counts only (no observations, no actions, no task names): what a canary decision needs. The
+    counts are cumulative since the robot first ran `model_version`, and `sequence` increases with
+    every report the robot signs, so a lost report is superseded by the next and a replayed one is
+    recognised (docs/canary.md says what the counts reveal).
+    """
+
+    DEFAULT_MAX_BYTES: ClassVar[int] = 64 * 1024
+
+    robot_id: str = _f(_Str())
+    sequence: int = _f(_Int())
+    model_version: int = _f(_Int())
+    episodes: int = _f(_Int(0, 2 ** 40))
+    successes: int = _f(_Int(0, 2 ** 40))
+    created_at: float = _f(_Float(0.0, MAX_UNIX_SECONDS))
+    signature: bytes = _signature_field()
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.successes > self.episodes:
+            raise FieldValueError('OutcomeReport.successes exceeds episodes')
+
+
+@dataclass(frozen=True)
 class AggregateRequest(SignedRecord):
     """Aggregator -> key service: the summed bodies and the signed manifest of contributions."""
 
