@@ -40,7 +40,6 @@ from tensorguard_crypto.secagg import SecAggError
 from tensorguard_crypto.verify import (
     PinnedKeys,
     VerificationError,
-    verify_model_package,
     verify_round_config,
     verify_round_key,
 )
@@ -48,6 +47,8 @@ from tensorguard_crypto.wire import RoundConfigPackage, SafetyStats, UpdatePacka
 from tensorguard_learning.aggregation import strategy_from_name
 from tensorguard_learning.compression import ErrorFeedback, adapter_round_coordinates
 from tensorguard_learning.demonstrations import Demonstration, DemonstrationStore
+from tensorguard_learning.deployment import ModelRefused as ModelRefused  # re-exported for the node
+from tensorguard_learning.deployment import verify_deployed_model
 from tensorguard_learning.envelope import OperatingEnvelope
 from tensorguard_learning.errors import LearningError
 from tensorguard_learning.policy import MoEPolicy
@@ -87,10 +88,6 @@ class EdgeSettings(RoundSettings):
 
 class RoundRefused(Refusal):
     """The robot will not contribute to this round (raised with its reason)."""
-
-
-class ModelRefused(Refusal):
-    """A model package was not applied (raised with its reason)."""
 
 
 @dataclass
@@ -187,24 +184,16 @@ class EdgeClient:
             self._install_model(path.read_bytes(), current_version=None)
 
     def _install_model(self, blob: bytes, current_version: int | None) -> int:
-        try:
-            model = verify_model_package(blob, self.trust.keys, current_version=current_version)
-        except VerificationError as exc:
-            reason = 'not_newer' if exc.reason == 'stale_model' else exc.reason
-            raise ModelRefused(str(exc), reason=reason) from None
-        try:
-            policy = MoEPolicy.from_bytes(model.parameters)
-        except (LearningError, ValueError) as exc:
-            raise ModelRefused(f'parameters do not load: {exc}', reason='malformed_model') from None
-        self.policy, self.model_version = policy, model.model_version
+        model = verify_deployed_model(blob, self.trust.keys, newest_version=current_version)
+        self.policy, self.model_version = model.policy, model.version
         residual = self.state_dir / 'residual.npy'
-        total = sum(policy.segment_sizes())
+        total = sum(model.policy.segment_sizes())
         self.error_feedback = ErrorFeedback(total)
         if residual.exists():
             saved = np.load(residual)
             if saved.shape == (total,):
                 self.error_feedback.residual = saved
-        return model.model_version
+        return model.version
 
     def apply_model(self, blob: bytes) -> int:
         """Verify a server-signed ModelPackage that advances our version, persist it, run it."""
