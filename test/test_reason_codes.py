@@ -8,7 +8,7 @@ from tensorguard_aggregator.rounds import RoundError, UpdateUnusable
 from tensorguard_crypto import verify
 from tensorguard_crypto.refusal import Reason, Refusal
 from tensorguard_edge.client import ModelRefused, RoundRefused
-from tensorguard_edge.recorder import StreamError
+from tensorguard_edge.streams import StreamError
 
 DOCS = Path(__file__).resolve().parents[1] / 'docs' / 'ros-interfaces.md'
 

@@ -76,10 +76,15 @@ class Reason(enum.StrEnum):
     MALFORMED_MODEL = 'malformed_model'
     ROUND_BUSY = 'round_busy'
     ROUND_FAILED = 'round_failed'
-    MALFORMED_FRAME = 'malformed_frame'
-    MALFORMED_EVENT = 'malformed_event'
-    MALFORMED_DEMONSTRATION = 'malformed_demonstration'
     DEMONSTRATION_REFUSED = 'demonstration_refused'
+    # A robot's input streams and episode markers (tensorguard_edge.alignment, docs/robot-inputs.md).
+    MALFORMED_SAMPLE = 'malformed_sample'
+    LATE_SAMPLE = 'late_sample'
+    FRAME_UNALIGNED = 'frame_unaligned'
+    MALFORMED_MARKER = 'malformed_marker'
+    EPISODE_RUNNING = 'episode_running'
+    NO_EPISODE = 'no_episode'
+    EPISODE_EMPTY = 'episode_empty'
     EPISODE_ABANDONED = 'episode_abandoned'
     EPISODE_FAILED = 'episode_failed'
 
