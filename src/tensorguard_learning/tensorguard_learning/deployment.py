@@ -48,13 +48,13 @@ class DeployedModel:
 
 
 def verify_deployed_model(blob: bytes, keys: KeyResolver, newest_version: int | None = None,
-                          dims: tuple[int, int] | None = None) -> DeployedModel:
+                          dims: tuple[int | None, int | None] = (None, None)) -> DeployedModel:
     """Verify a serialized ModelPackage against `keys` and return it with its loaded policy.
 
     `newest_version`: the newest model version the caller already holds (None: any version, e.g. the
     caller's own file at start-up); the same version again is refused as ``not_newer`` (a latched
     re-delivery, harmless), an older one as ``stale_model`` (a replay or a rolled-back version).
-    `dims`: (observation, action) lengths the policy must have, refused as ``shape_mismatch``.
+    `dims`: (observation, action) lengths the policy must have (None: any), else ``shape_mismatch``.
     Every refusal is a `ModelRefused` with the verification's reason.
     """
     try:
@@ -70,7 +70,7 @@ def verify_deployed_model(blob: bytes, keys: KeyResolver, newest_version: int | 
         policy = MoEPolicy.from_bytes(package.parameters)
     except LearningError as exc:
         raise ModelRefused(f'parameters do not load: {exc}', reason=Reason.MALFORMED_MODEL) from None
-    if dims is not None and (policy.cfg.obs_dim, policy.cfg.action_dim) != tuple(dims):
+    if any(want is not None and want != have for want, have in zip(dims, (policy.cfg.obs_dim, policy.cfg.action_dim))):
         raise ModelRefused(f'model {package.model_version} maps {policy.cfg.obs_dim} observation values to '
                            f'{policy.cfg.action_dim} actions; this robot has {dims[0]} and {dims[1]}',
                            reason=Reason.SHAPE_MISMATCH)
