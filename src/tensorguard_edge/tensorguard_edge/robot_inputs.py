@@ -142,7 +142,8 @@ def action_message(spec: SourceSpec, values: np.ndarray, stamp: Time):
     if spec.type == FLOAT64_ARRAY:
         return cls(data=values)
     if spec.type != JOINT_TRAJECTORY:
-        raise MappingError(f'action source {spec.name!r} must be {FLOAT64_ARRAY} or {JOINT_TRAJECTORY}, not {spec.type}')
+        raise MappingError(f'action source {spec.name!r} must be {FLOAT64_ARRAY} or {JOINT_TRAJECTORY}, '
+                           f'not {spec.type}')
     if len(spec.joints) != len(values):
         raise MappingError(f'action source {spec.name!r} names {len(spec.joints)} joints for {len(values)} values')
     msg = cls(joint_names=list(spec.joints))
