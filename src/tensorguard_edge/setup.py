@@ -22,5 +22,10 @@ setup(
         'console_scripts': [
             'edge_node = tensorguard_edge.edge_node:main',
         ],
+        # Sub-commands of the `tensorguard` operator command (tensorguard_crypto.cli looks them up by name).
+        'tensorguard.commands': [
+            'robot-import-bag = tensorguard_edge.commands:import_bag_command',
+            'robot-export-dataset = tensorguard_edge.commands:export_dataset_command',
+        ],
     },
 )

@@ -73,7 +73,8 @@ def test_the_files_have_lerobots_columns_and_episode_boundaries(tmp_path):
     assert json.loads(tasks.schema.metadata[b'pandas'])['index_columns'] == ['task']
     stats = json.loads((tmp_path / 'meta/stats.json').read_text())
     assert stats['action']['count'] == [12]
-    np.testing.assert_allclose(stats['action']['mean'], np.concatenate([d.action for d in demos]).astype(np.float64).mean(axis=0))
+    actions = np.concatenate([d.action for d in demos]).astype(np.float64)
+    np.testing.assert_allclose(stats['action']['mean'], actions.mean(axis=0))
     _assert_same(read_dataset(tmp_path).episodes, demos)
 
 
