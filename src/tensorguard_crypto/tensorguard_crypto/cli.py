@@ -1,7 +1,8 @@
 """`tensorguard` operator command line: info, keygen, bench, the KMS (register, revoke, rotate, list,
 verify-log), a fleet (init, enroll, rotate, revoke, status) and a robot's side of enrolment (install).
 Other installed packages add sub-commands through the ``tensorguard.commands`` entry-point group
-(``tensorguard dashboard`` from tensorguard_monitor); this package never imports them.
+(``tensorguard dashboard`` from tensorguard_monitor, ``tensorguard robot-import-bag`` and
+``robot-export-dataset`` from tensorguard_edge); this package never imports them.
 
 Exit codes: 0 success, 2 usage error (including a malformed key id or a non-positive count), 3 key
 file error (also a wrong, short or missing passphrase), 4 KMS refusal or unusable KMS files (audit log
@@ -39,7 +40,11 @@ PUBLISH_INITIAL_MODEL = 'ros2 run tensorguard_aggregator publish_initial_model'
 # Sub-commands of other packages: entry-point group, and the ones this command knows by name (help text,
 # and the package to name when it is not installed).
 COMMAND_GROUP = 'tensorguard.commands'
-KNOWN_COMMANDS = {'dashboard': ('tensorguard_monitor', 'serve the fleet web dashboard and Prometheus /metrics')}
+KNOWN_COMMANDS = {
+    'dashboard': ('tensorguard_monitor', 'serve the fleet web dashboard and Prometheus /metrics'),
+    'robot-import-bag': ('tensorguard_edge', "import demonstrations from rosbag2 bags into a robot's store"),
+    'robot-export-dataset': ('tensorguard_edge', "export a robot's store as a LeRobot v3.0 dataset"),
+}
 
 
 class CliError(Exception):
