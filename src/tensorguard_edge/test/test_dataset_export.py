@@ -6,6 +6,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from tensorguard_edge.commands import EXIT_DATA, export_dataset_command
 from tensorguard_edge.dataset_export import DatasetError, export_demonstrations, read_dataset
 from tensorguard_learning.demonstrations import Demonstration, DemonstrationStore
 from tensorguard_learning.metaworld_source import record_demonstrations
@@ -102,3 +103,15 @@ def test_the_reader_names_what_is_wrong(tmp_path):
     (tmp_path / 'meta/tasks.parquet').write_bytes(b'not parquet')
     with pytest.raises(DatasetError, match='tasks.parquet is not a readable parquet file'):
         read_dataset(tmp_path)
+
+
+def test_the_operator_command_exports_a_robots_state_dir(tmp_path, capsys):
+    demos = [_awkward_episode('a', 3, 0), _awkward_episode('b', 2, 1)]
+    with DemonstrationStore(tmp_path / 'state' / 'demos', 1 << 20) as store:
+        for demo in demos:
+            store.append_episode(demo)
+    assert export_dataset_command([str(tmp_path / 'state'), str(tmp_path / 'ds'), '--fps', '50']) == 0
+    assert 'exported 2 episodes (5 frames, tasks: a, b)' in capsys.readouterr().out
+    _assert_same(read_dataset(tmp_path / 'ds').episodes, demos)
+    assert export_dataset_command([str(tmp_path / 'nothing'), str(tmp_path / 'ds2'), '--fps', '50']) == EXIT_DATA
+    assert capsys.readouterr().err.startswith(f'error: {tmp_path / "nothing"}: no demonstration store')
