@@ -12,6 +12,9 @@
   summed bodies, turns the decrypted aggregate into a candidate, rolls it out in the simulator
   (evaluator), lets the gate decide reject / canary / deploy, and publishes the signed model.
 - ``RevokeRobot`` revokes in the KMS; the very next package of that robot is refused.
+- Robots' signed ``OutcomeReport``s (autonomous episodes per model version) are verified and
+  tallied (`outcomes.OutcomeTally`); a canary is promoted only if the canary robots' own episodes
+  pass the gate's on-robot checks too, and FleetStatus carries the deployed model's on-robot tally.
 
 Evaluation and the key-service call run in a worker thread so updates keep arriving. One JSON
 line per closed round is appended to ``server/rounds.jsonl`` for reports.
@@ -32,13 +35,15 @@ from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackRet
 from tensorguard_aggregator.gate import DeploymentGate, GateSettings, RoundLog
 from tensorguard_aggregator.held_out import load_held_out
 from tensorguard_aggregator.kms_check import KMSCheck
+from tensorguard_aggregator.outcomes import OutcomeTally, VersionOutcomes
 from tensorguard_aggregator.rounds import Aggregator, AggregatorSettings, RoundError
 from tensorguard_crypto.fleet import passphrase_from_environment
 from tensorguard_crypto.kms import KMSError
 from tensorguard_crypto.verify import VerificationError, decode
+from tensorguard_crypto.wire import OutcomeReport as OutcomeReportRecord
 from tensorguard_crypto.wire import UpdatePackage
 from tensorguard_msgs.action import RunRound
-from tensorguard_msgs.msg import EncryptedUpdate, FleetStatus, ModelUpdate, RejectionCount, RoundConfig
+from tensorguard_msgs.msg import EncryptedUpdate, FleetStatus, ModelUpdate, OutcomeReport, RejectionCount, RoundConfig
 from tensorguard_msgs.srv import DecryptAggregate, IssueRoundKey, RevokeRobot, TriggerRound
 from tensorguard_ros import qos, topics
 from tensorguard_ros.diagnostics import DiagnosticsPublisher, Health
@@ -78,6 +83,8 @@ class AggregatorNode(LifecycleNode):
         self.closing = False
         self.lock = threading.RLock()
         self.round_closed = threading.Condition(self.lock)
+        self.outcome_arrived = threading.Condition(self.lock)
+        self.outcomes: OutcomeTally | None = None
         self.worker: ThreadPoolExecutor | None = None
         self.last = {'success_rate': 0.0, 'lower_bound': 0.0, 'decision': ''}
         self.held_out = None
@@ -103,6 +110,7 @@ class AggregatorNode(LifecycleNode):
             return TransitionCallbackReturn.FAILURE
         self.health.clear('configure')
         self._report_state_set_aside()
+        self.outcomes = self._load_outcomes()
         self.kms_check = KMSCheck(self.core.kms)
         self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix='close')
         self.config_pub = self.create_lifecycle_publisher(RoundConfig, topics.ROUND_CONFIG, qos.LATCHED)
@@ -130,10 +138,25 @@ class AggregatorNode(LifecycleNode):
                 f'{reason} x{count}' for reason, count in sorted(problems.items()))
                 + f' (see {self.core.rounds_dir}/<round>/quarantine and the node log)')
 
+    def _load_outcomes(self) -> OutcomeTally:
+        """The saved outcome tally; an unreadable one is set aside (renamed), counted and reported."""
+        path = self.core.paths.server / 'outcomes.json'
+        try:
+            return OutcomeTally(path)
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            aside = path.with_name(f'outcomes.unreadable-{int(time.time())}.json')
+            path.replace(aside)
+            self.health.refuse('stored_state')
+            self.health.fault('stored_state', f'outcome tally unreadable ({type(exc).__name__}), set aside as '
+                                              f"{aside.name}; robots' next reports rebuild it")
+            return OutcomeTally(path)
+
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         result = super().on_activate(state)  # enables the lifecycle publishers
         self.handles = [
             self.create_subscription(EncryptedUpdate, topics.ENCRYPTED_UPDATES, self._on_update, qos.UPDATES,
+                                     callback_group=self.group),
+            self.create_subscription(OutcomeReport, topics.OUTCOME_REPORTS, self._on_outcome_report, qos.UPDATES,
                                      callback_group=self.group),
             self.create_service(TriggerRound, topics.TRIGGER_ROUND, self._on_trigger, callback_group=self.group),
             self.create_service(RevokeRobot, topics.REVOKE_ROBOT, self._on_revoke, callback_group=self.group),
@@ -187,7 +210,7 @@ class AggregatorNode(LifecycleNode):
             self.worker.shutdown(wait=True)
             self.worker = None
         destroy_entities(self, self.interfaces)
-        self.core = self.kms_check = self.round_log = self.held_out = None
+        self.core = self.kms_check = self.round_log = self.held_out = self.outcomes = None
 
     # Publishing.
     def _publish_round(self, config) -> None:
@@ -248,6 +271,9 @@ class AggregatorNode(LifecycleNode):
                 last_success_rate=self.last['success_rate'], last_success_lower_bound=self.last['lower_bound'],
                 deployed_success_rate=math.nan if self.gate.deployed_success is None else self.gate.deployed_success,
                 last_gate_decision=self.last['decision'])
+            on_robot = self.outcomes.for_version(self.core.model.model_version,
+                                                 max_episodes_per_robot=self.gate_settings.canary_max_episodes_per_robot)
+            msg.on_robot_episodes, msg.on_robot_successes = on_robot.episodes, on_robot.successes
         msg.header.stamp = self.get_clock().now().to_msg()
         self.status_pub.publish(msg)
 
@@ -288,9 +314,42 @@ class AggregatorNode(LifecycleNode):
             count = len(self.core.current.contributors)
         self.get_logger().info(f'round {package.round_id}: accepted {package.robot_id} ({count} so far)')
 
-    def _reject(self, reason: str, detail: str) -> None:
+    def _on_outcome_report(self, msg: OutcomeReport) -> None:
+        """Verify and tally one robot's outcome report; a refusal is counted by reason."""
+        blob = bytes(msg.package)
+        claimed = f'claimed {msg.robot_id!r}'
+        try:
+            if decode(OutcomeReportRecord, blob).robot_id != msg.robot_id:
+                self._reject('header_mismatch', f'{claimed}: the signed report names another robot', 'outcome report')
+                return
+            with self.lock:
+                self._check_kms()
+                report = self.outcomes.accept(blob, self.core.kms, self.core.model.model_version)
+                self.outcome_arrived.notify_all()
+        except VerificationError as exc:
+            self._reject(exc.reason, f'{claimed}: {exc}', 'outcome report')
+            return
+        except STATE_ERRORS as exc:
+            self._reject(self._state_fault(exc), f'{claimed}: refused while the server state is bad', 'outcome report')
+            return
+        self.get_logger().debug(f'{report.robot_id}: model {report.model_version} '
+                                f'{report.successes}/{report.episodes} on the robot')
+
+    def _await_canary_outcomes(self, version: int, robots: list[str]) -> VersionOutcomes:
+        """Wait (at most `canary_window_s`) until the canary robots reported enough episodes of `version`."""
+        settings = self.gate_settings
+        deadline = time.monotonic() + settings.canary_window_s
+        with self.lock:
+            while True:
+                outcomes = self.outcomes.for_version(version, robots, settings.canary_max_episodes_per_robot)
+                remaining = deadline - time.monotonic()
+                if outcomes.episodes >= settings.canary_min_episodes or remaining <= 0:
+                    return outcomes
+                self.outcome_arrived.wait(timeout=min(remaining, 1.0))
+
+    def _reject(self, reason: str, detail: str, what: str = 'update') -> None:
         self.health.refuse(reason)
-        self.get_logger().warning(f'refused update ({reason}): {detail}')
+        self.get_logger().warning(f'refused {what} ({reason}): {detail}')
 
     # Health.
     def _check_kms(self) -> None:
@@ -447,13 +506,22 @@ class AggregatorNode(LifecycleNode):
         """
         if decision == 'canary':
             canary = self.gate_settings.canary_robots(self.core.expected_robots())
-            parent_policy = self.core.model_policy
+            parent_policy, parent_version = self.core.model_policy, self.core.model.model_version
             model = self.core.publish_model(candidate.policy, candidate.round_id, 'canary')
             self._publish_model(model, 'canary', canary)
             self.get_logger().info(f'model {model.model_version} to canary robots {canary}')
             trial = self.gate.evaluate(candidate.policy, candidate.round_id, parent_policy, self.held_out,
                                        canary_trial=True)
-            promoted, failures = self.gate.promote(trial)
+            on_robot = fleet_on_robot = None
+            if self.gate_settings.canary_min_episodes:
+                self.phase = 'canary'
+                on_robot = self._await_canary_outcomes(model.model_version, canary)
+                fleet_on_robot = self.outcomes.for_version(
+                    parent_version, max_episodes_per_robot=self.gate_settings.canary_max_episodes_per_robot)
+                outcome.update(canary_on_robot_episodes=on_robot.episodes,
+                               canary_on_robot_successes=on_robot.successes)
+                self.phase = 'deploying'
+            promoted, failures = self.gate.promote(trial, on_robot, fleet_on_robot)
             outcome.update(canary_robots=canary, canary_success_rate=trial.success_rate,
                            canary_promoted=promoted, canary_failures=failures)
             if not promoted:

@@ -39,7 +39,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-ACTIVE_PHASES = ('collecting', 'decrypting', 'evaluating', 'deploying')
+ACTIVE_PHASES = ('collecting', 'decrypting', 'evaluating', 'canary', 'deploying')
 OUTCOMES = ('aggregated', 'failed', 'expired')
 DIAGNOSTIC_LEVELS = {0: 'OK', 1: 'WARN', 2: 'ERROR', 3: 'STALE'}
 
@@ -522,7 +522,7 @@ class FleetState:
         """Close the open round with what `closing` (the status that ended it) shows."""
         opened, self._open = self._open, None
         after = _baseline(closing)
-        aggregated = (bool(opened.phases & {'evaluating', 'deploying'}) or after[0] > opened.baseline[0]
+        aggregated = (bool(opened.phases & {'evaluating', 'canary', 'deploying'}) or after[0] > opened.baseline[0]
                       or after[1:] != opened.baseline[1:])
         outcome = 'aggregated' if aggregated else 'failed' if 'decrypting' in opened.phases else 'expired'
         rejections = {r: n - opened.rejections_before.get(r, 0) for r, n in closing.rejections.items()
