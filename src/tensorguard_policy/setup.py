@@ -18,4 +18,9 @@ setup(
     description="The robot's policy node: runs the fleet's verified model within the operating envelope.",
     license='Apache-2.0',
     extras_require={'test': ['pytest', 'hypothesis']},
+    entry_points={
+        'console_scripts': [
+            'policy_node = tensorguard_policy.policy_node:main',
+        ],
+    },
 )

@@ -86,7 +86,7 @@ class OperatingEnvelope:
 
     def check_commanding(self, action_dim: int) -> None:
         """Refuse to command a robot with `action_dim` actions unless every dimension has limits."""
-        if self.action_dim != action_dim:
+        if self.action_dim == 0 or self.action_dim != action_dim:
             raise EnvelopeViolation(f'the operating envelope limits {self.action_dim} action dimensions, the robot '
                                     f'commands {action_dim}; set action_low/action_high/max_action_step/safe_action '
                                     'for each one')
