@@ -99,7 +99,8 @@ def _connections(reader: Reader, path: Path, mapping: StreamMapping, namespace: 
     if missing:
         present = ', '.join(sorted({c.topic for c in reader.connections})) or 'none'
         raise BagImportError(f'{path}: the bag has no topic {", ".join(missing)} (it has: {present}); '
-                             f'record every source of the mapping and {MARKERS_TOPIC}, or give --namespace')
+                             f'record every source of the mapping and {MARKERS_TOPIC} (or was it recorded under '
+                             'another namespace?)')
     return found
 
 
@@ -128,13 +129,11 @@ def import_bag(path: str | Path, mapping: StreamMapping, namespace: str, store: 
     reader = _open(path)
     try:
         connections = _connections(reader, path, mapping, namespace)
-        classes = {type_name: message_class(type_name) for _, _, type_name in connections.values()
-                   if type_name != MARKER_TYPE}
-        classes[MARKER_TYPE] = EpisodeMarker
+        classes = {type_name: EpisodeMarker if type_name == MARKER_TYPE else message_class(type_name)
+                   for _, _, type_name in connections.values()}
 
         demos: list[Demonstration] = []
         aligner = EpisodeAligner(mapping, demos.append, state_dim=state_dim, action_dim=action_dim)
-        autonomous: set[int] = set()
         for topic, source, type_name, log_time, raw in _messages(reader, path, connections, progress):
             summary.messages += 1
             try:
@@ -146,9 +145,7 @@ def import_bag(path: str | Path, mapping: StreamMapping, namespace: str, store: 
                 if source is not None:
                     aligner.add(source, *source_sample(mapping, mapping.source(source), msg, log_time))
                 elif msg.autonomous:
-                    autonomous.add(msg.episode_index)
-                    if msg.kind == EpisodeMarker.END:
-                        summary.autonomous_skipped += 1
+                    summary.autonomous_skipped += msg.kind == EpisodeMarker.END
                 elif msg.kind == EpisodeMarker.START:
                     aligner.start(stamp_ns(msg.header.stamp), msg.task, msg.episode_index)
                 else:
