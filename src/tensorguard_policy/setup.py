@@ -11,7 +11,7 @@ setup(
         ('share/ament_index/resource_index/packages', [f'resource/{PACKAGE}']),
         (f'share/{PACKAGE}', ['package.xml']),
     ],
-    install_requires=['setuptools', 'numpy'],
+    install_requires=['setuptools', 'numpy', 'torch', 'pyyaml'],
     zip_safe=True,
     maintainer='TensorGuard developers',
     maintainer_email='dev@tensorguard.invalid',
@@ -21,6 +21,7 @@ setup(
     entry_points={
         'console_scripts': [
             'policy_node = tensorguard_policy.policy_node:main',
+            'bench_policy_latency = tensorguard_policy.bench_latency:main',
         ],
     },
 )
