@@ -164,4 +164,6 @@ def test_edge_node_lifecycle(fleet, tmp_path):
     process = start('tensorguard_edge.edge_node', '/robot_1', env, log, robot_id='robot_1',
                     state_dir=robot_dir / 'state', key_path=robot_dir / 'identity.key',
                     trust_path=robot_dir / 'trust.json')
-    walk(process, LifecycleDriver('/robot_1/edge_node'), {topics.ROUND_CONFIG, topics.MODEL_UPDATES}, log)
+    walk(process, LifecycleDriver('/robot_1/edge_node'),
+         {topics.ROUND_CONFIG, topics.MODEL_UPDATES, f'/robot_1/{topics.START_EPISODE}',
+          f'/robot_1/{topics.END_EPISODE}', '/robot_1/joint_states'}, log)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import bisect
 import time
 from collections import Counter, deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -235,20 +235,26 @@ class EpisodeAligner:
     def _compose(entries: tuple[Entry, ...], current: dict[str, Values], previous: dict[str, Values]) -> np.ndarray:
         return np.concatenate([(previous if e.prev else current)[e.source][e.field] for e in entries])
 
-    def _emit(self, episode: _Episode) -> None:
+    def _frames(self, start_ns: int, end_ns: int) -> Iterator[tuple[int, dict[str, Values] | None]]:
+        """(clock stamp, aligned samples of every source or None) of each clock sample in [start, end)."""
         clock = self.stamps[self.mapping.clock]
-        first = bisect.bisect_left(clock, episode.start_ns)
-        last = bisect.bisect_left(clock, episode.end_ns)
+        for at in range(bisect.bisect_left(clock, start_ns), bisect.bisect_left(clock, end_ns)):
+            yield clock[at], self._frame(at, self.sources)
+
+    def aligned_frames(self, start_ns: int, end_ns: int) -> int:
+        """How many frames with clock stamps in [start, end) align so far."""
+        return sum(frame is not None for _, frame in self._frames(start_ns, end_ns))
+
+    def _emit(self, episode: _Episode) -> None:
         stamps, states, actions = [], [], []
         previous = None
-        for at in range(first, last):
-            frame = self._frame(at, self.sources)
+        for stamp, frame in self._frames(episode.start_ns, episode.end_ns):
             if frame is None:
                 self.counts[Reason.FRAME_UNALIGNED] += 1
                 continue
             states.append(self._compose(self.mapping.entries, frame, previous or frame))
             actions.append(self._compose((self.mapping.action_entry,), frame, frame))
-            stamps.append(clock[at])
+            stamps.append(stamp)
             previous = frame
         if not states:
             self.counts[Reason.EPISODE_EMPTY] += 1

@@ -1,16 +1,21 @@
 """The robot's TensorGuard node: a thin lifecycle shell around `EdgeClient`.
 
-It translates topics and parameters into `EdgeClient` calls and nothing more:
-- records episodes from the robot's ``observation`` / ``action`` / ``episode_events`` streams (or
-  whole ``demonstrations``) into the crash-safe store;
+It translates topics, services and parameters into `EdgeClient` calls and nothing more:
+- records demonstrations from the standard topics the robot already publishes, chosen by the
+  ``inputs.*`` parameters (`tensorguard_edge.streams`, docs/robot-inputs.md), aligned by stamp
+  (`tensorguard_edge.alignment`), with episode boundaries from its ``start_episode`` /
+  ``end_episode`` services, each published as an ``EpisodeMarker`` on ``episode_markers`` (so
+  rosbag2 records boundaries with the streams); completed episodes go to the crash-safe store,
+  except ``autonomous`` ones (the policy node drove them: outcomes, not demonstrations);
 - on a signed ``RoundConfig`` trains and builds the encrypted update in a worker thread (so
   recording and status keep flowing) and publishes one ``EncryptedUpdate``;
 - verifies and applies signed ``ModelUpdate``s;
 - publishes ``RobotStatus`` and ``/diagnostics``, and counts every refused message by reason.
 
-Lifecycle: configure opens the identity key, store, ledger and model; activate starts recording
-and taking part in rounds; deactivate stops both; cleanup closes everything. With ``autostart``
-(default) the node walks itself to active, like nav2's lifecycle manager does for its nodes.
+Lifecycle: configure checks the input mapping against the model's dimensions and opens the
+identity key, store, ledger and model; activate starts recording and taking part in rounds;
+deactivate stops both; cleanup closes everything. With ``autostart`` (default) the node walks
+itself to active, like nav2's lifecycle manager does for its nodes.
 """
 from __future__ import annotations
 
@@ -19,21 +24,36 @@ import sys
 import threading
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 import numpy as np
+from builtin_interfaces.msg import Time
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
-from std_msgs.msg import Float32MultiArray, String
 
+from tensorguard_crypto.refusal import Reason
+from tensorguard_edge.alignment import EpisodeAligner
 from tensorguard_edge.client import EdgeClient, EdgeSettings, ModelRefused, RoundRefused, create_client
-from tensorguard_edge.recorder import EpisodeAssembler, StreamError
+from tensorguard_edge.robot_inputs import declare_input_parameters, stamp_ns, subscribe_sources, to_time
+from tensorguard_edge.streams import MappingError, StreamError, StreamMapping
 from tensorguard_learning.demonstrations import Demonstration
-from tensorguard_msgs.msg import Demonstration as DemonstrationMsg
-from tensorguard_msgs.msg import EncryptedUpdate, ModelUpdate, RejectionCount, RobotStatus, RoundConfig
+from tensorguard_msgs.msg import EncryptedUpdate, EpisodeMarker, ModelUpdate, RejectionCount, RobotStatus, RoundConfig
+from tensorguard_msgs.srv import EndEpisode, StartEpisode
 from tensorguard_ros import qos, topics
 from tensorguard_ros.node_main import destroy_entities, enable_autostart, spin_node
 from tensorguard_ros.params import declare_dataclass_parameters, follow_parameter_changes
+
+EXPIRE_PERIOD_S = 0.5  # how often ended episodes past the aligner's settle timeout are emitted
+
+
+@dataclass(frozen=True)
+class _Running:
+    """The episode between an accepted start_episode and its end_episode."""
+
+    index: int
+    task: str
+    autonomous: bool
 
 
 class EdgeNode(LifecycleNode):
@@ -42,15 +62,14 @@ class EdgeNode(LifecycleNode):
     def __init__(self) -> None:
         super().__init__('edge_node')
         self.config: EdgeSettings = declare_dataclass_parameters(self, EdgeSettings)
-        self.topics = {name: self.declare_parameter(
-            f'{name}_topic', default, ParameterDescriptor(description=f"Topic of the robot's {name} stream "
-                                                          '(relative names resolve in the robot namespace).')).value
-            for name, default in (('observation', topics.OBSERVATION), ('action', topics.ACTION),
-                                  ('episode_events', topics.EPISODE_EVENTS), ('demonstrations', topics.DEMONSTRATIONS))}
+        self.inputs = declare_input_parameters(self)
         self.status_period = self.declare_parameter(
             'status_period_s', 1.0, ParameterDescriptor(description='Seconds between RobotStatus messages.')).value
         self.client: EdgeClient | None = None
-        self.assembler: EpisodeAssembler | None = None
+        self.mapping: StreamMapping | None = None
+        self.aligner: EpisodeAligner | None = None
+        self.next_episode = 0
+        self.running: _Running | None = None
         self.rejections: Counter[str] = Counter()
         self.activity = 'idle'
         self.worker: ThreadPoolExecutor | None = None
@@ -72,32 +91,39 @@ class EdgeNode(LifecycleNode):
     # Lifecycle transitions.
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
         try:
+            self.mapping = StreamMapping.from_parameters(self.inputs)
+            self.mapping.check_dims(self.config.state_dim, self.config.action_dim)
+        except MappingError as exc:
+            self.get_logger().error(f'configure failed: inputs: {exc} (docs/robot-inputs.md)')
+            return TransitionCallbackReturn.FAILURE
+        try:
             self.client = create_client(self.config)
         except Exception as exc:  # noqa: BLE001 - any start-up failure is reported and refused.
             self.get_logger().error(f'configure failed: {type(exc).__name__}: {exc}')
             return TransitionCallbackReturn.FAILURE
-        self.assembler = EpisodeAssembler(self._store_episode, self.config.state_dim, self.config.action_dim)
+        self.aligner = EpisodeAligner(self.mapping, self._store_episode, self.config.state_dim, self.config.action_dim)
+        self.next_episode = self.client.status().episodes
         self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix='round')
         self.update_pub = self.create_lifecycle_publisher(EncryptedUpdate, topics.ENCRYPTED_UPDATES, qos.UPDATES)
         self.status_pub = self.create_lifecycle_publisher(RobotStatus, 'status', qos.STATUS)
         self.diag_pub = self.create_lifecycle_publisher(DiagnosticArray, topics.DIAGNOSTICS, qos.DIAGNOSTICS)
-        self.publishers_ = [self.update_pub, self.status_pub, self.diag_pub]
+        self.marker_pub = self.create_lifecycle_publisher(EpisodeMarker, topics.EPISODE_MARKERS, qos.EPISODE_MARKERS)
+        self.publishers_ = [self.update_pub, self.status_pub, self.diag_pub, self.marker_pub]
         self.get_logger().info(f'{self.config.robot_id}: configured, {self.client.status().episodes} episodes '
-                               f'in store, model version {self.client.status().model_version}')
+                               f'in store, model version {self.client.status().model_version}, recording '
+                               f'{", ".join(self.mapping.observation)} -> {self.mapping.action}')
         return TransitionCallbackReturn.SUCCESS
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         result = super().on_activate(state)  # enables the lifecycle publishers
         self.handles = [
-            self.create_subscription(Float32MultiArray, self.topics['observation'], self._on_observation,
-                                     qos.SENSOR_STREAM),
-            self.create_subscription(Float32MultiArray, self.topics['action'], self._on_action, qos.SENSOR_STREAM),
-            self.create_subscription(String, self.topics['episode_events'], self._on_event, qos.DEMONSTRATIONS),
-            self.create_subscription(DemonstrationMsg, self.topics['demonstrations'], self._on_demonstration,
-                                     qos.DEMONSTRATIONS),
+            *subscribe_sources(self, self.mapping, self._on_sample, self._on_refused, qos.ROBOT_INPUTS),
+            self.create_service(StartEpisode, topics.START_EPISODE, self._on_start_episode),
+            self.create_service(EndEpisode, topics.END_EPISODE, self._on_end_episode),
             self.create_subscription(RoundConfig, topics.ROUND_CONFIG, self._on_round_config, qos.LATCHED),
             self.create_subscription(ModelUpdate, topics.MODEL_UPDATES, self._on_model_update, qos.LATCHED),
             self.create_timer(self.status_period, self._publish_status),
+            self.create_timer(EXPIRE_PERIOD_S, self._expire),
         ]
         self.activity = 'recording'
         self.get_logger().info(f'{self.config.robot_id}: active')
@@ -126,7 +152,7 @@ class EdgeNode(LifecycleNode):
             self.client.close()
             self.client = None
         destroy_entities(self, self.publishers_)
-        self.assembler = None
+        self.aligner, self.running = None, None
 
     # Recording.
     def _reject(self, reason: str, detail: str) -> None:
@@ -134,48 +160,72 @@ class EdgeNode(LifecycleNode):
             self.rejections[reason] += 1
         self.get_logger().warning(f'refused ({reason}): {detail}')
 
-    def _on_observation(self, msg: Float32MultiArray) -> None:
-        self._feed(self.assembler.on_observation, msg)
-
-    def _on_action(self, msg: Float32MultiArray) -> None:
-        self._feed(self.assembler.on_action, msg)
-
-    def _feed(self, handler, msg: Float32MultiArray) -> None:
-        dims = msg.layout.dim
-        if len(dims) != 2 or dims[1].label != 'episode':
-            self._reject('malformed_frame', 'frame layout must be [vector, episode] (see tensorguard_ros.topics)')
-            return
+    def _on_sample(self, source: str, stamp: int, values: np.ndarray) -> None:
         try:
             with self.lock:
-                handler(int(dims[1].stride), int(msg.layout.data_offset), np.asarray(msg.data, dtype=np.float32))
+                self.aligner.add(source, stamp, values)
         except StreamError as exc:
-            self._reject(exc.reason, str(exc))
+            self._on_refused(exc)
 
-    def _on_event(self, msg: String) -> None:
-        try:
-            with self.lock:
-                self.assembler.expire()
-                self.assembler.on_event(msg.data)
-        except StreamError as exc:
-            self._reject(exc.reason, str(exc))
+    def _on_refused(self, exc: StreamError) -> None:
+        self._reject(exc.reason, str(exc))
 
-    def _on_demonstration(self, msg: DemonstrationMsg) -> None:
-        if not msg.success:
-            return
-        try:
-            states = np.asarray(msg.observation_state, dtype=np.float32)
-            actions = np.asarray(msg.action, dtype=np.float32)
-            if (msg.state_dim != self.config.state_dim or msg.action_dim != self.config.action_dim
-                    or states.size != msg.num_frames * msg.state_dim
-                    or actions.size != msg.num_frames * msg.action_dim):
-                raise ValueError('sizes do not match num_frames x dims of this robot')
-            demo = Demonstration(task=msg.task, observation_state=states.reshape(msg.num_frames, msg.state_dim),
-                                 action=actions.reshape(msg.num_frames, msg.action_dim),
-                                 episode_index=int(msg.episode_index))
-        except ValueError as exc:
-            self._reject('malformed_demonstration', str(exc))
-            return
-        self._store_episode(demo)
+    def _expire(self) -> None:
+        with self.lock:
+            self.aligner.expire()
+
+    def _boundary(self, stamp: Time) -> int:
+        """A request's boundary stamp in ns; zero means now."""
+        return stamp_ns(stamp) or self.get_clock().now().nanoseconds
+
+    def _on_start_episode(self, request: StartEpisode.Request, response: StartEpisode.Response):
+        stamp = self._boundary(request.stamp)
+        with self.lock:
+            try:
+                if self.running is not None:
+                    raise StreamError(f'episode {self.running.index} is still running: end it first',
+                                      reason=Reason.EPISODE_RUNNING)
+                if not request.autonomous:  # a policy-driven episode is an outcome, not a demonstration
+                    self.aligner.start(stamp, request.task, self.next_episode)
+            except StreamError as exc:
+                return self._refuse_marker(exc, response)
+            self.running = _Running(self.next_episode, request.task, request.autonomous)
+            self.next_episode += 1
+        self._publish_marker(EpisodeMarker.START, stamp, self.running, False)
+        response.accepted, response.episode_index = True, self.running.index
+        return response
+
+    def _on_end_episode(self, request: EndEpisode.Request, response: EndEpisode.Response):
+        stamp = self._boundary(request.stamp)
+        with self.lock:
+            episode = self.running
+            try:
+                if episode is None:
+                    raise StreamError('no episode is running: call start_episode first', reason=Reason.NO_EPISODE)
+                if not episode.autonomous:
+                    response.frames = self.aligner.aligned_frames(self.aligner.running.start_ns, stamp)
+                    self.aligner.end(stamp, request.success, episode.index)
+            except StreamError as exc:
+                return self._refuse_marker(exc, response)
+            self.running = None
+        self._publish_marker(EpisodeMarker.END, stamp, episode, request.success)
+        response.accepted, response.episode_index = True, episode.index
+        return response
+
+    def _refuse_marker(self, exc: StreamError, response):
+        """Count a refused start/end and answer it with the reason."""
+        self.rejections[exc.reason] += 1
+        self.get_logger().warning(f'refused ({exc.reason}): {exc}')
+        response.accepted, response.message = False, f'{exc.reason}: {exc}'
+        return response
+
+    def _publish_marker(self, kind: int, stamp: int, episode: _Running, success: bool) -> None:
+        msg = EpisodeMarker(kind=kind, episode_index=episode.index, task=episode.task, success=success,
+                            autonomous=episode.autonomous,
+                            model_version=self.client.status().model_version if episode.autonomous else 0)
+        msg.header.stamp = to_time(stamp)
+        msg.header.frame_id = self.config.robot_id
+        self.marker_pub.publish(msg)
 
     def _store_episode(self, demo: Demonstration) -> None:
         try:
@@ -247,8 +297,7 @@ class EdgeNode(LifecycleNode):
                           epsilon_spent=status.epsilon_spent, epsilon_budget=status.epsilon_budget)
         msg.header.stamp = self.get_clock().now().to_msg()
         with self.lock:
-            counts = {**self.rejections, 'episode_abandoned': self.assembler.abandoned_episodes,
-                      'episode_failed': self.assembler.failed_episodes}
+            counts = self.rejections + self.aligner.counts
             msg.rejections = [RejectionCount(reason=r, count=c) for r, c in sorted(counts.items()) if c]
         self.status_pub.publish(msg)
         diag = DiagnosticArray()
@@ -261,7 +310,7 @@ class EdgeNode(LifecycleNode):
                     KeyValue(key='model_version', value=str(status.model_version)),
                     KeyValue(key='epsilon_spent', value=f'{status.epsilon_spent:.4f}'),
                     KeyValue(key='epsilon_budget', value=f'{status.epsilon_budget:.4f}'),
-                    KeyValue(key='rejected', value=str(sum(self.rejections.values())))])]
+                    KeyValue(key='rejected', value=str(sum(counts.values())))])]
         self.diag_pub.publish(diag)
 
 

@@ -11,11 +11,15 @@ from __future__ import annotations
 
 import importlib
 import threading
+from array import array
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 from builtin_interfaces.msg import Time
+from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.node import Node
+from rclpy.parameter import Parameter
 from rclpy.qos import QoSProfile
 from rclpy.subscription import Subscription
 from trajectory_msgs.msg import JointTrajectoryPoint
@@ -48,6 +52,11 @@ def message_class(type_name: str) -> type:
 def stamp_ns(stamp: Time) -> int:
     """A builtin_interfaces/Time in nanoseconds."""
     return stamp.sec * 1_000_000_000 + stamp.nanosec
+
+
+def to_time(stamp: int) -> Time:
+    """Nanoseconds as a builtin_interfaces/Time."""
+    return Time(sec=stamp // 1_000_000_000, nanosec=stamp % 1_000_000_000)
 
 
 def _pick_joints(spec: SourceSpec, names: list[str], values, what: str) -> np.ndarray:
@@ -94,6 +103,32 @@ def source_sample(mapping: StreamMapping, spec: SourceSpec, msg, fallback_stamp_
     """One message as the aligner's sample of its source: the used fields' values concatenated."""
     parts = [sample(spec, name, msg, fallback_stamp_ns) for name in mapping.fields_of(spec.name)]
     return parts[0][0], np.concatenate([values for _, values in parts])
+
+
+def declare_input_parameters(node: Node, prefix: str = 'inputs.') -> dict[str, Any]:
+    """Declare the ``inputs.*`` parameters of a stream mapping (read-only: a mapping does not change
+    under a running recorder), the per-source ones for every name ``inputs.sources`` lists; return
+    the values that are set, for `StreamMapping.from_parameters`."""
+    values: dict[str, Any] = {}
+
+    def declare(name: str, kind: Any, description: str) -> Any:
+        value = node.declare_parameter(
+            prefix + name, kind, ParameterDescriptor(description=description, read_only=True)).value
+        if value is not None:
+            values[prefix + name] = list(value) if isinstance(value, (list, tuple, array)) else value
+        return value
+
+    sources = declare('sources', Parameter.Type.STRING_ARRAY, 'Names of the source topics (docs/robot-inputs.md).')
+    for name in sources or []:
+        declare(f'{name}.topic', Parameter.Type.STRING, f'Topic of {name} (relative: the robot namespace applies).')
+        declare(f'{name}.type', Parameter.Type.STRING, f'Message type of {name}, e.g. sensor_msgs/msg/JointState.')
+        declare(f'{name}.joints', Parameter.Type.STRING_ARRAY,
+                f'Joints of {name} (JointState/JointTrajectory) to pick, in order (unset: all, in message order).')
+    declare('observation', Parameter.Type.STRING_ARRAY,
+            'Observation layout: "<source>:<field>" or "<source>:<field>@prev" entries, concatenated in order.')
+    declare('action', Parameter.Type.STRING, 'Action entry "<source>:<field>".')
+    declare('tolerance_s', 0.02, 'Seconds within which every source must have a sample for a frame to be kept.')
+    return values
 
 
 def subscribe_sources(node: Node, mapping: StreamMapping, on_sample: Callable[[str, int, np.ndarray], None],

@@ -4,9 +4,14 @@
   one, so they are reliable + transient_local with depth 1 ("latched").
 - Updates are events addressed to whoever aggregates now: reliable, volatile, a small queue; a
   robot that missed a round simply waits for the next one.
-- Observation/action streams feed the demonstration recorder, which must not lose a frame of an
-  episode: reliable with a deep queue (1000 frames, 10 s at 100 Hz), since a simulated robot
-  publishes a whole episode in a burst.
+- A robot's input topics (JointState, poses, controller commands) feed the demonstration
+  recorder, which must not lose a frame of an episode: reliable (it matches the reliable
+  publishers of ros2_control's joint_state_broadcaster and controllers; a best-effort publisher
+  would not match) and volatile, with a deep queue (1000 samples, 10 s at 100 Hz), since a
+  simulated robot publishes a whole episode in a burst.
+- Episode markers are events every recorder of the robot (the edge node's own aligner, rosbag2,
+  the policy node) must see in order: reliable, volatile (a marker of a past episode means nothing
+  to a late joiner), depth 100 so a burst of short episodes is not cut.
 - Status streams are telemetry: best effort, volatile, depth 1; a lost sample is replaced by the next.
 - ``/diagnostics`` is telemetry too, but shared with standard tools (diagnostic_aggregator,
   rqt_robot_monitor) whose subscriptions may be reliable, which a best-effort writer never
@@ -29,14 +34,14 @@ UPDATES = QoSProfile(
     durability=DurabilityPolicy.VOLATILE,
 )
 
-DEMONSTRATIONS = QoSProfile(
+EPISODE_MARKERS = QoSProfile(
     history=HistoryPolicy.KEEP_LAST,
-    depth=32,
+    depth=100,
     reliability=ReliabilityPolicy.RELIABLE,
     durability=DurabilityPolicy.VOLATILE,
 )
 
-SENSOR_STREAM = QoSProfile(
+ROBOT_INPUTS = QoSProfile(
     history=HistoryPolicy.KEEP_LAST,
     depth=1000,
     reliability=ReliabilityPolicy.RELIABLE,

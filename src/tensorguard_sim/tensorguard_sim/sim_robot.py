@@ -1,115 +1,137 @@
 """A simulated robot: a Meta-World arm driven by its scripted expert, the "teleoperator".
 
-It publishes what a real robot's drivers and teleoperation stack would: the observation and the
-commanded action of every control step as standard ``std_msgs/Float32MultiArray`` streams, and
-episode boundaries (task, success) as JSON on ``std_msgs/String``; or, with
-``publish_mode: demonstrations``, whole ``tensorguard_msgs/Demonstration`` messages. The edge node
-records from either. Simulator seeds are public (they pick goal positions), never secrets.
-
-Topic names and stream conventions are the robot streams of `tensorguard_ros.topics` (relative
-names, so the robot namespace applies).
+It publishes what a real arm's drivers and teleoperation stack would, on standard messages (relative
+topics, so the robot namespace applies; `ARM_TOPICS`): the hand pose (``geometry_msgs/PoseStamped``;
+Meta-World gives no hand orientation, so it is the identity), the gripper opening
+(``sensor_msgs/JointState``, joint ``gripper``), the two object poses (``PoseStamped``, the
+quaternion as Meta-World gives it), the goal (``geometry_msgs/PointStamped``) and the commanded
+action (``trajectory_msgs/JointTrajectory`` over joints ``x, y, z, grip``). Every message of frame
+i is stamped ``start + i * 12.5 ms`` (Meta-World's 80 Hz control step) on a simulated clock that
+never runs backwards. Episode boundaries and success go through the edge node's ``start_episode``
+/ ``end_episode`` services, called asynchronously (the end only once the start is accepted). The
+edge node's mapping in config/fleet.yaml rebuilds Meta-World's 39-dim observation from these
+sources (docs/robot-inputs.md). Simulator seeds are public (they pick goal positions), never secrets.
 """
 from __future__ import annotations
 
-import json
 import sys
 
 import numpy as np
+from geometry_msgs.msg import PointStamped, PoseStamped
 from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.node import Node
-from std_msgs.msg import Float32MultiArray, MultiArrayDimension, String
+from rclpy.task import Future
+from sensor_msgs.msg import JointState
+from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
+from tensorguard_edge.robot_inputs import to_time
 from tensorguard_learning.metaworld_source import record_demonstrations
-from tensorguard_msgs.msg import Demonstration as DemonstrationMsg
+from tensorguard_msgs.srv import EndEpisode, StartEpisode
 from tensorguard_ros import qos, topics
 from tensorguard_ros.node_main import spin_node
 
+STEP_NS = 12_500_000  # Meta-World's control step (80 Hz)
+ARM_TOPICS = {'ee_pose': 'ee_pose', 'gripper': 'joint_states', 'object_pose': 'object_pose',
+              'object2_pose': 'object2_pose', 'goal': 'goal', 'command': 'arm_controller/joint_trajectory'}
+ACTION_JOINTS = ['x', 'y', 'z', 'grip']
+FRAME_ID = 'world'
 
-def frame_array(label: str, episode: int, frame_index: int, values: np.ndarray) -> Float32MultiArray:
-    """One frame's vector as Float32MultiArray, naming its episode and frame (`tensorguard_ros.topics`)."""
-    msg = Float32MultiArray()
-    msg.layout.dim = [MultiArrayDimension(label=label, size=int(values.size), stride=int(values.size)),
-                      MultiArrayDimension(label='episode', size=1, stride=int(episode))]
-    msg.layout.data_offset = int(frame_index)
-    msg.data = values.astype(np.float32).ravel().tolist()
+
+def _pose(position: np.ndarray, orientation: np.ndarray, stamp) -> PoseStamped:
+    msg = PoseStamped()
+    msg.header.stamp, msg.header.frame_id = stamp, FRAME_ID
+    p, q = msg.pose.position, msg.pose.orientation
+    p.x, p.y, p.z = (float(v) for v in position)
+    q.x, q.y, q.z, q.w = (float(v) for v in orientation)
     return msg
 
 
+def arm_messages(state: np.ndarray, action: np.ndarray, stamp_ns: int) -> dict[str, object]:
+    """One Meta-World frame (39-dim observation, 4-dim action) as the arm's messages, by source name."""
+    stamp = to_time(stamp_ns)
+    gripper = JointState(name=['gripper'], position=[float(state[3])])
+    gripper.header.stamp = stamp
+    goal = PointStamped()
+    goal.header.stamp, goal.header.frame_id = stamp, FRAME_ID
+    goal.point.x, goal.point.y, goal.point.z = (float(v) for v in state[36:39])
+    command = JointTrajectory(joint_names=ACTION_JOINTS,
+                              points=[JointTrajectoryPoint(positions=[float(v) for v in action])])
+    command.header.stamp = stamp
+    return {'ee_pose': _pose(state[0:3], [0.0, 0.0, 0.0, 1.0], stamp), 'gripper': gripper,
+            'object_pose': _pose(state[4:7], state[7:11], stamp),
+            'object2_pose': _pose(state[11:14], state[14:18], stamp), 'goal': goal, 'command': command}
+
+
 class SimRobot(Node):
-    """Records scripted-expert episodes of its tasks on a timer and publishes them."""
+    """Records scripted-expert episodes of its tasks on a timer and publishes them as an arm would."""
 
     def __init__(self) -> None:
         super().__init__('sim_robot')
         self.robot_id = self.declare_parameter(
-            'robot_id', 'robot_1', ParameterDescriptor(description='Robot identity stamped on demonstrations.')).value
+            'robot_id', 'robot_1', ParameterDescriptor(description='Robot identity (its namespace).')).value
         self.tasks = list(self.declare_parameter(
             'tasks', ['push-v3'], ParameterDescriptor(
                 description='Meta-World v3 tasks this robot performs (non-IID across the fleet).')).value)
         self.seed = int(self.declare_parameter(
             'seed', 0, ParameterDescriptor(description='Public simulator seed of the first episode.')).value)
-        self.publish_mode = self.declare_parameter(
-            'publish_mode', 'streams', ParameterDescriptor(
-                description="'streams' (observation/action/episode_events) or 'demonstrations'.")).value
         period = float(self.declare_parameter(
             'episode_period_s', 2.0, ParameterDescriptor(description='Seconds between recorded episodes.')).value)
         self.max_episodes = int(self.declare_parameter(
             'max_episodes', 0, ParameterDescriptor(description='Stop after this many episodes (0: never).')).value)
-        if self.publish_mode not in ('streams', 'demonstrations'):
-            raise ValueError(f"publish_mode must be 'streams' or 'demonstrations', got {self.publish_mode!r}")
         if not self.tasks:
             raise ValueError('tasks must name at least one Meta-World task')
 
-        self.obs_pub = self.create_publisher(Float32MultiArray, topics.OBSERVATION, qos.SENSOR_STREAM)
-        self.action_pub = self.create_publisher(Float32MultiArray, topics.ACTION, qos.SENSOR_STREAM)
-        self.event_pub = self.create_publisher(String, topics.EPISODE_EVENTS, qos.DEMONSTRATIONS)
-        self.demo_pub = self.create_publisher(DemonstrationMsg, topics.DEMONSTRATIONS, qos.DEMONSTRATIONS)
+        probe = arm_messages(np.zeros(39), np.zeros(4), 0)
+        self.pubs = {name: self.create_publisher(type(probe[name]), topic, qos.ROBOT_INPUTS)
+                     for name, topic in ARM_TOPICS.items()}
+        self.start_client = self.create_client(StartEpisode, topics.START_EPISODE)
+        self.end_client = self.create_client(EndEpisode, topics.END_EPISODE)
+        self.clock_ns = 0  # end of the last episode on the simulated clock
         self.episodes_done = 0
+        self.busy = False  # an episode's boundaries are being marked
         self.timer = self.create_timer(period, self.record_one)
-        self.get_logger().info(
-            f'{self.robot_id}: recording {", ".join(self.tasks)} every {period:.1f} s as {self.publish_mode}')
+        self.get_logger().info(f'{self.robot_id}: recording {", ".join(self.tasks)} every {period:.1f} s')
 
     def record_one(self) -> None:
-        """Roll out one expert episode of the next task and publish it if it succeeded."""
+        """Roll out one expert episode of the next task; mark it and publish its frames."""
         if self.max_episodes and self.episodes_done >= self.max_episodes:
             self.timer.cancel()
             return
-        if self.publish_mode == 'streams' and self.obs_pub.get_subscription_count() == 0:
+        if self.busy or not (self.start_client.service_is_ready() and self.end_client.service_is_ready()):
             return
-        if self.publish_mode == 'demonstrations' and self.demo_pub.get_subscription_count() == 0:
+        if any(pub.get_subscription_count() == 0 for pub in self.pubs.values()):
             return
         task = self.tasks[self.episodes_done % len(self.tasks)]
-        episode = self.seed + self.episodes_done
+        seed = self.seed + self.episodes_done
         self.episodes_done += 1
-        demos = record_demonstrations(task, episodes=1, seed=episode)
-        if not demos:
-            self.publish_event({'event': 'begin', 'episode': episode, 'task': task})
-            self.publish_event({'event': 'end', 'episode': episode, 'frames': 0, 'success': False})
-            return
-        demo = demos[0]
-        if self.publish_mode == 'demonstrations':
-            self.demo_pub.publish(self.to_message(demo, episode))
-            return
-        self.publish_event({'event': 'begin', 'episode': episode, 'task': task})
-        for i in range(demo.num_frames):
-            self.obs_pub.publish(frame_array('observation.state', episode, i, demo.observation_state[i]))
-            self.action_pub.publish(frame_array('action', episode, i, demo.action[i]))
-        self.publish_event({'event': 'end', 'episode': episode, 'frames': demo.num_frames, 'success': True})
+        demos = record_demonstrations(task, episodes=1, seed=seed)
+        start = max(self.get_clock().now().nanoseconds, self.clock_ns + STEP_NS)
+        frames = demos[0].num_frames if demos else 0
+        end = self.clock_ns = start + frames * STEP_NS
+        self.busy = True
+        future = self.start_client.call_async(StartEpisode.Request(task=task, stamp=to_time(start)))
+        future.add_done_callback(lambda done: self._started(done, task, bool(demos), end))
+        for i in range(frames):
+            for name, msg in arm_messages(demos[0].observation_state[i], demos[0].action[i],
+                                          start + i * STEP_NS).items():
+                self.pubs[name].publish(msg)
 
-    def publish_event(self, event: dict) -> None:
-        """Publish one episode boundary as JSON."""
-        self.event_pub.publish(String(data=json.dumps(event)))
+    def _started(self, future: Future, task: str, success: bool, end_ns: int) -> None:
+        answer = future.result()
+        if not answer.accepted:
+            self.get_logger().warning(f'start_episode refused: {answer.message}')
+            self.busy = False
+            return
+        ended = self.end_client.call_async(EndEpisode.Request(success=success, stamp=to_time(end_ns)))
+        ended.add_done_callback(lambda done: self._ended(done, task, answer.episode_index))
 
-    def to_message(self, demo, episode: int) -> DemonstrationMsg:
-        """A whole episode as a Demonstration message."""
-        msg = DemonstrationMsg(robot_id=self.robot_id, task=demo.task, episode_index=episode, success=True)
-        msg.header.stamp = self.get_clock().now().to_msg()
-        msg.num_frames = demo.num_frames
-        msg.state_dim = int(demo.observation_state.shape[1])
-        msg.action_dim = int(demo.action.shape[1])
-        msg.observation_state = demo.observation_state.ravel().tolist()
-        msg.action = demo.action.ravel().tolist()
-        msg.timestamp = demo.timestamp.astype(np.float64).tolist()
-        return msg
+    def _ended(self, future: Future, task: str, episode: int) -> None:
+        answer = future.result()
+        if answer.accepted:
+            self.get_logger().info(f'episode {episode} ({task}) ended')
+        else:
+            self.get_logger().warning(f'end_episode refused: {answer.message}')
+        self.busy = False
 
 
 def main(args: list[str] | None = None) -> int:
