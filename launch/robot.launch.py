@@ -8,7 +8,9 @@
 passphrase comes from TENSORGUARD_KEY_PASSPHRASE in the environment. With `policy:=true` the robot's
 policy node runs the fleet's model too (it starts disabled: docs/policy.md), reading the edge node's
 `inputs.*` from the same parameter file so both see one observation layout.
-Everything else is in config/fleet.yaml (`/**` keys, so the same file serves every robot).
+Everything else is in config/fleet.yaml (`/**` keys, so the same file serves every robot), including
+the topics the edge node records from (`inputs.*`): there, the simulated arm's. A real robot passes a
+`params_file` mapping its own joint-state, pose and command topics (docs/robot-inputs.md).
 """
 from pathlib import Path
 
