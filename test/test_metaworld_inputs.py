@@ -12,7 +12,7 @@ from tensorguard_edge.streams import StreamMapping
 from tensorguard_learning.metaworld_source import ACTION_DIM, MT10_TASKS, OBS_DIM, record_demonstrations
 from tensorguard_sim.sim_robot import ARM_TOPICS, STEP_NS, arm_messages
 
-ROOT = Path(__file__).resolve().parents[3]
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def flatten(tree: dict, prefix: str) -> dict:
