@@ -18,7 +18,6 @@ One thread runs every callback, so the controller needs no lock.
 from __future__ import annotations
 
 import sys
-import time
 from collections import Counter
 
 from diagnostic_msgs.msg import DiagnosticArray
@@ -163,9 +162,10 @@ class PolicyNode(LifecycleNode):
 
     # Control.
     def _control(self) -> None:
-        command = self.controller.tick(time.monotonic(), self.live.latest() if self.live else None)
+        now = self.get_clock().now()
+        command = self.controller.tick(now.nanoseconds, self.live.latest() if self.live else None)
         if command is not None:
-            self.action_pub.publish(action_message(self.action_spec, command, self.get_clock().now().to_msg()))
+            self.action_pub.publish(action_message(self.action_spec, command, now.to_msg()))
 
     # Status.
     def _publish_status(self) -> None:

@@ -6,8 +6,9 @@ It holds the model the robot runs, verified by `tensorguard_learning.deployment.
 - nothing, while it is not driving: disabled by the human, no autonomous episode running, no model,
   or the running model was rolled back;
 - the safe action, once, when it stops driving for any of those reasons, when the newest
-  observation is older than ``watchdog_periods`` control periods (the watchdog), or when the model's
-  output is refused by the `ActionGuard` (counted by reason);
+  observation's stamp is more than ``watchdog_periods`` control periods away from the node's clock
+  (the watchdog: a stalled or delayed source, or a source on a clock the robot does not share), or
+  when the model's output is refused by the `ActionGuard` (counted by reason);
 - otherwise the model's action for the newest observation, clipped and rate-limited by the guard.
 
 Models. A newly verified model replaces the running one at once while no episode runs, otherwise it
@@ -67,7 +68,7 @@ class PolicyController:
         self.robot_id = robot_id
         self.envelope = envelope
         self.guard = ActionGuard(envelope)
-        self.stale_after_s = envelope.watchdog_periods * control_period_s
+        self.stale_after_ns = round(envelope.watchdog_periods * control_period_s * 1e9)
         self.dims = (state_dim, envelope.action_dim)
         self.model: DeployedModel | None = None
         self.pending: DeployedModel | None = None
@@ -75,8 +76,6 @@ class PolicyController:
         self.enabled = False
         self.episode: Episode | None = None
         self.driving = False
-        self.last_stamp: int | None = None
-        self.last_fresh_s = 0.0
         self.commands = 0
         self.watchdog_stops = 0
         self.refusals: Counter[str] = Counter()
@@ -137,13 +136,12 @@ class PolicyController:
             return 'unknown_task'
         return 'driving'
 
-    def tick(self, now_s: float, observation: tuple[int, np.ndarray] | None) -> np.ndarray | None:
-        """The command to publish this control period (None: publish nothing); `now_s` is a monotonic clock."""
-        if observation is not None and observation[0] != self.last_stamp:
-            self.last_stamp, self.last_fresh_s = observation[0], now_s
+    def tick(self, now_ns: int, observation: tuple[int, np.ndarray] | None) -> np.ndarray | None:
+        """The command to publish this control period (None: publish nothing) for the newest observation
+        (its stamp and values); `now_ns` is the time on the clock the observations are stamped with."""
         if self.mode() != 'driving':
             return self._stop()
-        if observation is None or now_s - self.last_fresh_s > self.stale_after_s:
+        if observation is None or abs(now_ns - observation[0]) > self.stale_after_ns:
             if self.driving:
                 self.watchdog_stops += 1
             return self._stop()
