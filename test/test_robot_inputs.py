@@ -1,6 +1,7 @@
 """Recording from standard messages over real DDS: the simulated arm (sim_robot) and the edge node in
 their own processes; the store ends with exactly the scripted expert's demonstrations, the boundaries
-are published as EpisodeMarker, and out-of-place episode calls are refused with a reason and counted."""
+are published as EpisodeMarker, and out-of-place episode calls are refused with a reason and counted;
+a headerless source is stamped with its DDS source timestamp."""
 from __future__ import annotations
 
 import sys
@@ -13,7 +14,10 @@ import pytest
 import rclpy
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
+from std_msgs.msg import Float64MultiArray
 
+from tensorguard_edge.robot_inputs import subscribe_sources
+from tensorguard_edge.streams import FLOAT64_ARRAY, JOINT_STATE, SourceSpec, StreamMapping
 from tensorguard_learning.demonstrations import DemonstrationStore
 from tensorguard_learning.metaworld_source import record_demonstrations
 from tensorguard_msgs.msg import EpisodeMarker, RobotStatus
@@ -118,3 +122,35 @@ def test_edge_node_records_the_expert_from_the_arm_topics(fleet, tmp_path):  # n
         np.testing.assert_array_equal(demo.observation_state, demo_expected.observation_state)
         np.testing.assert_array_equal(demo.action, demo_expected.action)
         np.testing.assert_allclose(demo.timestamp, np.arange(demo.num_frames) * 0.0125, atol=1e-6)
+
+
+def test_a_headerless_source_is_stamped_with_its_dds_source_timestamp():
+    """Float64MultiArray has no header: subscribe_sources stamps it with the writer's source time."""
+    mapping = StreamMapping(sources=(SourceSpec('arm', 'joint_states', JOINT_STATE),
+                                     SourceSpec('command', 'commands', FLOAT64_ARRAY)),
+                            observation=('arm:position',), action='command:data')
+    context = rclpy.Context()
+    rclpy.init(context=context)
+    node = Node('headerless', context=context)
+    executor = SingleThreadedExecutor(context=context)
+    executor.add_node(node)
+    samples, refused = [], []
+    subscribe_sources(node, mapping, lambda *sample: samples.append(sample), refused.append, qos.ROBOT_INPUTS)
+    publisher = node.create_publisher(Float64MultiArray, 'commands', qos.ROBOT_INPUTS)
+    try:
+        deadline = time.monotonic() + 10
+        while publisher.get_subscription_count() == 0 and time.monotonic() < deadline:
+            executor.spin_once(timeout_sec=0.1)
+        before = time.time_ns()
+        publisher.publish(Float64MultiArray(data=[1.5, -2.0]))
+        after = time.time_ns()
+        while not samples and time.monotonic() < deadline:
+            executor.spin_once(timeout_sec=0.1)
+        assert refused == [] and len(samples) == 1
+        source, stamp, values = samples[0]
+        assert source == 'command' and values.tolist() == [1.5, -2.0]
+        assert before <= stamp <= after
+    finally:
+        executor.shutdown()
+        node.destroy_node()
+        rclpy.try_shutdown(context=context)
