@@ -1,6 +1,7 @@
 """PolicyController: only verified models run, models switch only between episodes, a rolled-back
 model stops at once, the human switch and the watchdog stop commanding with one safe action."""
 import dataclasses
+import hashlib
 import sys
 from pathlib import Path
 
@@ -54,11 +55,9 @@ def test_the_verified_model_drives_an_autonomous_episode_only():
 def test_a_model_that_does_not_verify_is_never_run(attack):
     c = controller(version=3)
     if attack == 'forged':
-        package = ModelPackage.deserialize(signed_model(4))
-        evil = small_policy(99).state_bytes()
-        blob = dataclasses.replace(package, parameters=evil,
-                                   parameters_sha256=ModelPackage.deserialize(signed_model(4, policy=small_policy(99)))
-                                   .parameters_sha256).serialize()
+        evil = small_policy(99).state_bytes()  # other weights under the server's signature of model 4
+        blob = dataclasses.replace(ModelPackage.deserialize(signed_model(4)), parameters=evil,
+                                   parameters_sha256=hashlib.sha256(evil).digest()).serialize()
         reason = 'bad_signature'
     elif attack == 'foreign_key':
         blob, reason = signed_model(4, signer=Identity.generate('server', Role.SERVER)), 'bad_signature'
