@@ -6,7 +6,9 @@ It translates topics, services and parameters into `EdgeClient` calls and nothin
   (`tensorguard_edge.alignment`), with episode boundaries from its ``start_episode`` /
   ``end_episode`` services, each published as an ``EpisodeMarker`` on ``episode_markers`` (so
   rosbag2 records boundaries with the streams); completed episodes go to the crash-safe store,
-  except ``autonomous`` ones (the policy node drove them: outcomes, not demonstrations);
+  except ``autonomous`` ones (the policy node drove them: outcomes, not demonstrations), which
+  are counted for the model version running at their start and reported in a signed
+  ``OutcomeReport`` (`tensorguard_edge.outcomes`, docs/canary.md);
 - on a signed ``RoundConfig`` trains and builds the encrypted update in a worker thread (so
   recording and status keep flowing) and publishes one ``EncryptedUpdate``;
 - verifies and applies signed ``ModelUpdate``s;
@@ -35,10 +37,19 @@ from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackRet
 from tensorguard_crypto.refusal import Reason
 from tensorguard_edge.alignment import EpisodeAligner
 from tensorguard_edge.client import EdgeClient, EdgeSettings, ModelRefused, RoundRefused, create_client
+from tensorguard_edge.outcomes import OutcomeCounter
 from tensorguard_edge.robot_inputs import declare_input_parameters, stamp_ns, subscribe_sources, to_time
 from tensorguard_edge.streams import MappingError, StreamError, StreamMapping
 from tensorguard_learning.demonstrations import Demonstration
-from tensorguard_msgs.msg import EncryptedUpdate, EpisodeMarker, ModelUpdate, RejectionCount, RobotStatus, RoundConfig
+from tensorguard_msgs.msg import (
+    EncryptedUpdate,
+    EpisodeMarker,
+    ModelUpdate,
+    OutcomeReport,
+    RejectionCount,
+    RobotStatus,
+    RoundConfig,
+)
 from tensorguard_msgs.srv import EndEpisode, StartEpisode
 from tensorguard_ros import qos, topics
 from tensorguard_ros.node_main import destroy_entities, enable_autostart, spin_node
@@ -54,6 +65,7 @@ class _Running:
     index: int
     task: str
     autonomous: bool
+    model_version: int  # autonomous: the version the robot ran when the episode started (0 otherwise)
 
 
 class EdgeNode(LifecycleNode):
@@ -68,6 +80,7 @@ class EdgeNode(LifecycleNode):
         self.client: EdgeClient | None = None
         self.mapping: StreamMapping | None = None
         self.aligner: EpisodeAligner | None = None
+        self.outcomes: OutcomeCounter | None = None
         self.next_episode = 0
         self.running: _Running | None = None
         self.rejections: Counter[str] = Counter()
@@ -103,12 +116,18 @@ class EdgeNode(LifecycleNode):
             return TransitionCallbackReturn.FAILURE
         self.aligner = EpisodeAligner(self.mapping, self._store_episode, self.config.state_dim, self.config.action_dim)
         self.next_episode = self.client.status().episodes
+        try:
+            self.outcomes = OutcomeCounter(self.client.state_dir / 'outcomes.json', self.client.identity)
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            self.get_logger().error(f'configure failed: outcome tally unreadable: {type(exc).__name__}: {exc}')
+            return TransitionCallbackReturn.FAILURE
         self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix='round')
         self.update_pub = self.create_lifecycle_publisher(EncryptedUpdate, topics.ENCRYPTED_UPDATES, qos.UPDATES)
         self.status_pub = self.create_lifecycle_publisher(RobotStatus, 'status', qos.STATUS)
         self.diag_pub = self.create_lifecycle_publisher(DiagnosticArray, topics.DIAGNOSTICS, qos.DIAGNOSTICS)
         self.marker_pub = self.create_lifecycle_publisher(EpisodeMarker, topics.EPISODE_MARKERS, qos.EPISODE_MARKERS)
-        self.publishers_ = [self.update_pub, self.status_pub, self.diag_pub, self.marker_pub]
+        self.outcome_pub = self.create_lifecycle_publisher(OutcomeReport, topics.OUTCOME_REPORTS, qos.UPDATES)
+        self.publishers_ = [self.update_pub, self.status_pub, self.diag_pub, self.marker_pub, self.outcome_pub]
         self.get_logger().info(f'{self.config.robot_id}: configured, {self.client.status().episodes} episodes '
                                f'in store, model version {self.client.status().model_version}, recording '
                                f'{", ".join(self.mapping.observation)} -> {self.mapping.action}')
@@ -189,7 +208,8 @@ class EdgeNode(LifecycleNode):
                     self.aligner.start(stamp, request.task, self.next_episode)
             except StreamError as exc:
                 return self._refuse_marker(exc, response)
-            self.running = _Running(self.next_episode, request.task, request.autonomous)
+            version = self.client.status().model_version if request.autonomous else 0
+            self.running = _Running(self.next_episode, request.task, request.autonomous, version)
             self.next_episode += 1
         self._publish_marker(EpisodeMarker.START, stamp, self.running, False)
         response.accepted, response.episode_index = True, self.running.index
@@ -208,7 +228,12 @@ class EdgeNode(LifecycleNode):
             except StreamError as exc:
                 return self._refuse_marker(exc, response)
             self.running = None
+            report = self.outcomes.record(episode.model_version, request.success) if episode.autonomous else None
         self._publish_marker(EpisodeMarker.END, stamp, episode, request.success)
+        if report is not None:
+            msg = OutcomeReport(robot_id=report.robot_id, package=report.serialize())
+            msg.header.stamp = self.get_clock().now().to_msg()
+            self.outcome_pub.publish(msg)
         response.accepted, response.episode_index = True, episode.index
         return response
 
@@ -221,8 +246,7 @@ class EdgeNode(LifecycleNode):
 
     def _publish_marker(self, kind: int, stamp: int, episode: _Running, success: bool) -> None:
         msg = EpisodeMarker(kind=kind, episode_index=episode.index, task=episode.task, success=success,
-                            autonomous=episode.autonomous,
-                            model_version=self.client.status().model_version if episode.autonomous else 0)
+                            autonomous=episode.autonomous, model_version=episode.model_version)
         msg.header.stamp = to_time(stamp)
         msg.header.frame_id = self.config.robot_id
         self.marker_pub.publish(msg)
