@@ -24,6 +24,7 @@ NEVER_IMPORTS = {'tensorguard_edge': {'tensorguard_aggregator', 'tensorguard_sim
                  'tensorguard_rqt': {'tensorguard_edge', 'tensorguard_aggregator'},
                  'tensorguard_monitor': {'tensorguard_learning', 'tensorguard_edge', 'tensorguard_aggregator',
                                          'tensorguard_sim'},
+                 'tensorguard_policy': {'tensorguard_aggregator', 'tensorguard_sim'},
                  'tensorguard_crypto': {'tensorguard_monitor'}}
 # Modules of ROS packages that are ROS-free by design (tested and used without ROS).
 ROS_FREE_MODULES = ['tensorguard_monitor/tensorguard_monitor/fleet_state.py',

@@ -22,7 +22,6 @@ from collections import Counter
 
 from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
-from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from std_srvs.srv import SetBool
 
 from tensorguard_edge.client import TrustAnchors
@@ -36,11 +35,6 @@ from tensorguard_ros import qos, topics
 from tensorguard_ros.diagnostics import diagnostic_status
 from tensorguard_ros.node_main import destroy_entities, enable_autostart, spin_node
 from tensorguard_ros.params import declare_dataclass_parameters
-
-# Commands to a ros2_control controller: reliable (a controller's default subscription is), volatile and
-# depth 1, so a late reader never receives an old command queued behind the current one.
-COMMANDS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=ReliabilityPolicy.RELIABLE,
-                      durability=DurabilityPolicy.VOLATILE)
 
 
 class PolicyNode(LifecycleNode):
@@ -73,7 +67,7 @@ class PolicyNode(LifecycleNode):
             return TransitionCallbackReturn.FAILURE
         self.action_spec = self.mapping.source(self.mapping.action_entry.source)
         self.action_pub = self.create_lifecycle_publisher(message_class(self.action_spec.type),
-                                                          self.action_spec.topic, COMMANDS)
+                                                          self.action_spec.topic, qos.COMMANDS)
         self.status_pub = self.create_lifecycle_publisher(RobotStatus, 'policy_status', qos.STATUS)
         self.diag_pub = self.create_lifecycle_publisher(DiagnosticArray, topics.DIAGNOSTICS, qos.DIAGNOSTICS)
         self.publishers_ = [self.action_pub, self.status_pub, self.diag_pub]

@@ -22,7 +22,6 @@ from std_srvs.srv import SetBool
 
 from tensorguard_learning.policy import MoEConfig, build_policy
 from tensorguard_msgs.msg import EpisodeMarker, ModelUpdate, RobotStatus
-from tensorguard_policy.policy_node import COMMANDS
 from tensorguard_ros import qos, topics
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -66,7 +65,7 @@ class RobotSide:
         self.commands: list[tuple[float, list[float]]] = []
         self.status: RobotStatus | None = None
         self.node.create_subscription(Float64MultiArray, 'forward_command_controller/commands',
-                                      lambda m: self.commands.append((time.monotonic(), list(m.data))), COMMANDS)
+                                      lambda m: self.commands.append((time.monotonic(), list(m.data))), qos.COMMANDS)
         self.node.create_subscription(RobotStatus, 'policy_status', self._on_status, qos.STATUS)
         self.executor = MultiThreadedExecutor(num_threads=2, context=self.context)
         self.executor.add_node(self.node)

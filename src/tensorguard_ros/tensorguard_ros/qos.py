@@ -12,6 +12,9 @@
 - Episode markers are events every recorder of the robot (the edge node's own aligner, rosbag2,
   the policy node) must see in order: reliable, volatile (a marker of a past episode means nothing
   to a late joiner), depth 100 so a burst of short episodes is not cut.
+- The policy node's commands to a ros2_control controller: reliable (a controller's default
+  subscription is), volatile and depth 1, so a late reader never receives an old command queued
+  behind the current one.
 - Status streams are telemetry: best effort, volatile, depth 1; a lost sample is replaced by the next.
 - ``/diagnostics`` is telemetry too, but shared with standard tools (diagnostic_aggregator,
   rqt_robot_monitor) whose subscriptions may be reliable, which a best-effort writer never
@@ -37,6 +40,13 @@ UPDATES = QoSProfile(
 EPISODE_MARKERS = QoSProfile(
     history=HistoryPolicy.KEEP_LAST,
     depth=100,
+    reliability=ReliabilityPolicy.RELIABLE,
+    durability=DurabilityPolicy.VOLATILE,
+)
+
+COMMANDS = QoSProfile(
+    history=HistoryPolicy.KEEP_LAST,
+    depth=1,
     reliability=ReliabilityPolicy.RELIABLE,
     durability=DurabilityPolicy.VOLATILE,
 )
