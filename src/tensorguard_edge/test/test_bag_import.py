@@ -1,37 +1,30 @@
-"""Demonstrations from rosbag2 bags (MCAP and sqlite3) written with the `rosbags` writer, imported with
-the operator command into a robot's store: a bag recorded by the test from the simulated arm and the
-live edge node (real processes over DDS) imports into the same demonstrations the edge node stored;
-synthetic bags of real rclpy messages check alignment, drops and skips; refusals name the problem."""
+"""Demonstrations from rosbag2 bags (MCAP and sqlite3) of real rclpy messages written with the `rosbags`
+writer, imported with the operator command into a robot's store: 50 Hz streams with jittered stamps
+give exactly the expected demonstrations (an unaligned frame, a failed and a policy-driven episode
+dropped and counted); a wrong type, a missing topic and a corrupt bag are refused by name. That a bag
+of the live simulated arm imports into what the live edge node stored is test/test_bag_import_dds.py."""
 from __future__ import annotations
 
-import os
-import threading
-import time
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
-import rclpy
-from ament_index_python.packages import get_package_share_directory
 from builtin_interfaces.msg import Time
-from rclpy.executors import SingleThreadedExecutor
-from rclpy.node import Node
-from rclpy.serialization import deserialize_message, serialize_message
-from rosbags.rosbag2 import StoragePlugin, Writer
-from rosbags.typesys import Stores, get_types_from_msg, get_typestore
+from rclpy.serialization import serialize_message
+from rosbags.rosbag2 import StoragePlugin
 from sensor_msgs.msg import JointState
 from std_msgs.msg import Float64MultiArray
 
 from tensorguard_crypto.fleet import FleetPaths, enroll_robot, provision_server
+from tensorguard_edge.bag_import import MARKER_TYPE
 from tensorguard_edge.commands import EXIT_DATA, import_bag_command
-from tensorguard_edge.robot_inputs import message_class
-from tensorguard_edge.streams import StreamMapping
 from tensorguard_learning.demonstrations import DemonstrationStore
-from tensorguard_msgs.msg import EpisodeMarker, RobotStatus
-from tensorguard_ros import qos, topics
-from tensorguard_ros.params import parameters_from_file
-from tensorguard_sim.simulated_fleet import Processes
+from tensorguard_msgs.msg import EpisodeMarker
+
+sys.path.insert(0, str(Path(__file__).parent))
+from bag_test_support import write_bag  # noqa: E402
 
 pytestmark = pytest.mark.ros
 
@@ -40,7 +33,6 @@ NAMESPACE = '/robot_1'
 PERIOD_NS = 20_000_000  # 50 Hz
 T0 = 1_700_000_000 * 10**9
 JOINTS = ['j1', 'j2', 'j3']  # the arm publishes three joints; the mapping picks j3 then j1
-MARKER_TYPE = 'tensorguard_msgs/msg/EpisodeMarker'
 
 PARAMS = """
 /**/edge_node:
@@ -137,19 +129,6 @@ TYPES = {f'{NAMESPACE}/joint_states': 'sensor_msgs/msg/JointState',
          f'{NAMESPACE}/episode_markers': MARKER_TYPE}
 
 
-def write_bag(path: Path, plugin: StoragePlugin, messages: list[tuple[str, int, bytes]],
-              types: dict[str, str]) -> None:
-    """A rosbag2 bag of serialized messages (topic, log time, CDR bytes), written with the rosbags writer."""
-    typestore = get_typestore(Stores.ROS2_KILTED)
-    msg_file = Path(get_package_share_directory('tensorguard_msgs')) / 'msg' / 'EpisodeMarker.msg'
-    typestore.register(get_types_from_msg(msg_file.read_text(), MARKER_TYPE))
-    with Writer(path, version=9, storage_plugin=plugin) as writer:
-        connections = {topic: writer.add_connection(topic, type_name, typestore=typestore)
-                       for topic, type_name in types.items()}
-        for topic, log_time, raw in sorted(messages, key=lambda m: m[1]):
-            writer.write(connections[topic], log_time, raw)
-
-
 @pytest.fixture(scope='module')
 def robot(tmp_path_factory):
     """An enrolled robot's directory (identity key, trust file)."""
@@ -198,120 +177,6 @@ def _run_refused(tmp_path: Path, robot: Path, capsys, monkeypatch) -> str:
     assert code == EXIT_DATA
     assert not (tmp_path / 'state' / 'demos' / 'demos.tgd').exists() or _stored(tmp_path / 'state') == []
     return capsys.readouterr().err
-
-
-FLEET_CONFIG = Path(__file__).resolve().parents[3] / 'config' / 'fleet.yaml'
-LIVE_EPISODES = 3
-
-
-class BagRecorder(Node):
-    """The test's rosbag2 recorder: raw serialized messages of every topic of the robot's mapping and
-    its episode markers, with their receive time (what `ros2 bag record` stores as log time)."""
-
-    def __init__(self, mapping: StreamMapping, context: rclpy.Context) -> None:
-        super().__init__('test_bag_recorder', context=context)
-        self.lock = threading.Lock()
-        self.messages: list[tuple[str, int, bytes]] = []
-        self.types = {f'{NAMESPACE}/{topics.EPISODE_MARKERS}': MARKER_TYPE}
-        self.marker_subscription = self.create_subscription(
-            EpisodeMarker, self._topic(topics.EPISODE_MARKERS, MARKER_TYPE),
-            self._on(f'{NAMESPACE}/{topics.EPISODE_MARKERS}'), qos.EPISODE_MARKERS, raw=True)
-        for spec in map(mapping.source, mapping.used_sources):
-            topic = self._topic(spec.topic, spec.type)
-            self.create_subscription(message_class(spec.type), topic, self._on(topic), qos.ROBOT_INPUTS, raw=True)
-        self.status: RobotStatus | None = None
-        self.create_subscription(RobotStatus, f'{NAMESPACE}/status', self._on_status, qos.STATUS)
-
-    def _topic(self, relative: str, type_name: str) -> str:
-        topic = f'{NAMESPACE}/{relative}'
-        self.types[topic] = type_name
-        return topic
-
-    def _on(self, topic: str):
-        def record(raw: bytes, info) -> None:
-            with self.lock:
-                self.messages.append((topic, int(info['received_timestamp']), raw))
-        return record
-
-    def _on_status(self, msg: RobotStatus) -> None:
-        self.status = msg
-
-    def markers(self) -> list[EpisodeMarker]:
-        """The episode markers recorded so far."""
-        with self.lock:
-            return [deserialize_message(raw, EpisodeMarker) for topic, _, raw in self.messages
-                    if topic.endswith(topics.EPISODE_MARKERS)]
-
-
-def _wait_for(predicate, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f'timed out after {timeout:.0f} s waiting for {what}')
-        time.sleep(0.2)
-
-
-@pytest.mark.slow
-def test_a_bag_of_the_live_arm_imports_into_what_the_live_edge_node_stored(robot, tmp_path, monkeypatch, capsys):
-    monkeypatch.setenv('TENSORGUARD_KEY_PASSPHRASE', PASSPHRASE)
-    params = tmp_path / 'robot.yaml'
-    params.write_text(FLEET_CONFIG.read_text() + f"""
-{NAMESPACE}/edge_node:
-  ros__parameters:
-    robot_id: robot_1
-    key_path: {robot}/identity.key
-    trust_path: {robot}/trust.json
-    state_dir: {tmp_path / 'live'}
-{NAMESPACE}/sim_robot:
-  ros__parameters:
-    tasks: [push-v3, reach-v3]
-    max_episodes: {LIVE_EPISODES}
-    episode_period_s: 2.5
-""")
-    mapping = StreamMapping.from_parameters(parameters_from_file(params, f'{NAMESPACE}/edge_node'))
-    context = rclpy.Context()
-    rclpy.init(context=context)
-    recorder = BagRecorder(mapping, context)
-    executor = SingleThreadedExecutor(context=context)
-    executor.add_node(recorder)
-    threading.Thread(target=executor.spin, daemon=True).start()
-    (tmp_path / 'logs').mkdir()
-    procs = Processes(tmp_path / 'logs', {**os.environ, 'OMP_NUM_THREADS': '1'})
-    try:
-        procs.start('edge', 'tensorguard_edge.edge_node', params, NAMESPACE)
-        # The recorder must hear all of the first episode, as a `ros2 bag record` started before the robot
-        # would: the arm starts once the edge node's marker writer is matched, and its first episode comes
-        # episode_period_s after it started, time for the recorder to match the arm's topics too.
-        _wait_for(lambda: recorder.marker_subscription.get_publisher_count() > 0 or procs.dead(), 60,
-                  'the edge node to publish episode markers')
-        procs.start('sim', 'tensorguard_sim.sim_robot', params, NAMESPACE)
-        ends = lambda: [m for m in recorder.markers() if m.kind == EpisodeMarker.END]  # noqa: E731
-        _wait_for(lambda: len(ends()) == LIVE_EPISODES or procs.dead(), 120, f'{LIVE_EPISODES} episodes')
-        assert not procs.dead(), f'{procs.dead()} exited: see {tmp_path / "logs"}'
-        starts = [m.episode_index for m in recorder.markers() if m.kind == EpisodeMarker.START]
-        assert starts == [m.episode_index for m in ends()], 'the recorder missed a marker'
-        stored = sum(m.success and not m.autonomous for m in ends())
-        _wait_for(lambda: recorder.status is not None and recorder.status.episodes_buffered == stored, 30,
-                  f'the edge node to store {stored} episodes')
-    finally:
-        procs.stop_all()
-        executor.shutdown()
-        recorder.destroy_node()
-        context.try_shutdown()
-    live = _stored(tmp_path / 'live')
-    assert len(live) == stored >= 1
-    for plugin in (StoragePlugin.MCAP, StoragePlugin.SQLITE3):
-        bag = tmp_path / f'bag-{plugin.name.lower()}'
-        write_bag(bag, plugin, recorder.messages, recorder.types)
-        state = tmp_path / f'imported-{plugin.name.lower()}'
-        assert import_bag_command([str(bag), '--params', str(params), '--namespace', NAMESPACE,
-                                   '--state-dir', str(state), '--quiet']) == 0, capsys.readouterr().err
-        imported = _stored(state)
-        assert [(d.task, d.num_frames) for d in imported] == [(d.task, d.num_frames) for d in live], \
-            capsys.readouterr().out
-        for got, want in zip(imported, live):
-            for name in ('observation_state', 'action', 'timestamp'):
-                assert getattr(got, name).tobytes() == getattr(want, name).tobytes(), f'{plugin.name}: {name}'
 
 
 def test_a_topic_of_another_type_is_refused_by_name(robot, tmp_path, monkeypatch, capsys):
