@@ -2,6 +2,10 @@
 
 Everything shown comes from what the nodes publish (``FleetStatus``, each robot's
 ``RobotStatus``) and from the ``RunRound`` action's result; nothing is computed on the side.
+Column ``fleet`` is the server's evaluation of the deployed model; ``robot`` is the same model's
+success on the robots themselves: before each round and after the last, the monitor waits until
+the robots reported ``on_robot_episodes_per_round`` autonomous episodes of the deployed version
+(``FleetStatus.on_robot_episodes``/``on_robot_successes``, tallied from signed outcome reports).
 """
 from __future__ import annotations
 
@@ -20,7 +24,7 @@ from tensorguard_msgs.msg import FleetStatus, RobotStatus
 from tensorguard_ros import qos, topics
 
 HEADER = (f"{'round':>5} {'robots':>6} {'rejected':>8} {'KB/robot':>9} {'epsilon':>9} "
-          f"{'success':>8} {'lower':>6} {'decision':>8} {'model':>5} {'fleet':>6} {'secs':>5}")
+          f"{'success':>8} {'lower':>6} {'decision':>8} {'model':>5} {'fleet':>6} {'robot':>6} {'secs':>5}")
 
 
 class FleetMonitor(Node):
@@ -65,6 +69,21 @@ def _rejections(fleet: FleetStatus | None) -> dict[str, int]:
     return {r.reason: r.count for r in fleet.rejections} if fleet else {}
 
 
+def _on_robot(monitor: FleetMonitor, plan, procs) -> dict | None:
+    """Wait for `plan.on_robot_episodes_per_round` on-robot episodes of the deployed model; its tally
+    (None when the plan awaits none)."""
+    wanted = plan.on_robot_episodes_per_round
+    if not wanted:
+        return None
+    version = monitor.snapshot()[0].model_version
+    _wait(lambda: monitor.snapshot()[0].on_robot_episodes >= wanted, plan.on_robot_timeout_s, procs,
+          f'the robots to report {wanted} autonomous episodes of model {version} (is every policy node enabled, '
+          "with a model? see the robots' sim and policy logs)")
+    fleet = monitor.snapshot()[0]
+    return {'model_version': fleet.model_version, 'episodes': fleet.on_robot_episodes,
+            'successes': fleet.on_robot_successes, 'success_rate': fleet.on_robot_successes / fleet.on_robot_episodes}
+
+
 def run_rounds(plan, procs, log, baseline: Future | None = None) -> dict:
     """Run `plan.rounds` rounds through the RunRound action; return the report.
 
@@ -91,7 +110,7 @@ def run_rounds(plan, procs, log, baseline: Future | None = None) -> dict:
         log(f'every robot holds >= {plan.episodes_before_first_round} episodes; starting {plan.rounds} rounds')
         print(HEADER, flush=True)
         if baseline is not None:
-            report['rounds'].append(baseline.result())
+            report['rounds'].append({**baseline.result(), 'on_robot': _on_robot(monitor, plan, procs)})
             _print_row(report['rounds'][-1])
         for _ in range(plan.rounds):
             before = _rejections(monitor.snapshot()[0])
@@ -119,6 +138,7 @@ def run_rounds(plan, procs, log, baseline: Future | None = None) -> dict:
                 'model_version': result.model_version, 'seconds': round(time.monotonic() - started, 1),
                 'detail': result.message,
             }
+            row['on_robot'] = _on_robot(monitor, plan, procs)
             report['rounds'].append(row)
             _print_row(row)
         _wait(lambda: all(s.model_version == monitor.snapshot()[0].model_version
@@ -143,7 +163,7 @@ def _print_row(row: dict) -> None:
           f"{row['bytes_per_robot'] / 1024:>9.1f} {row['epsilon_spent_max']:>9.3g} "
           f"{_fmt(row['success_rate']):>8} {_fmt(row['success_lower_bound']):>6} "
           f"{row['gate_decision']:>8} {row['model_version']:>5} {_fmt(row['deployed_success_rate']):>6} "
-          f"{row['seconds']:>5.0f}", flush=True)
+          f"{_fmt(row['on_robot'] and row['on_robot']['success_rate']):>6} {row['seconds']:>5.0f}", flush=True)
 
 
 def _fmt(value) -> str:

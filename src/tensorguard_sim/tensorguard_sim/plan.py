@@ -24,6 +24,10 @@ class FleetPlan:
     held_out_episodes_per_task: int
     episodes_before_first_round: int
     timeout_s: float
+    # Autonomous episodes of the deployed model the robots report before each round and after the
+    # last (the table's on-robot success); 0: none awaited (arms without ``autonomous_every``).
+    on_robot_episodes_per_round: int = 0
+    on_robot_timeout_s: float = 300.0  # the run fails if they take longer
 
     @staticmethod
     def seed_of(robot: int) -> int:

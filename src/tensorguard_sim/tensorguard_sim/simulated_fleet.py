@@ -6,11 +6,13 @@ It does what an operator and N robot owners would do, then watches:
    initial model pre-trained on the server's own demonstrations, and N enrolled robots, each given a
    bundle (``<run>/bundles/``) that is installed into its ``robots/<id>/``;
 2. starts every node in its own process, configured from ``config/fleet.yaml``: the key service,
-   the aggregator, and per robot (namespace ``/robot_<i>``) a Meta-World ``sim_robot`` and its
-   ``edge_node``;
+   the aggregator, and per robot (namespace ``/robot_<i>``) a Meta-World ``sim_robot``, its
+   ``edge_node`` and, when the arm runs autonomous episodes (``sim_robot`` ``autonomous_every``),
+   the robot's ``policy_node``, which the arm enables and follows in those episodes;
 3. waits until every robot has recorded demonstrations, then runs the rounds through the
    aggregator's ``RunRound`` action, and prints one row per round from what the nodes publish
-   (``FleetStatus``, each robot's ``RobotStatus``) and the server's round log;
+   (``FleetStatus``, each robot's ``RobotStatus``) and the server's round log; between rounds it
+   waits for the robots' own episodes of the deployed model (on-robot success);
 4. writes a JSON report and stops every process.
 
 The passphrase protecting every key file is drawn from the OS CSPRNG for this run and handed to
@@ -35,6 +37,7 @@ import torch
 from tensorguard_aggregator.gate import DeploymentGate, GateSettings
 from tensorguard_crypto.fleet import FleetPaths
 from tensorguard_learning.policy import MoEPolicy
+from tensorguard_ros.params import parameters_from_file
 from tensorguard_sim.fleet_monitor import run_rounds
 from tensorguard_sim.plan import FleetPlan, load_config
 from tensorguard_sim.provisioning import provision
@@ -90,8 +93,17 @@ class Processes:
         return [name for name, child in self.children.items() if child.poll() is not None]
 
 
+def policy_parameters(params_file: Path, robot_id: str, trust_path: Path) -> dict:
+    """A robot's policy node overrides: its identity and trust anchors, and the edge node's ``inputs.*``
+    as the parameter file resolves them for the edge node, so both see one observation layout."""
+    edge = parameters_from_file(params_file, f'/{robot_id}/edge_node')
+    return {**{key: value for key, value in edge.items() if key.startswith('inputs.')},
+            'robot_id': robot_id, 'trust_path': str(trust_path)}
+
+
 def start_fleet(procs: Processes, params_file: Path, fleet: FleetPaths, plan: FleetPlan) -> None:
-    """Key service, aggregator, and per robot a simulated robot and its edge node."""
+    """Key service, aggregator, and per robot a simulated robot, its edge node and, if the arm runs
+    autonomous episodes, its policy node."""
     root = str(fleet.root)
     procs.start('key_service', 'tensorguard_aggregator.key_service_node', params_file, '/tensorguard',
                 {'fleet_dir': root})
@@ -105,6 +117,9 @@ def start_fleet(procs: Processes, params_file: Path, fleet: FleetPaths, plan: Fl
         procs.start(f'{robot_id}_edge', 'tensorguard_edge.edge_node', params_file, f'/{robot_id}',
                     {'robot_id': robot_id, 'state_dir': str(robot_dir / 'state'),
                      'key_path': str(robot_dir / 'identity.key'), 'trust_path': str(robot_dir / 'trust.json')})
+        if parameters_from_file(params_file, f'/{robot_id}/sim_robot').get('autonomous_every', 0):
+            procs.start(f'{robot_id}_policy', 'tensorguard_policy.policy_node', params_file, f'/{robot_id}',
+                        policy_parameters(params_file, robot_id, robot_dir / 'trust.json'))
 
 
 def main(argv: list[str] | None = None) -> int:
