@@ -87,6 +87,8 @@ class Reason(enum.StrEnum):
     EPISODE_EMPTY = 'episode_empty'
     EPISODE_ABANDONED = 'episode_abandoned'
     EPISODE_FAILED = 'episode_failed'
+    # The Zenoh gateway (tensorguard_gateway, docs/gateway.md).
+    FOREIGN_ROBOT = 'foreign_robot'
 
 
 class Refusal(Exception):
