@@ -1,4 +1,5 @@
-"""A simulated fleet under `ros2 launch`: the fleet server plus N simulated robots with edge nodes.
+"""A simulated fleet under `ros2 launch`: the fleet server plus N simulated robots with edge nodes and
+policy nodes (the arms run episodes driven by the deployed model: `autonomous_every` in config/fleet.yaml).
 
 Provision a fleet directory first (server keys, initial model, robot enrolment), then launch:
 
@@ -45,7 +46,7 @@ def fleet(context):
                               'key_path': str(robot_dir / 'identity.key'),
                               'trust_path': str(robot_dir / 'trust.json'),
                               'simulate': 'true', 'tasks': str(list(plan.tasks_of(i))),
-                              'seed': str(plan.seed_of(i))}.items()))
+                              'seed': str(plan.seed_of(i)), 'policy': 'true'}.items()))
     return actions
 
 
