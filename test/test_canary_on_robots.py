@@ -75,6 +75,7 @@ class CanaryOperator(Operator):
         return self.reports[-1]
 
     def publish_report(self, robot_id: str, package: bytes) -> None:
+        """Publish an OutcomeReport naming `robot_id` and carrying `package`, as an attacker on the network could."""
         msg = OutcomeReport(robot_id=robot_id, package=package)
         msg.header.stamp = self.get_clock().now().to_msg()
         self.outcome_pub.publish(msg)
@@ -115,6 +116,7 @@ class CanaryFleet:
         return next(entry for entry in map(json.loads, lines) if entry['round_id'] == round_id)
 
     def model(self, version: int) -> ModelPackage:
+        """The signed model package of `version` the server published (server/models)."""
         return ModelPackage.deserialize((self.paths.server / 'models' / f'{version}.tgm').read_bytes())
 
     def tally(self) -> dict:
@@ -163,7 +165,7 @@ def test_robots_failing_the_canary_roll_it_back(fleet):
     for _ in range(MIN_EPISODES):
         op.autonomous_episode(success=True)
     wait_for(lambda: (op.fleet.on_robot_episodes, op.fleet.on_robot_successes) == (MIN_EPISODES, MIN_EPISODES), 10,
-             f"FleetStatus to carry the fleet model's on-robot tally (now {op.fleet.on_robot_episodes})")
+             "FleetStatus to carry the fleet model's on-robot tally")
     result, canary = run_canary_round(fleet, success=False)
     assert result.success, result.message
     assert result.gate_decision == 'canary'
@@ -217,7 +219,7 @@ def test_report_for_another_robot_and_replayed_report_are_refused_and_not_tallie
     def changed() -> dict[str, int]:
         return {r: n - before.get(r, 0) for r, n in op.rejections().items() if n != before.get(r, 0)}
 
-    wait_for(lambda: changed() == expected, 30, f'rejections {expected} (now {changed()})')
+    wait_for(lambda: changed() == expected, 30, f'exactly the rejections {expected}')
     time.sleep(1.5)  # one more status period: nothing else was refused or accepted
     assert changed() == expected
     assert fleet.tally() == tally
