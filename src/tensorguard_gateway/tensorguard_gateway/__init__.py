@@ -1,0 +1,1 @@
+"""TensorGuard Zenoh gateway: key scheme, loop guard, screening, the gateway node and the fleet router."""
