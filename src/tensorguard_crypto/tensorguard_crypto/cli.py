@@ -1,5 +1,5 @@
 """`tensorguard` operator command line: info, keygen, bench, the KMS (register, revoke, rotate, list,
-verify-log), a fleet (init, enroll, rotate, revoke, status) and a robot's side of enrolment (install).
+verify-log), a fleet (init, enroll, rotate, revoke, status, gateway-cert) and a robot's side of enrolment (install).
 Other installed packages add sub-commands through the ``tensorguard.commands`` entry-point group
 (``tensorguard dashboard`` from tensorguard_monitor, ``tensorguard robot-import-bag`` and
 ``robot-export-dataset`` from tensorguard_edge); this package never imports them.
@@ -25,7 +25,7 @@ from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Sequence
 
-from . import fleet, keystore, wire
+from . import fleet, gateway_certs, keystore, wire
 from .fleet import FleetPaths
 from .hsm import DEFAULT_MODULE, MODULE_ENV, HsmError, HsmSession
 from .identity import InvalidId, Role, check_id, fingerprint
@@ -230,6 +230,21 @@ def _fleet_revoke(args: argparse.Namespace) -> None:
     print(_record_line(fleet.revoke_robot(FleetPaths(args.fleet_dir), args.robot_id, args.reason)))
 
 
+def _fleet_gateway_cert(args: argparse.Namespace) -> None:
+    if args.site is not None:
+        common_name = gateway_certs.site_common_name(args.site)
+    else:
+        common_name = gateway_certs.SERVER_NAME if args.server else gateway_certs.ROUTER_NAME
+    fleet.require_provisioned(FleetPaths(args.fleet_dir))
+    issued = gateway_certs.issue_certificate(FleetPaths(args.fleet_dir), read_passphrase('the fleet keys', new=False),
+                                             common_name, args.out, args.host, args.days)
+    print(f'common name      {issued.common_name}\n'
+          f'certificate      {issued.certificate} (sha256 {issued.fingerprint})\n'
+          f'private key      {issued.private_key} (mode 0600, unencrypted PEM: keep it on that gateway only)\n'
+          f'fleet gateway CA {issued.ca_certificate} (sha256 {issued.ca_fingerprint})\n'
+          'Next: give these three files to that gateway or router (docs/gateway.md, "Certificates").')
+
+
 def _identity_line(identity: fleet.IdentityStatus) -> str:
     reason = f'  ({identity.revocation_reason})' if identity.revocation_reason else ''
     return (f'  {identity.key_id:<24} {identity.role:<12} {identity.status:<8} v{identity.version:<3} '
@@ -388,6 +403,19 @@ def build_parser() -> argparse.ArgumentParser:
     revoke_robot.add_argument('robot_id', type=_key_id)
     revoke_robot.add_argument('--reason', required=True, help='recorded in the audit log')
     revoke_robot.set_defaults(handler=_fleet_revoke)
+    gateway_cert = fleet_actions.add_parser(
+        'gateway-cert', help="issue a Zenoh gateway or router certificate from the fleet's gateway CA")
+    gateway_cert.add_argument('fleet_dir', type=Path)
+    holder = gateway_cert.add_mutually_exclusive_group(required=True)
+    holder.add_argument('--site', type=_key_id, help="a site's gateway (common name site:<id>)")
+    holder.add_argument('--server', action='store_true', help="the fleet server's gateway")
+    holder.add_argument('--router', action='store_true', help='the fleet router (give --host for each name)')
+    gateway_cert.add_argument('--out', type=Path, required=True,
+                              help='directory for <name>.crt, <name>.key and ca.crt (nothing is overwritten)')
+    gateway_cert.add_argument('--host', action='append', default=[],
+                              help='DNS name or IP address the certificate is valid for (repeatable)')
+    gateway_cert.add_argument('--days', type=_positive_int, default=365, help='validity in days (default 365)')
+    gateway_cert.set_defaults(handler=_fleet_gateway_cert)
     status = fleet_actions.add_parser('status', help='verify the KMS; identities, models and rounds on disk')
     status.add_argument('fleet_dir', type=Path)
     status.add_argument('--json', action='store_true')
