@@ -13,20 +13,13 @@ follows, still without a server reference (a rollback keeps none), and the attac
 from __future__ import annotations
 
 import json
-import os
-import secrets
 import sys
-import threading
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
-import rclpy
 import yaml
-from rclpy.executors import MultiThreadedExecutor
 
-from tensorguard_crypto.fleet import FleetPaths
 from tensorguard_crypto.keystore import load_key
 from tensorguard_crypto.wire import ModelPackage
 from tensorguard_crypto.wire import OutcomeReport as OutcomeReportRecord
@@ -34,12 +27,9 @@ from tensorguard_msgs.action import RunRound
 from tensorguard_msgs.msg import OutcomeReport
 from tensorguard_msgs.srv import EndEpisode, StartEpisode
 from tensorguard_ros import qos, topics
-from tensorguard_sim.plan import load_config
-from tensorguard_sim.provisioning import provision
-from tensorguard_sim.simulated_fleet import Processes, start_fleet
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_fleet_integration import DATA, Operator, wait_for  # noqa: E402 - the fleet test's operator node
+from test_fleet_integration import DATA, Fleet, Operator, wait_for  # noqa: E402 - the fleet test's fleet
 
 pytestmark = [pytest.mark.ros, pytest.mark.slow]
 
@@ -81,26 +71,11 @@ class CanaryOperator(Operator):
         self.outcome_pub.publish(msg)
 
 
-class CanaryFleet:
+class CanaryFleet(Fleet):
     """The running two-robot fleet with the canary gate, and the test's operator node."""
 
     def __init__(self, run_dir: Path) -> None:
-        self.passphrase = secrets.token_urlsafe(24)
-        shared, plan = load_config(DATA / 'fleet_test.yaml', DATA / 'fleet_test_plan.yaml')
-        plan = replace(plan, robots=len(ROBOTS))
-        self.paths = FleetPaths(run_dir / 'fleet')
-        (run_dir / 'logs').mkdir(parents=True)
-        provision(self.paths, shared, plan, self.passphrase.encode(), lambda _text: None)
-        params_file = run_dir / 'fleet_canary.yaml'
-        params_file.write_text((DATA / 'fleet_test.yaml').read_text() + '\n' + CANARY_PARAMS.read_text())
-        self.procs = Processes(run_dir / 'logs', {**os.environ, 'TENSORGUARD_KEY_PASSPHRASE': self.passphrase,
-                                                  'OMP_NUM_THREADS': '1'})
-        start_fleet(self.procs, params_file, self.paths, plan)
-        rclpy.init()
-        self.operator = CanaryOperator()
-        self.executor = MultiThreadedExecutor(num_threads=2)
-        self.executor.add_node(self.operator)
-        threading.Thread(target=self.executor.spin, daemon=True).start()
+        super().__init__(run_dir, CANARY_PARAMS.read_text(), len(ROBOTS), CanaryOperator)
 
     def start_round(self):
         """Send a RunRound goal; the future of its result."""
@@ -123,11 +98,6 @@ class CanaryFleet:
         """The aggregator's saved outcome tally (server/outcomes.json)."""
         return json.loads((self.paths.server / 'outcomes.json').read_text())
 
-    def close(self) -> None:
-        self.executor.shutdown()
-        self.operator.destroy_node()
-        rclpy.try_shutdown()
-        self.procs.stop_all()
 
 
 @pytest.fixture(scope='module')

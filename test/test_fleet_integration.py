@@ -11,6 +11,7 @@ import signal
 import subprocess
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -112,21 +113,33 @@ def wait_for(predicate, timeout: float, what: str) -> None:
         time.sleep(0.2)
 
 
+def fleet_parameters(run_dir: Path, overrides: str = '') -> Path:
+    """fleet_test.yaml with `overrides` (parameter-file text) appended: a later section for the same
+    node overrides an earlier one, so a test states only what differs (and no YAML is re-dumped)."""
+    if not overrides:
+        return DATA / 'fleet_test.yaml'
+    path = run_dir / 'fleet.yaml'
+    path.write_text((DATA / 'fleet_test.yaml').read_text() + '\n' + overrides)
+    return path
+
+
 class Fleet:
     """The running fleet: processes, paths, the operator node and the passphrase."""
 
-    def __init__(self, run_dir: Path) -> None:
+    def __init__(self, run_dir: Path, overrides: str = '', robots: int | None = None,
+                 operator: type[Operator] = Operator) -> None:
         self.passphrase = secrets.token_urlsafe(24)
-        shared, self.plan = load_config(DATA / 'fleet_test.yaml', DATA / 'fleet_test_plan.yaml')
+        shared, plan = load_config(DATA / 'fleet_test.yaml', DATA / 'fleet_test_plan.yaml')
+        self.plan = replace(plan, robots=robots or plan.robots)
         self.paths = FleetPaths(run_dir / 'fleet')
         (run_dir / 'logs').mkdir(parents=True)
         provision(self.paths, shared, self.plan, self.passphrase.encode(), lambda _text: None)
         self.procs = Processes(run_dir / 'logs', {**os.environ, 'TENSORGUARD_KEY_PASSPHRASE': self.passphrase,
                                                   'OMP_NUM_THREADS': '1'})
-        self.params = DATA / 'fleet_test.yaml'
+        self.params = fleet_parameters(run_dir, overrides)
         start_fleet(self.procs, self.params, self.paths, self.plan)
         rclpy.init()
-        self.operator = Operator()
+        self.operator = operator()
         self.executor = MultiThreadedExecutor(num_threads=2)
         self.executor.add_node(self.operator)
         threading.Thread(target=self.executor.spin, daemon=True).start()

@@ -29,7 +29,6 @@ from pathlib import Path
 
 import pytest
 import rclpy
-import yaml
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 from rclpy.action import ActionClient
@@ -48,9 +47,14 @@ from tensorguard_sim.plan import load_config
 from tensorguard_sim.provisioning import provision
 from tensorguard_sim.simulated_fleet import Processes, start_fleet
 
+sys.path.insert(0, str(Path(__file__).parent))
+from test_fleet_integration import DATA, fleet_parameters  # noqa: E402 - the fleet test's parameter files
+
 pytestmark = [pytest.mark.ros, pytest.mark.slow]
 
-DATA = Path(__file__).parent / 'data'
+# The gate deploys every aggregated candidate (no canary trial): one evaluation per round keeps the
+# module's rounds short on a shared machine.
+NO_CANARY = '/tensorguard/aggregator:\n  ros__parameters:\n    deploy_margin: 0.0\n'
 ROBOTS = ['robot_1', 'robot_2']
 RSS_LIMIT_KB = 150 * 1024
 PAGE_LIMIT_BYTES = 500_000
@@ -140,12 +144,7 @@ class MonitoredFleet:
         provision(paths, shared, self.plan, passphrase.encode(), lambda _text: None)
         self.procs = Processes(run_dir / 'logs', {**os.environ, 'TENSORGUARD_KEY_PASSPHRASE': passphrase,
                                                   'OMP_NUM_THREADS': '1'})
-        # fleet_test.yaml, except that the gate deploys every aggregated candidate (no canary trial): one
-        # evaluation per round keeps the module's rounds short on a shared machine.
-        params = yaml.safe_load((DATA / 'fleet_test.yaml').read_text())
-        params['/**/aggregator']['ros__parameters']['deploy_margin'] = 0.0
-        params_file = run_dir / 'fleet.yaml'
-        params_file.write_text(yaml.safe_dump(params))
+        params_file = fleet_parameters(run_dir, NO_CANARY)
         start_fleet(self.procs, params_file, paths, self.plan)
         self.token_file = run_dir / 'dashboard.token'
         write_token_file(self.token_file)
