@@ -69,19 +69,25 @@ def _rejections(fleet: FleetStatus | None) -> dict[str, int]:
     return {r.reason: r.count for r in fleet.rejections} if fleet else {}
 
 
-def _on_robot(monitor: FleetMonitor, plan, procs) -> dict | None:
-    """Wait for `plan.on_robot_episodes_per_round` on-robot episodes of the deployed model; its tally
-    (None when the plan awaits none)."""
+def _on_robot(monitor: FleetMonitor, plan, procs, version: int) -> dict | None:
+    """Wait until the fleet runs model `version` (0: whichever it runs) and the robots reported
+    `plan.on_robot_episodes_per_round` episodes of it; its tally (None when the plan awaits none)."""
     wanted = plan.on_robot_episodes_per_round
     if not wanted:
         return None
-    version = monitor.snapshot()[0].model_version
-    _wait(lambda: monitor.snapshot()[0].on_robot_episodes >= wanted, plan.on_robot_timeout_s, procs,
+    version, started = version or monitor.snapshot()[0].model_version, time.monotonic()
+
+    def reported() -> bool:
+        fleet = monitor.snapshot()[0]
+        return fleet.model_version == version and fleet.on_robot_episodes >= wanted
+
+    _wait(reported, plan.on_robot_timeout_s, procs,
           f'the robots to report {wanted} autonomous episodes of model {version} (is every policy node enabled, '
           "with a model? see the robots' sim and policy logs)")
     fleet = monitor.snapshot()[0]
     return {'model_version': fleet.model_version, 'episodes': fleet.on_robot_episodes,
-            'successes': fleet.on_robot_successes, 'success_rate': fleet.on_robot_successes / fleet.on_robot_episodes}
+            'successes': fleet.on_robot_successes, 'success_rate': fleet.on_robot_successes / fleet.on_robot_episodes,
+            'waited_s': round(time.monotonic() - started, 1)}
 
 
 def run_rounds(plan, procs, log, baseline: Future | None = None) -> dict:
@@ -110,7 +116,8 @@ def run_rounds(plan, procs, log, baseline: Future | None = None) -> dict:
         log(f'every robot holds >= {plan.episodes_before_first_round} episodes; starting {plan.rounds} rounds')
         print(HEADER, flush=True)
         if baseline is not None:
-            report['rounds'].append({**baseline.result(), 'on_robot': _on_robot(monitor, plan, procs)})
+            row = baseline.result()
+            report['rounds'].append({**row, 'on_robot': _on_robot(monitor, plan, procs, row['model_version'])})
             _print_row(report['rounds'][-1])
         for _ in range(plan.rounds):
             before = _rejections(monitor.snapshot()[0])
@@ -138,7 +145,7 @@ def run_rounds(plan, procs, log, baseline: Future | None = None) -> dict:
                 'model_version': result.model_version, 'seconds': round(time.monotonic() - started, 1),
                 'detail': result.message,
             }
-            row['on_robot'] = _on_robot(monitor, plan, procs)
+            row['on_robot'] = _on_robot(monitor, plan, procs, result.model_version)
             report['rounds'].append(row)
             _print_row(row)
         _wait(lambda: all(s.model_version == monitor.snapshot()[0].model_version
