@@ -22,6 +22,7 @@ setup(
         'console_scripts': [
             'gateway = tensorguard_gateway.gateway_node:main',
             'gateway_router = tensorguard_gateway.router:main',
+            'bench_gateway = tensorguard_gateway.bench:main',
         ],
     },
 )
