@@ -36,7 +36,8 @@ class ActingPolicy(Protocol):
 
 
 @functools.lru_cache(maxsize=None)
-def _env(task: str, slot: int):
+def task_env(task: str, slot: int):
+    """The goal-observable Meta-World env of `task` in slot `slot`, cached (loading MuJoCo is the slow part)."""
     import metaworld
 
     key = f'{task}-goal-observable'
@@ -57,7 +58,8 @@ def _expert(task: str):
     return ENV_POLICY_MAP[task]()
 
 
-def _reset(env, seed: int) -> np.ndarray:
+def reset_env(env, seed: int) -> np.ndarray:
+    """Reset `env` to the goal the public simulator seed `seed` picks; its first observation."""
     env.seed(seed)
     obs, _ = env.reset()
     return obs
@@ -70,10 +72,10 @@ def record_demonstrations(task: str, episodes: int, seed: int, max_steps: int = 
     Recording stops `extra_steps_after_success` steps after the first success, so demonstrations
     show the task being completed and held. Episode i uses simulator seed `seed + i`.
     """
-    env, expert = _env(task, 0), _expert(task)
+    env, expert = task_env(task, 0), _expert(task)
     demos = []
     for i in range(episodes):
-        obs = _reset(env, seed + i)
+        obs = reset_env(env, seed + i)
         states, actions = [], []
         success_at = None
         for t in range(max_steps):
@@ -137,8 +139,8 @@ def rollout_success(policy: ActingPolicy, tasks: Iterable[str], episodes_per_tas
     start = time.perf_counter()
     report = RolloutReport()
     for task in tasks:
-        envs = [_env(task, slot) for slot in range(episodes_per_task)]
-        obs = np.stack([_reset(env, seed + i) for i, env in enumerate(envs)])
+        envs = [task_env(task, slot) for slot in range(episodes_per_task)]
+        obs = np.stack([reset_env(env, seed + i) for i, env in enumerate(envs)])
         done = np.zeros(len(envs), dtype=bool)
         success = np.zeros(len(envs), dtype=bool)
         steps = 0

@@ -42,7 +42,7 @@ from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
 from tensorguard_crypto.refusal import Reason
 from tensorguard_edge.robot_inputs import to_time
-from tensorguard_learning.metaworld_source import MAX_EPISODE_STEPS, _env, _reset, record_demonstrations
+from tensorguard_learning.metaworld_source import MAX_EPISODE_STEPS, record_demonstrations, reset_env, task_env
 from tensorguard_msgs.srv import EndEpisode, StartEpisode
 from tensorguard_ros import qos, topics
 from tensorguard_ros.node_main import spin_node
@@ -241,8 +241,8 @@ class SimRobot(Node):
             self.get_logger().warning(f'autonomous start_episode refused: {answer.message}')
             self.busy = False
             return
-        env = _env(task, 0)
-        self.autonomous = AutonomousEpisode(answer.episode_index, task, env, _reset(env, seed), self._stamp_now())
+        env = task_env(task, 0)
+        self.autonomous = AutonomousEpisode(answer.episode_index, task, env, reset_env(env, seed), self._stamp_now())
         self.get_logger().info(f'autonomous episode {answer.episode_index} ({task}, seed {seed}) started')
         self._publish_state()
 
