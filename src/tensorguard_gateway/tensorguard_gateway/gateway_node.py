@@ -22,7 +22,8 @@ from __future__ import annotations
 
 import hashlib
 import threading
-from collections import Counter, deque
+import time
+from collections import Counter, OrderedDict, deque
 from dataclasses import dataclass
 
 from rcl_interfaces.msg import ParameterDescriptor
@@ -61,6 +62,8 @@ from .screen import GatewayRefusal, screen
 
 MODES = ('site', 'server')
 RETRY_S = 2.0
+RESEND_WINDOW_S = 60.0  # longer than Zenoh's 10 s lease: what a lost session may have taken with it
+DELIVERED_DIGESTS = 4096
 
 
 @dataclass
@@ -139,6 +142,8 @@ class GatewayNode(Node):
         self._ros_publishers: dict[str, Publisher] = {}
         self._zenoh_publishers: dict[str, object] = {}
         self._outbox: deque[tuple[str, bytes]] = deque()
+        self._sent: deque[tuple[float, str, bytes]] = deque()  # site: recently put, resent after a link loss
+        self._delivered: OrderedDict[bytes, None] = OrderedDict()  # server: digests of recent signed records
         self._linked = False
         self._stop = threading.Event()
         self.session = None
@@ -221,6 +226,7 @@ class GatewayNode(Node):
             if self.site and not self._linked:
                 for channel in (ROUND_CONFIG, MODEL_UPDATES):
                     session.get(self.keys.fleet_key(channel), self._on_reply, timeout=10.0)
+                self._resend()
         else:
             self.health.fault('router', 'no link to the fleet router; messages for the server wait in the outbox')
         self._linked = linked
@@ -280,6 +286,19 @@ class GatewayNode(Node):
                 return
             publisher.put(payload)
             self._outbox.popleft()
+            self._sent.append((time.monotonic(), key, payload))
+        while self._sent and (len(self._sent) > self.settings.outbox_messages
+                              or self._sent[0][0] < time.monotonic() - RESEND_WINDOW_S):
+            self._sent.popleft()
+
+    def _resend(self) -> None:
+        """The link came (back) up: what was put shortly before may have died with the old session (Zenoh
+        acknowledges nothing end to end), so it goes out again ahead of the outbox; the server gateway
+        drops the copies that had arrived."""
+        if self._sent:
+            self._count('resent after link loss', len(self._sent))
+            self._outbox.extendleft(reversed([(key, payload) for _, key, payload in self._sent]))
+            self._sent.clear()
 
     # Zenoh -> DDS ---------------------------------------------------------------------------------
     def _from_zenoh(self, sample) -> None:
@@ -295,6 +314,16 @@ class GatewayNode(Node):
         except GatewayRefusal as refusal:
             self._refuse(refusal, f'from Zenoh {sample.key_expr}')
             return
+        if route.channel in SIGNED:
+            digest = hashlib.sha256(payload).digest()
+            with self._lock:
+                duplicate = digest in self._delivered
+                self._delivered[digest] = None
+                while len(self._delivered) > DELIVERED_DIGESTS:
+                    self._delivered.popitem(last=False)
+            if duplicate:
+                self._count(f'duplicate {route.channel.name}')
+                return
         if route.channel.latched:
             digest = hashlib.sha256(payload).digest()
             with self._lock:
@@ -336,9 +365,9 @@ class GatewayNode(Node):
         self.health.refuse(refusal.reason.value)
         self.get_logger().warning(f'refused ({refusal.reason.value}) {where}: {refusal}')
 
-    def _count(self, what: str) -> None:
+    def _count(self, what: str, times: int = 1) -> None:
         with self._lock:
-            self.counts[what] += 1
+            self.counts[what] += times
 
     def _diagnostic_values(self) -> dict[str, str]:
         with self._lock:

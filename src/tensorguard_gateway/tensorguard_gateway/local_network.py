@@ -28,31 +28,33 @@ def free_port() -> int:
 
 class LocalNetwork:
     """Certificates of the router, the fleet server's gateway and each site's (issued from `fleet`'s gateway
-    CA into ``<directory>/gateway_certs``), a network file for a router on a free localhost port, and the router."""
+    CA into ``<directory>/gateway_certs``), a network file for a router on a free port of `host`, and the router."""
 
-    def __init__(self, directory: Path, sites: dict[str, list[str]], fleet: FleetPaths, passphrase: bytes) -> None:
+    def __init__(self, directory: Path, sites: dict[str, list[str]], fleet: FleetPaths, passphrase: bytes,
+                 host: str = '127.0.0.1') -> None:
         self.certs = directory / 'gateway_certs'
         self.sites = sites
         gateway_certs.issue_certificate(fleet, passphrase, gateway_certs.ROUTER_NAME, self.certs,
-                                        ['localhost', '127.0.0.1'])
+                                        sorted({'localhost', '127.0.0.1', host}))
         gateway_certs.issue_certificate(fleet, passphrase, gateway_certs.SERVER_NAME, self.certs)
         for site in sites:
             gateway_certs.issue_certificate(fleet, passphrase, gateway_certs.site_common_name(site), self.certs)
-        self.endpoint = f'tls/localhost:{free_port()}'
+        port = free_port()
+        self.endpoint = f'tls/{"localhost" if host == "127.0.0.1" else host}:{port}'
         self.config = directory / 'gateway_network.yaml'
         self.config.write_text(yaml.safe_dump({
-            'fleet': 'fleet', 'listen': [self.endpoint.replace('localhost', '127.0.0.1')], 'sites': sites,
+            'fleet': 'fleet', 'listen': [f'tls/{host}:{port}'], 'sites': sites,
             'tls': {'root_ca_certificate': f'{self.certs.name}/ca.crt',
                     'certificate': f'{self.certs.name}/router.crt', 'private_key': f'{self.certs.name}/router.key'}}))
         self.log = directory / 'router.log'
         self.router: subprocess.Popen | None = None
 
-    def start_router(self, timeout: float = 30.0) -> None:
-        """Start `gateway_router` with the network file (access decisions logged, no colour codes) and wait
-        until it listens."""
+    def start_router(self, prefix: tuple[str, ...] = (), timeout: float = 30.0) -> None:
+        """Start `gateway_router` with the network file (access decisions logged, no colour codes), after
+        `prefix` (e.g. ``ip netns exec NAME``), and wait until it listens."""
         env = {key: value for key, value in os.environ.items() if key != 'RUST_LOG'}
         self.router = subprocess.Popen(
-            [sys.executable, '-m', 'tensorguard_gateway.router', '--config', str(self.config)],
+            [*prefix, sys.executable, '-m', 'tensorguard_gateway.router', '--config', str(self.config)],
             stdout=open(self.log, 'w'), stderr=subprocess.STDOUT, env={**env, 'NO_COLOR': '1'},
             start_new_session=True)
         deadline = time.monotonic() + timeout

@@ -30,6 +30,9 @@ from .keyexpr import CHANNELS, Direction, KeySchemeError, KeySpace, check_name, 
 ACL_LOG_FILTER = 'warn,zenoh::net::routing::interceptor::access_control=trace'
 DENIAL_MARK = 'is unauthorized to'
 TO_SERVER = [channel for channel in CHANNELS if channel.direction is Direction.TO_SERVER]
+# A blocking put (large messages: congestion control BLOCK) closes the link if it waits longer than this;
+# Zenoh's default, 5 s, is shorter than 8 MiB takes at 10 Mbit/s. 120 s carries the 64 MiB cap at 5 Mbit/s.
+TX = {'queue': {'congestion_control': {'block': {'wait_before_close': 120_000_000}}}}
 _SERVER_MESSAGES = ['put', 'delete', 'declare_subscriber', 'query', 'declare_queryable', 'reply']
 
 
@@ -128,7 +131,7 @@ class RouterConfig:
             'mode': 'router',
             'listen': {'endpoints': self.listen},
             'scouting': {'multicast': {'enabled': False}, 'gossip': {'enabled': False}},
-            'transport': {'link': {'tls': {
+            'transport': {'shared_memory': {'enabled': False}, 'link': {'tx': TX, 'tls': {
                 'root_ca_certificate': self.tls.root_ca_certificate, 'enable_mtls': True,
                 'listen_certificate': self.tls.certificate, 'listen_private_key': self.tls.private_key,
                 'close_link_on_expiration': True}}},
@@ -160,15 +163,16 @@ def load_router_config(path: Path) -> RouterConfig:
 
 
 def client_config(connect: list[str], tls: TlsFiles, verify_router_name: bool = True) -> Any:
-    """A gateway's Zenoh session: a client of the fleet router over mutual TLS, listening nowhere. It
-    keeps trying to reach the router (at start and after a link cut) instead of failing."""
+    """A gateway's Zenoh session: a client of the fleet router over mutual TLS, listening nowhere, without
+    Zenoh's shared-memory transport (which would hand payloads to a peer on the same host outside the TLS
+    link). It keeps trying to reach the router after a link cut."""
     tls.check()
     return _json5({
         'mode': 'client',
         'connect': {'endpoints': _tls_endpoints(connect, 'connect'), 'timeout_ms': 0, 'exit_on_failure': False,
                     'retry': {'period_init_ms': 500, 'period_max_ms': 4000, 'period_increase_factor': 2}},
         'scouting': {'multicast': {'enabled': False}, 'gossip': {'enabled': False}},
-        'transport': {'link': {'tls': {
+        'transport': {'shared_memory': {'enabled': False}, 'link': {'tx': TX, 'tls': {
             'root_ca_certificate': tls.root_ca_certificate, 'enable_mtls': True,
             'connect_certificate': tls.certificate, 'connect_private_key': tls.private_key,
             'verify_name_on_connect': verify_router_name, 'close_link_on_expiration': True}}},
