@@ -22,8 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
-import time
-from collections import Counter, OrderedDict, deque
+from collections import Counter
 from dataclasses import dataclass
 
 from rcl_interfaces.msg import ParameterDescriptor
@@ -58,6 +57,7 @@ from .keyexpr import (
 )
 from .loop_guard import LoopGuard
 from .network import TlsFiles, client_config
+from .outbox import Outbox, RecentDigests
 from .screen import GatewayRefusal, screen
 
 MODES = ('site', 'server')
@@ -141,9 +141,8 @@ class GatewayNode(Node):
         self._seen: dict[Channel, bytes] = {}  # site: the digest of the latest one published into the domain
         self._ros_publishers: dict[str, Publisher] = {}
         self._zenoh_publishers: dict[str, object] = {}
-        self._outbox: deque[tuple[str, bytes]] = deque()
-        self._sent: deque[tuple[float, str, bytes]] = deque()  # site: recently put, resent after a link loss
-        self._delivered: OrderedDict[bytes, None] = OrderedDict()  # server: digests of recent signed records
+        self._outbox = Outbox(settings.outbox_messages, RESEND_WINDOW_S)  # site: messages for the server
+        self._delivered = RecentDigests(DELIVERED_DIGESTS)  # server: signed records already delivered
         self._linked = False
         self._stop = threading.Event()
         self.session = None
@@ -226,7 +225,7 @@ class GatewayNode(Node):
             if self.site and not self._linked:
                 for channel in (ROUND_CONFIG, MODEL_UPDATES):
                     session.get(self.keys.fleet_key(channel), self._on_reply, timeout=10.0)
-                self._resend()
+                self._count('resent after link loss', self._outbox.resend())
         else:
             self.health.fault('router', 'no link to the fleet router; messages for the server wait in the outbox')
         self._linked = linked
@@ -268,10 +267,7 @@ class GatewayNode(Node):
     def _send(self, key: str, payload: bytes, queue: bool) -> None:
         """Put now if a subscriber matches and nothing waits before it; else queue (or drop telemetry)."""
         if queue:
-            self._outbox.append((key, payload))
-            while len(self._outbox) > self.settings.outbox_messages:
-                self._outbox.popleft()
-                self._count('dropped (outbox full)')
+            self._count('dropped (outbox full)', self._outbox.add(key, payload))
             self._flush()
             return
         publisher = self._zenoh_publishers.get(key)
@@ -279,26 +275,15 @@ class GatewayNode(Node):
             publisher.put(payload)
 
     def _flush(self) -> None:
-        while self._outbox:
-            key, payload = self._outbox[0]
-            publisher = self._zenoh_publishers.get(key)
-            if publisher is None or not publisher.matching_status.matching:
-                return
-            publisher.put(payload)
-            self._outbox.popleft()
-            self._sent.append((time.monotonic(), key, payload))
-        while self._sent and (len(self._sent) > self.settings.outbox_messages
-                              or self._sent[0][0] < time.monotonic() - RESEND_WINDOW_S):
-            self._sent.popleft()
+        self._outbox.flush(self._put_if_matched)
 
-    def _resend(self) -> None:
-        """The link came (back) up: what was put shortly before may have died with the old session (Zenoh
-        acknowledges nothing end to end), so it goes out again ahead of the outbox; the server gateway
-        drops the copies that had arrived."""
-        if self._sent:
-            self._count('resent after link loss', len(self._sent))
-            self._outbox.extendleft(reversed([(key, payload) for _, key, payload in self._sent]))
-            self._sent.clear()
+    def _put_if_matched(self, key: str, payload: bytes) -> bool:
+        """Put `payload` if a server gateway is subscribed to `key` (else it waits in the outbox)."""
+        publisher = self._zenoh_publishers.get(key)
+        if publisher is None or not publisher.matching_status.matching:
+            return False
+        publisher.put(payload)
+        return True
 
     # Zenoh -> DDS ---------------------------------------------------------------------------------
     def _from_zenoh(self, sample) -> None:
@@ -314,16 +299,9 @@ class GatewayNode(Node):
         except GatewayRefusal as refusal:
             self._refuse(refusal, f'from Zenoh {sample.key_expr}')
             return
-        if route.channel in SIGNED:
-            digest = hashlib.sha256(payload).digest()
-            with self._lock:
-                duplicate = digest in self._delivered
-                self._delivered[digest] = None
-                while len(self._delivered) > DELIVERED_DIGESTS:
-                    self._delivered.popitem(last=False)
-            if duplicate:
-                self._count(f'duplicate {route.channel.name}')
-                return
+        if route.channel in SIGNED and self._delivered.seen(payload):
+            self._count(f'duplicate {route.channel.name}')
+            return
         if route.channel.latched:
             digest = hashlib.sha256(payload).digest()
             with self._lock:
@@ -366,8 +344,9 @@ class GatewayNode(Node):
         self.get_logger().warning(f'refused ({refusal.reason.value}) {where}: {refusal}')
 
     def _count(self, what: str, times: int = 1) -> None:
-        with self._lock:
-            self.counts[what] += times
+        if times:
+            with self._lock:
+                self.counts[what] += times
 
     def _diagnostic_values(self) -> dict[str, str]:
         with self._lock:
