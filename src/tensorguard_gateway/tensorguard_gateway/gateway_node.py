@@ -141,6 +141,7 @@ class GatewayNode(Node):
         self._seen: dict[Channel, bytes] = {}  # site: the digest of the latest one published into the domain
         self._ros_publishers: dict[str, Publisher] = {}
         self._zenoh_publishers: dict[str, object] = {}
+        self._zenoh_entities: list[object] = []  # subscribers and queryables, alive as long as the session
         self._outbox = Outbox(settings.outbox_messages, RESEND_WINDOW_S)  # site: messages for the server
         self._delivered = RecentDigests(DELIVERED_DIGESTS)  # server: signed records already delivered
         self._linked = False
@@ -177,14 +178,14 @@ class GatewayNode(Node):
             incoming = channel.direction is (Direction.TO_SITES if self.site else Direction.TO_SERVER)
             if incoming:
                 key = self.keys.fleet_key(channel) if self.site else self.keys.all_sites_key(channel)
-                session.declare_subscriber(key, self._from_zenoh)
+                self._zenoh_entities.append(session.declare_subscriber(key, self._from_zenoh))
             elif self.site:
                 for robot in self.robots:
                     self._declare_publisher(session, self.keys.robot_key(self.site, robot, channel), channel)
             else:
                 key = self._declare_publisher(session, self.keys.fleet_key(channel), channel)
                 if channel.latched:
-                    session.declare_queryable(key, self._answer_query)
+                    self._zenoh_entities.append(session.declare_queryable(key, self._answer_query))
         with self._lock:
             self.session = session
             latest = list(self._latest.items())
