@@ -64,9 +64,13 @@ def update_message(robot: str) -> EncryptedUpdate:
 
 
 @pytest.fixture(scope='module')
-def bridged(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp('gateway_bridge')
-    network = GatewayNetwork(tmp, SITES)
+def network(tmp_path_factory):
+    return GatewayNetwork(tmp_path_factory.mktemp('gateway_bridge'), SITES)
+
+
+@pytest.fixture(scope='module')
+def bridged(network):
+    tmp = network.config.parent
     network.start_router()
     children = [subprocess.Popen(network.gateway_command(mode, site, f'/{name}'), stdout=open(tmp / f'{name}.log', 'w'),
                                  stderr=subprocess.STDOUT, start_new_session=True)
@@ -95,7 +99,7 @@ def test_an_update_crosses_once_unchanged_and_is_not_bridged_back(bridged):
     msg = update_message('robot_1')
     wait_for(lambda: bridged.count_publishers(topics.ENCRYPTED_UPDATES) >= 2, 20, 'the server gateway publisher')
     bridged.update_pub.publish(msg)
-    wait_for(lambda: len(bridged.updates) == 2, 20, "the robot's update and the server gateway's copy")
+    wait_for(lambda: len(bridged.updates) == 2, 60, "the robot's update and the server gateway's copy")
     expected = {('fleet/site_a', 'looped'): '1', ('fleet/site_a', 'out encrypted_updates'): '1',
                 ('fleet/server', 'in encrypted_updates'): '1'}
     wait_for(lambda: all(bridged.value(*key) == value for key, value in expected.items()), 30,
@@ -117,10 +121,22 @@ def test_an_update_signed_by_another_sites_robot_is_dropped_and_counted(bridged)
 def test_a_round_config_crosses_latched_and_is_not_bridged_back(bridged):
     config = RoundConfig(round_id=7, package=list(b'signed round config bytes'))
     bridged.config_pub.publish(config)
-    wait_for(lambda: len(bridged.configs) == 2, 20, "the aggregator's config and the site gateway's copy")
+    wait_for(lambda: len(bridged.configs) == 2, 60, "the aggregator's config and the site gateway's copy")
     expected = {('fleet/server', 'looped'): '1', ('fleet/server', 'out round_config'): '1',
                 ('fleet/site_a', 'in round_config'): '1'}
     wait_for(lambda: all(bridged.value(*key) == value for key, value in expected.items()), 30,
              f"the gateways' counts {expected}")
     time.sleep(1.0)
     assert [deserialize_message(raw, RoundConfig) for raw in bridged.configs] == [config, config]
+
+
+@pytest.mark.parametrize('override, message', [
+    ('mode:=relay', "mode must be one of ('site', 'server'), not 'relay'"),
+    ('robots:=["robot/1"]', 'robots entry'),
+    ('certificate:=/nonexistent.crt', "tls.certificate: '/nonexistent.crt' is not a file"),
+])
+def test_a_gateway_with_an_unusable_parameter_stops_naming_it(network, override, message):
+    result = subprocess.run([*network.gateway_command('site', 'site_a'), '-p', override], capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode != 0
+    assert message in result.stdout + result.stderr
