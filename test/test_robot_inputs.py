@@ -23,7 +23,7 @@ from tensorguard_learning.metaworld_source import record_demonstrations
 from tensorguard_msgs.msg import EpisodeMarker, RobotStatus
 from tensorguard_msgs.srv import EndEpisode, StartEpisode
 from tensorguard_ros import qos, topics
-from tensorguard_sim.simulated_fleet import Processes
+from tensorguard_sim.simulated_fleet import Processes, edge_node_parameters
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_node_lifecycle import PARAMS, fleet  # noqa: E402, F401 - the provisioned one-robot fleet fixture
@@ -71,9 +71,7 @@ def test_edge_node_records_the_expert_from_the_arm_topics(fleet, tmp_path):  # n
     paths, env = fleet
     robot_dir = paths.robot_dir('robot_1')
     procs = Processes(tmp_path, env)
-    procs.start('edge', 'tensorguard_edge.edge_node', PARAMS, '/robot_1',
-                {'robot_id': 'robot_1', 'state_dir': str(robot_dir / 'state'),
-                 'key_path': str(robot_dir / 'identity.key'), 'trust_path': str(robot_dir / 'trust.json')})
+    procs.start('edge', 'tensorguard_edge.edge_node', PARAMS, '/robot_1', edge_node_parameters(paths, 'robot_1'))
     procs.start('sim', 'tensorguard_sim.sim_robot', PARAMS, '/robot_1',
                 {'robot_id': 'robot_1', 'tasks': TASKS, 'seed': SEED, 'max_episodes': EPISODES,
                  'episode_period_s': 0.5})

@@ -101,6 +101,13 @@ def policy_parameters(params_file: Path, robot_id: str, trust_path: Path) -> dic
             'robot_id': robot_id, 'trust_path': str(trust_path)}
 
 
+def edge_node_parameters(fleet: FleetPaths, robot_id: str) -> dict:
+    """The per-robot parameters of an installed robot's edge node: its identity, state and trust files."""
+    robot_dir = fleet.robot_dir(robot_id)
+    return {'robot_id': robot_id, 'state_dir': str(robot_dir / 'state'),
+            'key_path': str(robot_dir / 'identity.key'), 'trust_path': str(robot_dir / 'trust.json')}
+
+
 def start_fleet(procs: Processes, params_file: Path, fleet: FleetPaths, plan: FleetPlan) -> None:
     """Key service, aggregator, and per robot a simulated robot, its edge node and, if the arm runs
     autonomous episodes, its policy node."""
@@ -115,8 +122,7 @@ def start_fleet(procs: Processes, params_file: Path, fleet: FleetPaths, plan: Fl
         procs.start(f'{robot_id}_sim', 'tensorguard_sim.sim_robot', params_file, f'/{robot_id}',
                     {'robot_id': robot_id, 'tasks': list(plan.tasks_of(i)), 'seed': plan.seed_of(i)})
         procs.start(f'{robot_id}_edge', 'tensorguard_edge.edge_node', params_file, f'/{robot_id}',
-                    {'robot_id': robot_id, 'state_dir': str(robot_dir / 'state'),
-                     'key_path': str(robot_dir / 'identity.key'), 'trust_path': str(robot_dir / 'trust.json')})
+                    edge_node_parameters(fleet, robot_id))
         if parameters_from_file(params_file, f'/{robot_id}/sim_robot').get('autonomous_every', 0):
             procs.start(f'{robot_id}_policy', 'tensorguard_policy.policy_node', params_file, f'/{robot_id}',
                         policy_parameters(params_file, robot_id, robot_dir / 'trust.json'))

@@ -24,7 +24,7 @@ from tensorguard_learning.metaworld_source import MAX_EPISODE_STEPS
 from tensorguard_msgs.msg import EpisodeMarker, ModelUpdate, OutcomeReport, RobotStatus
 from tensorguard_ros import qos, topics
 from tensorguard_sim.sim_robot import ARM_TOPICS
-from tensorguard_sim.simulated_fleet import Processes, policy_parameters
+from tensorguard_sim.simulated_fleet import Processes, edge_node_parameters, policy_parameters
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[3] / 'test'))
 from test_node_lifecycle import PARAMS, fleet  # noqa: E402, F401 - the provisioned one-robot fleet fixture
@@ -64,9 +64,7 @@ def test_the_policy_node_drives_the_simulated_arm(fleet, tmp_path):  # noqa: F81
     paths, env = fleet
     robot_dir = paths.robot_dir('robot_1')
     procs = Processes(tmp_path, env)
-    procs.start('edge', 'tensorguard_edge.edge_node', PARAMS, '/robot_1',
-                {'robot_id': 'robot_1', 'state_dir': str(robot_dir / 'state'),
-                 'key_path': str(robot_dir / 'identity.key'), 'trust_path': str(robot_dir / 'trust.json')})
+    procs.start('edge', 'tensorguard_edge.edge_node', PARAMS, '/robot_1', edge_node_parameters(paths, 'robot_1'))
     procs.start('policy', 'tensorguard_policy.policy_node', PARAMS, '/robot_1',
                 {**policy_parameters(PARAMS, 'robot_1', robot_dir / 'trust.json'), 'control_rate_hz': RATE_HZ})
     context = rclpy.Context()
