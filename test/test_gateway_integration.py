@@ -1,0 +1,169 @@
+"""A cross-site fleet in real processes: a site DDS domain (2 simulated robots and their edge nodes) and the
+fleet server's DDS domain (key service and aggregator), joined ONLY through a site gateway, the server
+gateway and the fleet router over mutual TLS on localhost. Neither domain discovers the other's nodes; a full
+round completes over the bridge and both robots apply the new model.
+
+Domains: the server's is ``ROS_DOMAIN_ID``; the site's the next id (the previous one at 232, Fast DDS's
+highest). Run alone: ``ROS_DOMAIN_ID=231 scripts/test test/test_gateway_integration.py``.
+
+The same round over a WAN is a benchmark, not a CI test (root, minutes): with
+``TENSORGUARD_GATEWAY_WAN=10mbit`` the router runs in a network namespace behind a veth pair shaped
+with `tbf` (tensorguard_gateway.wan), and with ``TENSORGUARD_GATEWAY_CUT_S=10`` that link is also cut
+for 10 s as soon as the round collects updates.
+"""
+from __future__ import annotations
+
+import os
+import secrets
+import subprocess
+import sys
+import threading
+import time
+from contextlib import ExitStack
+from pathlib import Path
+
+import pytest
+import rclpy
+import yaml
+from rclpy.action import ActionClient
+from rclpy.context import Context
+from rclpy.executors import MultiThreadedExecutor
+from rclpy.node import Node
+from tensorguard_gateway.wan import ShapedLink
+
+from tensorguard_crypto.fleet import FleetPaths
+from tensorguard_msgs.action import RunRound
+from tensorguard_msgs.msg import FleetStatus, RobotStatus
+from tensorguard_ros import qos, topics
+from tensorguard_sim.plan import load_config
+from tensorguard_sim.provisioning import provision
+from tensorguard_sim.simulated_fleet import Processes, start_fleet
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / 'src' / 'tensorguard_gateway' / 'test'))
+from gateway_test_support import GatewayNetwork, wait_for  # noqa: E402
+
+pytestmark = [pytest.mark.ros, pytest.mark.slow]
+
+DATA = Path(__file__).parent / 'data'
+ROBOTS = ['robot_1', 'robot_2']
+SERVER_NODES = {'key_service', 'aggregator'}
+SITE_NODES = {'edge_node', 'sim_robot'}
+SERVER_DOMAIN = int(os.environ.get('ROS_DOMAIN_ID', '0'))
+SITE_DOMAIN = SERVER_DOMAIN + 1 if SERVER_DOMAIN < 232 else SERVER_DOMAIN - 1
+WAN_RATE = os.environ.get('TENSORGUARD_GATEWAY_WAN', '')
+CUT_S = float(os.environ.get('TENSORGUARD_GATEWAY_CUT_S', '0'))
+
+
+class TwoDomains(Processes):
+    """`Processes` that starts the server's nodes in the server domain and the robots' in the site domain."""
+
+    def __init__(self, log_dir: Path, env: dict) -> None:
+        super().__init__(log_dir, env)
+        self.domains = {domain: {**env, 'ROS_DOMAIN_ID': str(domain)} for domain in (SERVER_DOMAIN, SITE_DOMAIN)}
+
+    def start(self, name: str, module: str, params_file: Path, namespace: str = '/',
+              overrides: dict | None = None) -> None:
+        """Start the node in its domain."""
+        self.env = self.domains[SERVER_DOMAIN if name in SERVER_NODES else SITE_DOMAIN]
+        super().start(name, module, params_file, namespace, overrides)
+
+    def start_command(self, name: str, command: list[str], domain: int) -> None:
+        """Start a non-node command (a gateway) in `domain`."""
+        self.children[name] = subprocess.Popen(command, stdout=open(self.log_dir / f'{name}.log', 'w'),
+                                               stderr=subprocess.STDOUT, env=self.domains[domain],
+                                               start_new_session=True)
+
+
+class Watcher(Node):
+    """The operator's node in one domain: the graph, robot and fleet status, and the RunRound action."""
+
+    def __init__(self, context: Context) -> None:
+        super().__init__('gateway_test_watcher', context=context)
+        self.fleet: FleetStatus | None = None
+        self.robots: dict[str, RobotStatus] = {}
+        self.create_subscription(FleetStatus, topics.FLEET_STATUS, self._on_fleet, qos.STATUS)
+        for robot in ROBOTS:
+            self.create_subscription(RobotStatus, f'/{robot}/status', self._on_robot, qos.STATUS)
+        self.run_round = ActionClient(self, RunRound, topics.RUN_ROUND)
+
+    def _on_fleet(self, msg: FleetStatus) -> None:
+        self.fleet = msg
+
+    def _on_robot(self, msg: RobotStatus) -> None:
+        self.robots[msg.robot_id] = msg
+
+    def node_names(self) -> set[str]:
+        return {name for name, _ in self.get_node_names_and_namespaces()}
+
+
+def watcher_in(domain: int, cleanup: ExitStack) -> Watcher:
+    """A spinning `Watcher` in its own context in `domain`, shut down by `cleanup`."""
+    context = Context()
+    rclpy.init(context=context, domain_id=domain)
+    watcher = Watcher(context)
+    executor = MultiThreadedExecutor(num_threads=2, context=context)
+    executor.add_node(watcher)
+    threading.Thread(target=executor.spin, daemon=True).start()
+    cleanup.callback(context.try_shutdown)
+    cleanup.callback(watcher.destroy_node)
+    cleanup.callback(executor.shutdown)
+    return watcher
+
+
+@pytest.fixture(scope='module')
+def sites(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp('gateway_fleet')
+    passphrase = secrets.token_urlsafe(24)
+    plan_file = tmp / 'plan.yaml'  # the integration tests' plan, with the site's two robots
+    plan_file.write_text(yaml.safe_dump({**yaml.safe_load((DATA / 'fleet_test_plan.yaml').read_text()),
+                                         'robots': len(ROBOTS)}))
+    shared, plan = load_config(DATA / 'fleet_test.yaml', plan_file)
+    paths = FleetPaths(tmp / 'fleet')
+    (tmp / 'logs').mkdir()
+    provision(paths, shared, plan, passphrase.encode(), lambda _text: None)
+    with ExitStack() as cleanup:  # undone in reverse: watchers, nodes and gateways, router, link
+        link = cleanup.enter_context(ShapedLink(rate=WAN_RATE)) if WAN_RATE else None
+        network = GatewayNetwork(tmp, {'site_a': ROBOTS}, paths, passphrase.encode(),
+                                 link.remote if link else '127.0.0.1')
+        cleanup.callback(network.stop_router)
+        procs = TwoDomains(tmp / 'logs', {**os.environ, 'TENSORGUARD_KEY_PASSPHRASE': passphrase,
+                                          'OMP_NUM_THREADS': '1'})
+        cleanup.callback(procs.stop_all)
+        server, site = (watcher_in(domain, cleanup) for domain in (SERVER_DOMAIN, SITE_DOMAIN))
+        start_fleet(procs, DATA / 'fleet_test.yaml', paths, plan)
+        wait_for(lambda: SERVER_NODES <= server.node_names() and SITE_NODES <= site.node_names(), 120,
+                 'every node to join its domain')
+        time.sleep(3.0)  # more than DDS discovery needs on localhost
+        assert not (SITE_NODES & server.node_names()) and not (SERVER_NODES & site.node_names()), \
+            'the domains discovered each other without the gateway'
+        assert server.robots == {} and site.fleet is None
+        network.start_router(link.prefix if link else ())
+        procs.start_command('gateway_server', network.gateway_command('server'), SERVER_DOMAIN)
+        procs.start_command('gateway_site_a', network.gateway_command('site', 'site_a'), SITE_DOMAIN)
+        yield server, site, link
+
+
+def test_a_round_completes_across_the_gateway_and_both_robots_apply_the_model(sites):
+    server, site, link = sites
+    wait_for(lambda: sorted(server.robots) == ROBOTS and all(s.episodes_buffered >= 2 for s in server.robots.values()),
+             150, "both robots' status, with demonstrations, through the gateway")
+    wait_for(lambda: site.fleet is not None, 30, 'the fleet status in the site domain')
+    assert not (SITE_NODES & server.node_names()) and not (SERVER_NODES & site.node_names())
+    assert server.run_round.wait_for_server(timeout_sec=60)
+    goal = server.run_round.send_goal_async(RunRound.Goal())
+    wait_for(goal.done, 30, 'the round goal to be accepted')
+    result = goal.result().get_result_async()
+    if link and CUT_S:
+        wait_for(lambda: server.fleet is not None and server.fleet.phase == 'collecting', 60, 'the round to collect')
+        link.cut()
+        time.sleep(CUT_S)
+        link.restore()
+    wait_for(result.done, 180, 'the round to finish')
+    outcome = result.result().result
+    assert outcome.success, outcome.message
+    assert sorted(outcome.participants) == ROBOTS
+    version = outcome.model_version
+    wait_for(lambda: all(s.model_version == version for s in site.robots.values()) and len(site.robots) == 2, 90,
+             f'both robots to apply model {version}')
+    wait_for(lambda: all(s.model_version == version for s in server.robots.values()), 30,
+             'their status to report it across the gateway')
