@@ -101,6 +101,7 @@ def test_an_update_crosses_once_unchanged_and_is_not_bridged_back(bridged):
     bridged.update_pub.publish(msg)
     wait_for(lambda: len(bridged.updates) == 2, 60, "the robot's update and the server gateway's copy")
     expected = {('fleet/site_a', 'looped'): '1', ('fleet/site_a', 'out encrypted_updates'): '1',
+                ('fleet/site_a', 'unacknowledged'): '0',
                 ('fleet/server', 'in encrypted_updates'): '1'}
     wait_for(lambda: all(bridged.value(*key) == value for key, value in expected.items()), 30,
              f"the gateways' counts {expected}")

@@ -145,8 +145,9 @@ def sites(tmp_path_factory):
 
 def test_a_round_completes_across_the_gateway_and_both_robots_apply_the_model(sites):
     server, site, link = sites
-    wait_for(lambda: sorted(server.robots) == ROBOTS and all(s.episodes_buffered >= 2 for s in server.robots.values()),
-             150, "both robots' status, with demonstrations, through the gateway")
+    wait_for(lambda: sorted(server.robots) == ROBOTS and all(s.episodes_buffered >= 2 and s.model_version >= 1
+                                                             for s in server.robots.values()),
+             150, "both robots' status, with demonstrations and the initial model, through the gateway")
     wait_for(lambda: site.fleet is not None, 30, 'the fleet status in the site domain')
     assert not (SITE_NODES & server.node_names()) and not (SERVER_NODES & site.node_names())
     assert server.run_round.wait_for_server(timeout_sec=60)

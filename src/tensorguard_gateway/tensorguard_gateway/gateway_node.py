@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass
 
 from rcl_interfaces.msg import ParameterDescriptor
@@ -57,12 +57,13 @@ from .keyexpr import (
 )
 from .loop_guard import LoopGuard
 from .network import TlsFiles, client_config
-from .outbox import Outbox, RecentDigests
+from .outbox import Outbox, RecentDigests, digest
 from .screen import GatewayRefusal, screen
 
 MODES = ('site', 'server')
 RETRY_S = 2.0
-RESEND_WINDOW_S = 60.0  # longer than Zenoh's 10 s lease: what a lost session may have taken with it
+RESEND_WINDOW_S = 60.0  # how long a site gateway keeps sending a record the server gateway does not acknowledge
+ACK_TIMEOUT_S = 10.0  # a record not acknowledged this long after it was put is put again
 DELIVERED_DIGESTS = 4096
 
 
@@ -144,7 +145,10 @@ class GatewayNode(Node):
         self._zenoh_entities: list[object] = []  # subscribers and queryables, alive as long as the session
         self._outbox = Outbox(settings.outbox_messages, RESEND_WINDOW_S)  # site: messages for the server
         self._delivered = RecentDigests(DELIVERED_DIGESTS)  # server: signed records already delivered
+        self._acks: deque[bytes] = deque()  # site: acknowledgements from the server gateway, for the next tick
         self._linked = False
+        self._links_opened = 0  # Zenoh transports opened so far (a cut and reconnect opens a new one)
+        self._links_handled = 0
         self._stop = threading.Event()
         self.session = None
         self.diagnostics = DiagnosticsPublisher(self, self.health, f'{settings.fleet}/{self.site or "server"}',
@@ -186,6 +190,10 @@ class GatewayNode(Node):
                 key = self._declare_publisher(session, self.keys.fleet_key(channel), channel)
                 if channel.latched:
                     self._zenoh_entities.append(session.declare_queryable(key, self._answer_query))
+        if self.site:
+            self._zenoh_entities.append(session.declare_subscriber(
+                self.keys.delivered_key(self.site), lambda sample: self._acks.append(sample.payload.to_bytes())))
+        self._zenoh_entities.append(session.info.declare_transport_events_listener(self._on_transport))
         with self._lock:
             self.session = session
             latest = list(self._latest.items())
@@ -214,22 +222,38 @@ class GatewayNode(Node):
         if latest is not None:
             query.reply(query.key_expr, latest)
 
+    def _on_transport(self, event) -> None:
+        """Zenoh opened or closed a transport; an opening after a cut may come and go between two ticks."""
+        import zenoh
+
+        if event.kind == zenoh.SampleKind.PUT:
+            with self._lock:
+                self._links_opened += 1
+
     def _tick(self) -> None:
-        """Track the router link, catch up on latched channels when it comes up (site), flush the outbox."""
+        """Track the router link; when it came (back) up, catch up on latched channels and resend what a lost
+        session may have taken (site); flush the outbox."""
         with self._lock:
-            session = self.session
+            session, opened = self.session, self._links_opened
         if session is None:
             return
         linked = bool(list(session.info.routers_zid()))
         if linked:
             self.health.clear('router')
-            if self.site and not self._linked:
+            if self.site and (not self._linked or opened != self._links_handled):
+                self._links_handled = opened
                 for channel in (ROUND_CONFIG, MODEL_UPDATES):
                     session.get(self.keys.fleet_key(channel), self._on_reply, timeout=10.0)
-                self._count('resent after link loss', self._outbox.resend())
+                resent = self._outbox.resend()
+                self._count('resent', resent)
+                self.get_logger().info(f'link to the fleet router up: asked for the latched config and model, '
+                                       f'{resent} message(s) sent again, {len(self._outbox)} waiting')
         else:
             self.health.fault('router', 'no link to the fleet router; messages for the server wait in the outbox')
         self._linked = linked
+        while self._acks:
+            self._outbox.acknowledge(self._acks.popleft())
+        self._count('resent', self._outbox.resend(ACK_TIMEOUT_S))
         self._flush()
 
     def _on_reply(self, reply) -> None:
@@ -302,6 +326,7 @@ class GatewayNode(Node):
             return
         if route.channel in SIGNED and self._delivered.seen(payload):
             self._count(f'duplicate {route.channel.name}')
+            self._acknowledge(route.site, payload)
             return
         if route.channel.latched:
             digest = hashlib.sha256(payload).digest()
@@ -312,6 +337,15 @@ class GatewayNode(Node):
         topic = ros_topic(route.channel, route.robot)
         self._ros_publisher(topic, TOPICS[route.channel]).publish(payload)
         self._count(f'in {route.channel.name}')
+        if route.channel in SIGNED:
+            self._acknowledge(route.site, payload)
+
+    def _acknowledge(self, site: str, payload: bytes) -> None:
+        """Server: tell `site` this record was delivered into the server's domain (its SHA-256)."""
+        with self._lock:
+            session = self.session
+        if session is not None:
+            session.put(self.keys.delivered_key(site), digest(payload))
 
     def _ros_publisher(self, topic: str, spec: Topic) -> Publisher:
         with self._lock:
@@ -353,7 +387,8 @@ class GatewayNode(Node):
         with self._lock:
             counts = dict(self.counts)
         values = {'mode': self.settings.mode, 'site': self.site or '-', 'router': 'linked' if self._linked else 'down',
-                  'outbox': str(len(self._outbox)), 'looped': str(self.guard.dropped)}
+                  'outbox': str(len(self._outbox)), 'unacknowledged': str(self._outbox.unacknowledged),
+                  'given up (never acknowledged)': str(self._outbox.expired), 'looped': str(self.guard.dropped)}
         values.update({what: str(count) for what, count in sorted(counts.items())})
         return values
 

@@ -9,6 +9,7 @@ under the reserved site name ``fleet``; what a site sends names the site and the
     tensorguard/<fleet>/<site>/<robot>/encrypted_updates     EncryptedUpdate  site -> server
     tensorguard/<fleet>/<site>/<robot>/outcome_reports       OutcomeReport    site -> server
     tensorguard/<fleet>/<site>/<robot>/status                RobotStatus      site -> server
+    tensorguard/<fleet>/<site>/delivered                     SHA-256 digests  server -> site (acknowledgements)
 
 Fleet, site and robot names follow the project's id grammar (`identity.check_id`: no ``/``, ``*``
 or ``.``), so a name can never widen a key into a wildcard, and the router's access control can
@@ -52,6 +53,7 @@ OUTCOME_REPORTS = Channel('outcome_reports', Direction.TO_SERVER)
 ROBOT_STATUS = Channel('status', Direction.TO_SERVER, per_robot=True)
 CHANNELS = (ROUND_CONFIG, MODEL_UPDATES, FLEET_STATUS, ENCRYPTED_UPDATES, OUTCOME_REPORTS, ROBOT_STATUS)
 BY_NAME = {channel.name: channel for channel in CHANNELS}
+DELIVERED = 'delivered'  # tensorguard/<fleet>/<site>/delivered: the server gateway's acknowledgements
 
 
 class KeySchemeError(ValueError):
@@ -109,6 +111,10 @@ class KeySpace:
             raise KeySchemeError(f'{channel.name} is sent by the fleet server; it has a fleet key')
         return f'{self.prefix}/{check_site(site)}/{check_name(robot, "robot id")}/{channel.name}'
 
+    def delivered_key(self, site: str) -> str:
+        """Where the server gateway acknowledges a site's records (the SHA-256 of each one it delivered)."""
+        return f'{self.prefix}/{check_site(site)}/{DELIVERED}'
+
     def all_sites_key(self, channel: Channel) -> str:
         """The wildcard the server gateway subscribes to for a site-to-server channel."""
         return f'{self.prefix}/*/*/{channel.name}'
@@ -131,6 +137,7 @@ class KeySpace:
                 for channel in CHANNELS if channel.direction is Direction.TO_SERVER]
 
     def site_subscriptions(self, site: str) -> list[str]:
-        """Every key a site may subscribe to or query: the fleet's config, model and status, and its own status."""
+        """Every key a site may subscribe to or query: the fleet's config, model and status, its own status and
+        the acknowledgements of its records."""
         return [*(self.fleet_key(channel) for channel in CHANNELS if channel.direction is Direction.TO_SITES),
-                f'{self.prefix}/{check_site(site)}/*/{ROBOT_STATUS.name}']
+                f'{self.prefix}/{check_site(site)}/*/{ROBOT_STATUS.name}', self.delivered_key(site)]

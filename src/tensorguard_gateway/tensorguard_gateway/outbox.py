@@ -2,10 +2,12 @@
 memory of what it delivered.
 
 Zenoh drops a put no subscriber is reachable for, and acknowledges nothing end to end: puts queued in a
-session that dies with a cut link are lost with it. So the site gateway holds messages for the server in
-an `Outbox` while no server gateway is subscribed, keeps what it sent in the last `window_s` seconds, and
-on a link that comes back sends those again ahead of the rest; the server gateway drops the copies that
-had arrived (`RecentDigests`).
+session that dies with a cut link, or that reach the router while the server gateway's own session is
+being re-established, are lost. So the site gateway holds messages for the server in an `Outbox` while no
+server gateway is subscribed, keeps each one it sent until the server gateway acknowledges it (the
+payload's SHA-256 on the site's ``delivered`` key), and sends it again when the link comes back or no
+acknowledgement came within a few seconds; the server gateway drops the copies that had arrived
+(`RecentDigests`) and acknowledges them again.
 """
 from __future__ import annotations
 
@@ -16,19 +18,31 @@ from collections import OrderedDict, deque
 from collections.abc import Callable
 
 
+def digest(payload: bytes) -> bytes:
+    """SHA-256 of a payload: how the server gateway acknowledges a delivered record."""
+    return hashlib.sha256(payload).digest()
+
+
 class Outbox:
-    """Messages (key, payload) waiting to be put, in order, at most `limit`; and the ones put in the last
-    `window_s` seconds (at most `limit`), for `resend`."""
+    """Messages (key, payload) waiting to be put, in order, at most `limit`; and the ones put but not yet
+    acknowledged (at most `limit`, for at most `window_s` seconds), sent again by `resend` /
+    `resend_unacknowledged` until the server gateway acknowledges them."""
 
     def __init__(self, limit: int, window_s: float, clock: Callable[[], float] = time.monotonic) -> None:
         self.limit = limit
         self.window_s = window_s
         self._clock = clock
         self._waiting: deque[tuple[str, bytes]] = deque()
-        self._sent: deque[tuple[float, str, bytes]] = deque()
+        self._sent: OrderedDict[bytes, tuple[float, str, bytes]] = OrderedDict()
+        self.expired = 0  # given up on: never acknowledged within the window
 
     def __len__(self) -> int:
         return len(self._waiting)
+
+    @property
+    def unacknowledged(self) -> int:
+        """Messages put and not yet acknowledged."""
+        return len(self._sent)
 
     def add(self, key: str, payload: bytes) -> int:
         """Queue a message; returns how many of the oldest were dropped to stay within `limit`."""
@@ -44,19 +58,28 @@ class Outbox:
         count = 0
         while self._waiting and put(*self._waiting[0]):
             key, payload = self._waiting.popleft()
-            self._sent.append((self._clock(), key, payload))
+            self._sent[digest(payload)] = (self._clock(), key, payload)
+            self._sent.move_to_end(digest(payload))
             count += 1
         horizon = self._clock() - self.window_s
-        while self._sent and (len(self._sent) > self.limit or self._sent[0][0] < horizon):
-            self._sent.popleft()
+        while self._sent and (len(self._sent) > self.limit or next(iter(self._sent.values()))[0] < horizon):
+            self._sent.popitem(last=False)
+            self.expired += 1
         return count
 
-    def resend(self) -> int:
-        """The link came back: put what was sent in the window back in front, in order; returns how many."""
-        count = len(self._sent)
-        self._waiting.extendleft(reversed([(key, payload) for _, key, payload in self._sent]))
-        self._sent.clear()
-        return count
+    def acknowledge(self, delivered: bytes) -> bool:
+        """The server gateway delivered the payload with this digest; True if it was waiting for that."""
+        return self._sent.pop(delivered, None) is not None
+
+    def resend(self, older_than_s: float = 0.0) -> int:
+        """Put unacknowledged messages sent more than `older_than_s` ago back in front, in order (all of them
+        when the link came back); returns how many."""
+        horizon = self._clock() - older_than_s
+        again = [(d, key, payload) for d, (sent, key, payload) in self._sent.items() if sent <= horizon]
+        for d, _, _ in again:
+            del self._sent[d]
+        self._waiting.extendleft(reversed([(key, payload) for _, key, payload in again]))
+        return len(again)
 
 
 class RecentDigests:
@@ -69,12 +92,12 @@ class RecentDigests:
 
     def seen(self, payload: bytes) -> bool:
         """True if `payload` was delivered before (a copy); otherwise remember it and return False."""
-        digest = hashlib.sha256(payload).digest()
+        key = digest(payload)
         with self._lock:
-            if digest in self._digests:
-                self._digests.move_to_end(digest)
+            if key in self._digests:
+                self._digests.move_to_end(key)
                 return True
-            self._digests[digest] = None
+            self._digests[key] = None
             while len(self._digests) > self.limit:
                 self._digests.popitem(last=False)
             return False

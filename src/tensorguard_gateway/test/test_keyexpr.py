@@ -72,4 +72,5 @@ def test_a_site_is_granted_exactly_its_robots_keys_and_the_fleet_keys():
                                           for robot in ('robot_1', 'robot_2') for channel in TO_SERVER)
     assert keys.site_subscriptions('site_a') == [
         'tensorguard/fleet/fleet/round_config', 'tensorguard/fleet/fleet/model_updates',
-        'tensorguard/fleet/fleet/fleet_status', 'tensorguard/fleet/site_a/*/status']
+        'tensorguard/fleet/fleet/fleet_status', 'tensorguard/fleet/site_a/*/status',
+        'tensorguard/fleet/site_a/delivered']

@@ -1,6 +1,7 @@
 """The site gateway's outbox keeps order, bounds itself, waits while nothing is subscribed and resends what a
-lost session may have taken; the server gateway's digest memory drops copies."""
-from tensorguard_gateway.outbox import Outbox, RecentDigests
+lost session or the router may have lost until the server gateway acknowledges it; the server gateway's
+digest memory drops copies."""
+from tensorguard_gateway.outbox import Outbox, RecentDigests, digest
 
 
 class Clock:
@@ -30,21 +31,32 @@ def test_the_oldest_is_dropped_beyond_the_limit():
     assert put == [b'\x02', b'\x03']
 
 
-def test_after_a_link_loss_what_was_sent_in_the_window_goes_first_again():
+def test_what_is_not_acknowledged_goes_out_again_first_and_acknowledged_messages_do_not():
     clock = Clock()
     outbox, put = Outbox(limit=10, window_s=60.0, clock=clock), []
-    outbox.add('a', b'old')
+    for payload in (b'one', b'two', b'three'):
+        outbox.add('a', payload)
     outbox.flush(lambda key, payload: not put.append(payload))
-    clock.now = 100.0  # out of the window: not resent
-    outbox.add('a', b'one')
-    outbox.add('a', b'two')
-    outbox.flush(lambda key, payload: not put.append(payload))
-    outbox.add('a', b'three')  # queued while the link is down
-    assert outbox.resend() == 2
+    assert outbox.acknowledge(digest(b'two')) and not outbox.acknowledge(digest(b'two'))
+    outbox.add('a', b'four')  # queued while the link is down
+    clock.now = 5.0
+    assert outbox.resend(older_than_s=10.0) == 0  # not overdue yet
+    assert outbox.resend() == 2  # the link came back: everything unacknowledged
     put.clear()
     outbox.flush(lambda key, payload: not put.append(payload))
-    assert put == [b'one', b'two', b'three']
-    assert outbox.resend() == 3 and outbox.resend() == 0
+    assert put == [b'one', b'three', b'four'] and outbox.unacknowledged == 3
+    clock.now = 20.0
+    assert outbox.resend(older_than_s=10.0) == 3
+
+
+def test_a_message_never_acknowledged_is_given_up_after_the_window():
+    clock = Clock()
+    outbox = Outbox(limit=10, window_s=60.0, clock=clock)
+    outbox.add('a', b'one')
+    outbox.flush(lambda key, payload: True)
+    clock.now = 61.0
+    outbox.flush(lambda key, payload: True)
+    assert outbox.unacknowledged == 0 and outbox.expired == 1
 
 
 def test_copies_are_recognised_within_the_memory():
