@@ -144,6 +144,8 @@ class GatewayNode(Node):
         self._zenoh_publishers: dict[str, object] = {}
         self._zenoh_entities: list[object] = []  # subscribers and queryables, alive as long as the session
         self._outbox = Outbox(settings.outbox_messages, RESEND_WINDOW_S)  # site: messages for the server
+        self._outbox_lock = threading.Lock()  # the executor fills it, the sender thread empties it
+        self._wake_sender = threading.Event()
         self._delivered = RecentDigests(DELIVERED_DIGESTS)  # server: signed records already delivered
         self._acks: deque[bytes] = deque()  # site: acknowledgements from the server gateway, for the next tick
         self._linked = False
@@ -162,6 +164,8 @@ class GatewayNode(Node):
                 self._ros_publisher(ros_topic(channel), TOPICS[channel])
         self.create_timer(0.5, self._tick)
         threading.Thread(target=self._connect, name='zenoh-connect', daemon=True).start()
+        if self.site:
+            threading.Thread(target=self._send_outbox, name='outbox-sender', daemon=True).start()
 
     # Zenoh session ---------------------------------------------------------------------------------
     def _connect(self) -> None:
@@ -244,17 +248,20 @@ class GatewayNode(Node):
                 self._links_handled = opened
                 for channel in (ROUND_CONFIG, MODEL_UPDATES):
                     session.get(self.keys.fleet_key(channel), self._on_reply, timeout=10.0)
-                resent = self._outbox.resend()
+                with self._outbox_lock:
+                    resent = self._outbox.resend()
                 self._count('resent', resent)
                 self.get_logger().info(f'link to the fleet router up: asked for the latched config and model, '
                                        f'{resent} message(s) sent again, {len(self._outbox)} waiting')
         else:
             self.health.fault('router', 'no link to the fleet router; messages for the server wait in the outbox')
         self._linked = linked
-        while self._acks:
-            self._outbox.acknowledge(self._acks.popleft())
-        self._count('resent', self._outbox.resend(ACK_TIMEOUT_S))
-        self._flush()
+        with self._outbox_lock:
+            while self._acks:
+                self._outbox.acknowledge(self._acks.popleft())
+            self._count('resent', self._outbox.resend(ACK_TIMEOUT_S))
+            self._outbox.mark_expired()
+        self._wake_sender.set()
 
     def _on_reply(self, reply) -> None:
         if reply.ok is not None:
@@ -292,15 +299,29 @@ class GatewayNode(Node):
     def _send(self, key: str, payload: bytes, queue: bool) -> None:
         """Put now if a subscriber matches and nothing waits before it; else queue (or drop telemetry)."""
         if queue:
-            self._count('dropped (outbox full)', self._outbox.add(key, payload))
-            self._flush()
+            with self._outbox_lock:
+                dropped = self._outbox.add(key, payload)
+            self._count('dropped (outbox full)', dropped)
+            self._wake_sender.set()
             return
         publisher = self._zenoh_publishers.get(key)
         if publisher is not None:
             publisher.put(payload)
 
-    def _flush(self) -> None:
-        self._outbox.flush(self._put_if_matched)
+    def _send_outbox(self) -> None:
+        """Sender thread (site): put the outbox's messages in order while a server gateway is subscribed.
+        A blocking put into a cut link waits here, not on the executor, which keeps receiving, counting and
+        resending."""
+        while not self._stop.is_set():
+            self._wake_sender.wait(0.5)
+            self._wake_sender.clear()
+            while not self._stop.is_set():
+                with self._outbox_lock:
+                    message = self._outbox.peek()
+                if message is None or not self._put_if_matched(*message):
+                    break
+                with self._outbox_lock:
+                    self._outbox.mark_sent(message)
 
     def _put_if_matched(self, key: str, payload: bytes) -> bool:
         """Put `payload` if a server gateway is subscribed to `key` (else it waits in the outbox)."""

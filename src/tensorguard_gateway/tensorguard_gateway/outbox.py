@@ -52,20 +52,35 @@ class Outbox:
             self._waiting.popleft()
         return dropped
 
+    def peek(self) -> tuple[str, bytes] | None:
+        """The next message to put, if any."""
+        return self._waiting[0] if self._waiting else None
+
+    def mark_sent(self, message: tuple[str, bytes]) -> None:
+        """`message` (from `peek`) was put: it now waits for its acknowledgement. (A sender thread puts
+        without holding the caller's lock, so the message may have moved or been dropped meanwhile.)"""
+        if message in self._waiting:
+            self._waiting.remove(message)
+        self._sent[digest(message[1])] = (self._clock(), *message)
+        self._sent.move_to_end(digest(message[1]))
+        self.mark_expired()
+
     def flush(self, put: Callable[[str, bytes], bool]) -> int:
         """Put waiting messages in order until `put` says it cannot (no subscriber reachable); returns how
         many were put."""
         count = 0
-        while self._waiting and put(*self._waiting[0]):
-            key, payload = self._waiting.popleft()
-            self._sent[digest(payload)] = (self._clock(), key, payload)
-            self._sent.move_to_end(digest(payload))
+        while (message := self.peek()) is not None and put(*message):
+            self.mark_sent(message)
             count += 1
+        self.mark_expired()
+        return count
+
+    def mark_expired(self) -> None:
+        """Give up on messages unacknowledged for longer than the window (or beyond `limit` of them)."""
         horizon = self._clock() - self.window_s
         while self._sent and (len(self._sent) > self.limit or next(iter(self._sent.values()))[0] < horizon):
             self._sent.popitem(last=False)
             self.expired += 1
-        return count
 
     def acknowledge(self, delivered: bytes) -> bool:
         """The server gateway delivered the payload with this digest; True if it was waiting for that."""
