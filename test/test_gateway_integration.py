@@ -29,9 +29,9 @@ from rclpy.action import ActionClient
 from rclpy.context import Context
 from rclpy.executors import MultiThreadedExecutor
 from rclpy.node import Node
-from tensorguard_gateway.wan import ShapedLink
 
 from tensorguard_crypto.fleet import FleetPaths
+from tensorguard_gateway.wan import ShapedLink
 from tensorguard_msgs.action import RunRound
 from tensorguard_msgs.msg import FleetStatus, RobotStatus
 from tensorguard_ros import qos, topics

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 import zenoh
-from tensorguard_gateway.network import TlsFiles, client_config
 
 from tensorguard_crypto import gateway_certs
 from tensorguard_crypto.fleet import FleetPaths, provision_server
+from tensorguard_gateway.network import TlsFiles, client_config
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / 'src' / 'tensorguard_gateway' / 'test'))
 from gateway_test_support import PASSPHRASE, GatewayNetwork, wait_for  # noqa: E402

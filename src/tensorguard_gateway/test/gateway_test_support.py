@@ -4,9 +4,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from tensorguard_gateway.local_network import LocalNetwork
-
 from tensorguard_crypto.fleet import FleetPaths, provision_server
+from tensorguard_gateway.local_network import LocalNetwork
 
 PASSPHRASE = b'gateway-test-passphrase'
 

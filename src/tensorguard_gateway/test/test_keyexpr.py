@@ -2,6 +2,7 @@
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+
 from tensorguard_gateway.keyexpr import (
     CHANNELS,
     ENCRYPTED_UPDATES,

@@ -3,6 +3,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from tensorguard_gateway.network import NetworkConfigError, RouterConfig, TlsFiles, load_router_config
 
 TLS = TlsFiles('ca.crt', 'router.crt', 'router.key')

@@ -4,12 +4,12 @@ import time
 from pathlib import Path
 
 import pytest
-from tensorguard_gateway.keyexpr import ENCRYPTED_UPDATES, OUTCOME_REPORTS
-from tensorguard_gateway.screen import GatewayRefusal, screen
 
 from tensorguard_crypto.identity import Identity, Role
 from tensorguard_crypto.refusal import Reason
 from tensorguard_crypto.wire import OutcomeReport
+from tensorguard_gateway.keyexpr import ENCRYPTED_UPDATES, OUTCOME_REPORTS
+from tensorguard_gateway.screen import GatewayRefusal, screen
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / 'tensorguard_crypto' / 'test'))
 from crypto_test_support import make_round_config, make_update  # noqa: E402
