@@ -99,7 +99,6 @@ class CanaryFleet(Fleet):
         return json.loads((self.paths.server / 'outcomes.json').read_text())
 
 
-
 @pytest.fixture(scope='module')
 def fleet(tmp_path_factory):
     running = CanaryFleet(tmp_path_factory.mktemp('canary'))
