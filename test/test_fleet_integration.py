@@ -240,7 +240,7 @@ def test_forged_replayed_and_malformed_updates_are_refused_by_reason(fleet):
     wait_for(lambda: all(op.rejections().get(k, 0) - before.get(k, 0) >= n for k, n in expected.items()), 30,
              f'rejections {expected} (now {op.rejections()})')
     outcome = fleet.paths.server / 'rounds' / str(round_id) / 'outcome.json'
-    wait_for(outcome.exists, 150, f'round {round_id} to close')
+    wait_for(outcome.exists, 240, f'round {round_id} to close')
     assert sorted(json.loads(outcome.read_text())['participants']) == ROBOTS
     assert all(fleet.alive(name) for name in fleet.procs.children)
 
@@ -268,7 +268,9 @@ def test_update_whose_header_claims_another_robot_or_round_is_refused(fleet):
 def test_dead_robot_restarted_aggregator_and_restarted_edge_node(fleet):
     op = fleet.operator
     episodes_before = op.robots['robot_3'].episodes_buffered
-    reply = op.call(op.trigger, TriggerRound.Request(deadline_seconds=90.0))
+    # A deadline that robot_3's restart and training meet also on a loaded machine (the test is about
+    # what survives the crashes, not about speed).
+    reply = op.call(op.trigger, TriggerRound.Request(deadline_seconds=180.0))
     assert reply.accepted, reply.message
     round_id = reply.round_id
     wait_for(lambda: op.fleet.round_id == round_id and len(op.fleet.participants) == 2
@@ -285,7 +287,7 @@ def test_dead_robot_restarted_aggregator_and_restarted_edge_node(fleet):
     wait_for(lambda: op.robots['robot_3'].lifecycle_state == 'active'
              and op.robots['robot_3'].episodes_buffered >= episodes_before, 90, 'robot_3 to come back')
     outcome = fleet.paths.server / 'rounds' / str(round_id) / 'outcome.json'
-    wait_for(outcome.exists, 150, f'round {round_id} to close')
+    wait_for(outcome.exists, 240, f'round {round_id} to close')
     closed = json.loads(outcome.read_text())
     assert closed['outcome'] == 'aggregated'
     assert sorted(closed['participants']) == ROBOTS
