@@ -134,7 +134,7 @@ def walk(process: subprocess.Popen, driver: LifecycleDriver, active_interfaces: 
     finally:
         driver.close()
         process.terminate()
-        process.wait(timeout=20)
+        process.wait(timeout=60)  # a loaded machine can take long to unload torch
 
 
 def test_key_service_lifecycle(fleet, tmp_path):
