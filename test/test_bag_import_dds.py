@@ -28,8 +28,8 @@ from tensorguard_sim.simulated_fleet import Processes
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / 'src' / 'tensorguard_edge' / 'test'))
 from bag_test_support import write_bag  # noqa: E402
+from test_fleet_integration import wait_for  # noqa: E402
 from test_node_lifecycle import fleet  # noqa: E402, F401 - the provisioned one-robot fleet fixture
-from test_robot_inputs import wait_for  # noqa: E402
 
 pytestmark = [pytest.mark.ros, pytest.mark.slow]
 

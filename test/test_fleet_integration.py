@@ -105,11 +105,15 @@ class Operator(Node):
         self.updates.publish(msg)
 
 
-def wait_for(predicate, timeout: float, what: str) -> None:
+def wait_for(predicate, timeout: float, what: str, procs: Processes | None = None) -> None:
+    """Wait until `predicate()`; fail at the timeout, or at once when one of `procs` died (with its log)."""
     deadline = time.monotonic() + timeout
     while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f'timed out after {timeout:.0f} s waiting for {what}')
+        dead = procs.dead() if procs else []
+        if dead or time.monotonic() > deadline:
+            logs = ''.join(f'\n--- {name}\n' + (procs.log_dir / f'{name}.log').read_text() for name in dead)
+            raise AssertionError(f'{", ".join(dead) or "nothing"} died; timed out after {timeout:.0f} s '
+                                 f'waiting for {what}{logs}')
         time.sleep(0.2)
 
 

@@ -26,6 +26,7 @@ from tensorguard_ros import qos, topics
 from tensorguard_sim.simulated_fleet import Processes, edge_node_parameters
 
 sys.path.insert(0, str(Path(__file__).parent))
+from test_fleet_integration import wait_for  # noqa: E402
 from test_node_lifecycle import PARAMS, fleet  # noqa: E402, F401 - the provisioned one-robot fleet fixture
 
 pytestmark = [pytest.mark.ros, pytest.mark.slow]
@@ -53,18 +54,6 @@ class Watcher(Node):
 
     def rejections(self) -> dict[str, int]:
         return {r.reason: r.count for r in self.status.rejections} if self.status else {}
-
-
-def wait_for(predicate, timeout: float, what: str, procs: Processes | None = None) -> None:
-    """Wait until `predicate()`; fail at the timeout, or at once when one of `procs` died (with its log)."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        dead = procs.dead() if procs else []
-        if dead or time.monotonic() > deadline:
-            logs = ''.join(f'\n--- {name}\n' + (procs.log_dir / f'{name}.log').read_text() for name in dead)
-            raise AssertionError(f'{", ".join(dead) or "nothing"} died; timed out after {timeout:.0f} s '
-                                 f'waiting for {what}{logs}')
-        time.sleep(0.2)
 
 
 def test_edge_node_records_the_expert_from_the_arm_topics(fleet, tmp_path):  # noqa: F811

@@ -27,8 +27,8 @@ from tensorguard_sim.sim_robot import ARM_TOPICS
 from tensorguard_sim.simulated_fleet import Processes, edge_node_parameters, policy_parameters
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[3] / 'test'))
+from test_fleet_integration import wait_for  # noqa: E402
 from test_node_lifecycle import PARAMS, fleet  # noqa: E402, F401 - the provisioned one-robot fleet fixture
-from test_robot_inputs import wait_for  # noqa: E402
 
 pytestmark = [pytest.mark.ros]
 
