@@ -172,6 +172,7 @@ class GatewayNode(Node):
         """Open the Zenoh session (retrying until the router answers), then declare this mode's entities."""
         import zenoh
 
+        zenoh.try_init_log_from_env()  # Zenoh's own log on stderr when RUST_LOG is set
         while not self._stop.is_set():
             try:
                 session = zenoh.open(client_config(self.settings.connect, self.tls, self.settings.verify_router_name))

@@ -30,9 +30,19 @@ from .keyexpr import CHANNELS, Direction, KeySchemeError, KeySpace, check_name, 
 ACL_LOG_FILTER = 'warn,zenoh::net::routing::interceptor::access_control=trace'
 DENIAL_MARK = 'is unauthorized to'
 TO_SERVER = [channel for channel in CHANNELS if channel.direction is Direction.TO_SERVER]
-# A blocking put (large messages: congestion control BLOCK) closes the link if it waits longer than this;
-# Zenoh's default, 5 s, is shorter than 8 MiB takes at 10 Mbit/s. 120 s carries the 64 MiB cap at 5 Mbit/s.
-TX = {'queue': {'congestion_control': {'block': {'wait_before_close': 120_000_000}}}}
+# A blocking put (large messages: congestion control BLOCK) closes the link if the whole message has not
+# gone into the link within this long of its first wait; Zenoh's default, 5 s, is shorter than 8 MiB takes
+# at 10 Mbit/s. 120 s carries the 64 MiB cap at 5 Mbit/s.
+WAIT_BEFORE_CLOSE_S = 120
+# A link on which nothing arrived for the peer's lease is closed, but closing it waits for a put blocked on
+# it (the put holds the link's queue) until that put's wait ends. With Zenoh's 10 s lease, a cut during a
+# large put left the site's session closing, neither sending nor reconnecting, for up to
+# WAIT_BEFORE_CLOSE_S (docs/gateway.md). A lease as long as that wait lets TCP carry the link through a
+# cut shorter than it (nothing is reconnected or resent), and a longer cut ends the blocked put before
+# the lease expires, so the link closes at once and the session reconnects. Keep-alives: 4 per lease.
+LEASE_S = WAIT_BEFORE_CLOSE_S
+TX = {'lease': LEASE_S * 1000, 'keep_alive': 4,
+      'queue': {'congestion_control': {'block': {'wait_before_close': WAIT_BEFORE_CLOSE_S * 1_000_000}}}}
 _SERVER_MESSAGES = ['put', 'delete', 'declare_subscriber', 'query', 'declare_queryable', 'reply']
 
 

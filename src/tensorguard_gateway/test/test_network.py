@@ -1,10 +1,11 @@
 """The router's configuration: TLS-only listeners, and an access control that grants each site only its keys."""
+import json
 from pathlib import Path
 
 import pytest
 import yaml
 
-from tensorguard_gateway.network import NetworkConfigError, RouterConfig, TlsFiles, load_router_config
+from tensorguard_gateway.network import NetworkConfigError, RouterConfig, TlsFiles, client_config, load_router_config
 
 TLS = TlsFiles('ca.crt', 'router.crt', 'router.key')
 
@@ -61,3 +62,17 @@ def test_the_access_control_denies_by_default_and_grants_a_site_only_its_keys():
     assert subjects == {'fleet_server': ['fleet-server'], 'site_a': ['site:site_a'], 'site_b': ['site:site_b']}
     assert {p['id']: p['subjects'] for p in acl['policies']} == {
         'fleet_server': ['fleet_server'], 'site_a': ['site_a'], 'site_b': ['site_b']}
+
+
+def test_router_and_gateways_announce_a_lease_no_shorter_than_a_blocked_puts_wait(tmp_path):
+    """A link closed by its lease while a put blocks on it stays closing until that put's wait ends
+    (docs/gateway.md, a cut during a round): the lease must cover the wait, on both ends of a link."""
+    for name in ('ca.crt', 'cert.crt', 'cert.key'):
+        (tmp_path / name).write_text('PEM')
+    tls = TlsFiles(*(str(tmp_path / name) for name in ('ca.crt', 'cert.crt', 'cert.key')))
+    configs = [RouterConfig('fleet', ['tls/127.0.0.1:7447'], tls).zenoh_config(),
+               client_config(['tls/localhost:7447'], tls)]
+    for config in configs:
+        tx = json.loads(config.get_json('transport/link/tx'))
+        assert tx['lease'] * 1000 >= tx['queue']['congestion_control']['block']['wait_before_close'] >= 60_000_000
+        assert tx['keep_alive'] == 4
