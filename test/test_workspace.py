@@ -18,14 +18,16 @@ TENSORGUARD = {p.name for p in PACKAGES}
 # Robot and server share only messages and libraries; the simulation may import both. The rqt plugin
 # sees the fleet only through its ROS interfaces (its integration test starts a fleet through tensorguard_sim).
 # So does the monitor (and its dashboard stays small: no torch through the learning library); the
-# `tensorguard` command reaches the monitor through an entry point, never an import.
+# `tensorguard` command reaches the monitor through an entry point, never an import. The Flower
+# integration is ROS-free: it uses the robot's and the server's libraries, never the ROS simulation.
 NEVER_IMPORTS = {'tensorguard_edge': {'tensorguard_aggregator', 'tensorguard_sim'},
                  'tensorguard_aggregator': {'tensorguard_edge', 'tensorguard_sim'},
                  'tensorguard_rqt': {'tensorguard_edge', 'tensorguard_aggregator'},
                  'tensorguard_monitor': {'tensorguard_learning', 'tensorguard_edge', 'tensorguard_aggregator',
                                          'tensorguard_sim'},
                  'tensorguard_policy': {'tensorguard_aggregator', 'tensorguard_sim'},
-                 'tensorguard_crypto': {'tensorguard_monitor'}}
+                 'tensorguard_crypto': {'tensorguard_monitor'},
+                 'tensorguard_flower': {'tensorguard_sim'}}
 # Modules of ROS packages that are ROS-free by design (tested and used without ROS).
 ROS_FREE_MODULES = ['tensorguard_monitor/tensorguard_monitor/fleet_state.py',
                     'tensorguard_monitor/tensorguard_monitor/metrics.py',
