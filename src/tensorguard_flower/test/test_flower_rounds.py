@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from flwr.common import Code, FitRes, Parameters, Status
 from flwr.server import ServerApp, ServerAppComponents, ServerConfig
 from flwr.simulation import run_simulation
 from ray import cloudpickle
@@ -23,6 +24,7 @@ from tensorguard_crypto.fleet import FleetPaths, enroll_robot, provision_server
 from tensorguard_crypto.wire import AggregateResult, RoundConfigPackage
 from tensorguard_edge.client import EdgeClient, EdgeSettings
 from tensorguard_flower.client_app import TensorGuardClient, client_app, robot_settings
+from tensorguard_flower.messages import REFUSED, UPDATE_TENSOR
 from tensorguard_flower.strategy import TensorGuardStrategy
 from tensorguard_learning.aggregation import strategy_from_name
 from tensorguard_learning.compression import adapter_round_coordinates
@@ -165,6 +167,25 @@ def test_three_rounds_of_four_robots_on_the_simulation_engine(fleet):
         (paths.robot_dir(SHORT_BUDGET_ROBOT) / 'state' / 'privacy.json').read_text())).rounds) == 2
 
 
+@pytest.mark.slow
+def test_bad_replies_are_refused_with_their_reason_counted_and_the_round_closes_below_quorum(fleet):
+    _paths, strategy, _robots, _budgets, _dim = fleet
+    aggregator = strategy.aggregator
+    config = aggregator.open_round(strategy.key_service.round_key(aggregator.next_round_id()))
+    replies = [FitRes(Status(Code.OK, ''), Parameters([b'not a package'], UPDATE_TENSOR), 0, {}),
+               FitRes(Status(Code.OK, ''), Parameters([b'x', b'y'], UPDATE_TENSOR), 0, {}),
+               FitRes(Status(Code.OK, ''), Parameters([], ''), 0, {REFUSED: 'budget_exhausted'})]
+    parameters, metrics = strategy.aggregate_fit(1, [(None, reply) for reply in replies], [RuntimeError('lost')])
+    assert metrics['outcome'] == 'below_quorum' and metrics['contributors'] == 0
+    assert metrics['rejected'] == 2 and metrics['refused'] == 1 and metrics['round_id'] == config.round_id
+    assert strategy.rejected == {'malformed': 2} and strategy.refused == {'budget_exhausted': 1}
+    assert strategy.outcomes[-1]['failures'] == 1
+    assert aggregator.current is None and parameters.tensors == [aggregator.model.serialize()]
+    recorded = json.loads((aggregator.rounds_dir / str(config.round_id) / 'outcome.json').read_text())
+    assert recorded['outcome'] == 'below_quorum' and recorded['rejected'] == {'malformed': 2}
+
+
+@pytest.mark.slow
 def test_the_flower_modules_load_without_ros():
     probe = ('import sys, tensorguard_flower.strategy, tensorguard_flower.client_app; '
              'print(sorted(m for m in sys.modules if m.split(".")[0] in ("rclpy", "rosidl_runtime_py")))')
