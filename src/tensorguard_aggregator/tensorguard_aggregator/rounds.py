@@ -11,6 +11,7 @@ lose is on disk before it is acknowledged:
     <server>/rounds/<id>/config.bin         the signed RoundConfigPackage
     <server>/rounds/<id>/transport.sealed   the round's X25519 transport secret (destroyed at close)
     <server>/rounds/<id>/updates/<robot>    every accepted UpdatePackage, written atomically
+    <server>/rounds/<id>/site_sums/<site>   every accepted SitePartialSum (site aggregation on)
     <server>/rounds/<id>/removed/<robot>    updates taken out of the sum (revoked mid-round)
     <server>/rounds/<id>/quarantine/<robot> stored updates that failed re-verification on resume
     <server>/rounds/<id>/aggregate.bin      the key service's signed AggregateResult (DP-noised sum)
@@ -33,6 +34,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+import yaml
 
 from tensorguard_crypto import update_codec
 from tensorguard_crypto.accountant import DPProfile
@@ -43,6 +45,7 @@ from tensorguard_crypto.keystore import KeyStoreError, destroy_secret, seal_secr
 from tensorguard_crypto.kms import KeyManagementSystem, KMSError
 from tensorguard_crypto.refusal import Reason, Refusal
 from tensorguard_crypto.secagg import BodyCiphertext, SecAggError
+from tensorguard_crypto.site_sum import site_aggregators_from_mapping, site_sum_seal_context
 from tensorguard_crypto.verify import (
     MalformedPackage,
     RoundVerifier,
@@ -58,6 +61,8 @@ from tensorguard_crypto.wire import (
     AggregateResult,
     ModelPackage,
     RoundConfigPackage,
+    SiteAggregatorEntry,
+    SitePartialSum,
     UpdatePackage,
     model_package,
 )
@@ -87,6 +92,24 @@ class AggregatorSettings(RoundSettings):
         "An expert or task segment is updated only if the robots' summed usage weight for it reaches "
         'this (in robot-equivalents) and SEGMENT_NOISE_MARGIN times the DP noise std of that sum.', 0.1,
         minimum=0.0)
+    site_aggregation: bool = described(
+        'Accept one partial sum per site from the site aggregators in site_aggregators_file instead of '
+        "each robot's update (weakens integrity: docs/site-aggregation.md). Off by default.", False,
+        read_only=True)
+    site_aggregators_file: str = described(
+        'YAML {sites: {<site>: {signer_key_id, seal_key, robots}}}, read when site_aggregation is on.', '',
+        read_only=True)
+
+
+def load_site_aggregators(path: str) -> tuple[SiteAggregatorEntry, ...]:
+    """The site aggregators a `site_aggregators_file` lists; raises ValueError naming the file and what is wrong."""
+    try:
+        document = yaml.safe_load(Path(path).read_text())
+        if not isinstance(document, dict) or not isinstance(document.get('sites'), dict) or not document['sites']:
+            raise ValueError('needs a non-empty mapping under "sites"')
+        return site_aggregators_from_mapping(document['sites'])
+    except (OSError, yaml.YAMLError, ValueError) as exc:
+        raise ValueError(f'site_aggregators_file {path!r}: {exc}') from None
 
 
 # A segment's weighted mean is its decrypted sum divided by its decrypted weight; a weight within
@@ -157,6 +180,7 @@ class OpenRound:
         self.verifier = verifier
         self.transport = transport
         self.body_sum = update_codec.BodySum(codec)
+        self.site_sums: dict[str, tuple[BodyCiphertext, tuple[str, ...]]] = {}
 
     def open_body(self, package: UpdatePackage) -> BodyCiphertext:
         """The lattice bodies of a verified package: unsealed with the round's transport key, parsed."""
@@ -169,6 +193,23 @@ class OpenRound:
         except SecAggError as exc:
             raise UpdateUnusable(f'{package.robot_id}: bodies do not parse: {exc}',
                                  reason=Reason.MALFORMED_BODIES) from None
+
+    def open_site_sum(self, record: SitePartialSum) -> BodyCiphertext:
+        """The summed lattice bodies of a verified site partial sum: unsealed with the transport key, parsed."""
+        context = site_sum_seal_context(record.site_id, record.round_id, record.config_digest)
+        try:
+            return self.body_sum.parse(self.transport.open(record.summed_bodies, context))
+        except HybridError as exc:
+            raise UpdateUnusable(f'site {record.site_id}: sealed sum does not open: {exc}',
+                                 reason=Reason.UNSEALING_FAILED) from None
+        except SecAggError as exc:
+            raise UpdateUnusable(f'site {record.site_id}: summed bodies do not parse: {exc}',
+                                 reason=Reason.MALFORMED_BODIES) from None
+
+    def add_site_sum(self, record: SitePartialSum, body: BodyCiphertext) -> None:
+        """Add a verified site's summed bodies once, remembering which robots they cover."""
+        self.body_sum.add(body)
+        self.site_sums[record.site_id] = (body, tuple(c.robot_id for c in record.contributions))
 
     @property
     def contributors(self) -> list[str]:
@@ -189,6 +230,8 @@ class Aggregator:
         self.state_problems: Counter[str] = Counter()
         self.profile = DPProfile.from_fleet_parameters(asdict(settings))
         self.strategy = strategy_from_name(settings.strategy, quorum_threshold=settings.quorum)
+        self.site_aggregators = (load_site_aggregators(settings.site_aggregators_file)
+                                 if settings.site_aggregation else ())
         self.rounds_dir = self.paths.rounds_dir
         self.models_dir = self.paths.models_dir
         self.current: OpenRound | None = None
@@ -276,7 +319,7 @@ class Aggregator:
             deadline=now + (deadline_s or self.settings.round_deadline_s), quorum=quorum or self.settings.quorum,
             round_key=round_key, aggregator_transport_key=transport.public_key, key_service_key_id=KEY_SERVICE_ID,
             aggregator_key_id=AGGREGATOR_ID, signer_key_id=AGGREGATOR_ID, created_at=now,
-            aggregation_strategy=self.strategy.name,
+            aggregation_strategy=self.strategy.name, site_aggregators=self.site_aggregators,
             **update_codec.announce(codec)).signed_by(self.aggregator_identity)
         try:
             verify_round_key(config, self.kms)
@@ -325,6 +368,13 @@ class Aggregator:
                 cause = getattr(exc, 'reason', 'unreadable')
                 self._problem(Reason.QUARANTINED, f'round {config.round_id}: {path.name} ({cause}): {exc}')
                 self._move(path, directory / 'quarantine')
+        for path in sorted((directory / 'site_sums').glob('*.tgs')):
+            try:
+                self._add_site_sum(path.read_bytes())
+            except (VerificationError, OSError) as exc:
+                cause = getattr(exc, 'reason', 'unreadable')
+                self._problem(Reason.QUARANTINED, f'round {config.round_id}: {path.name} ({cause}): {exc}')
+                self._move(path, directory / 'quarantine')
         self.current.verifier.clock = time.time
 
     def _abandon(self, directory: Path, round_id: int, detail: str) -> None:
@@ -355,14 +405,49 @@ class Aggregator:
         self.current.body_sum.add(body)
         return package
 
+    def accept_site_sum(self, data: bytes) -> SitePartialSum:
+        """Verify a site aggregator's partial sum (verify.RoundVerifier.verify_site_sum), open its sealed
+        sum and add it once for all its robots; refused with `site_aggregation_off` unless the switch is
+        on. Raises `VerificationError` or `RoundError` with the reason; nothing is recorded then."""
+        if not self.settings.site_aggregation:
+            raise RoundError('site aggregation is off on this aggregator', reason=Reason.SITE_AGGREGATION_OFF)
+        if self.current is None:
+            raise RoundError('no round is open', reason='no_open_round')
+        return self._add_site_sum(data, persist=True)
+
+    def _add_site_sum(self, data: bytes, persist: bool = False) -> SitePartialSum:
+        record = self.current.verifier.verify_site_sum(data)
+        try:
+            body = self.current.open_site_sum(record)
+            if persist:
+                write_atomic(self.current.directory / 'site_sums' / f'{record.site_id}.tgs', data)
+        except (UpdateUnusable, OSError):
+            for contribution in record.contributions:
+                self.current.verifier.forget(contribution.robot_id)
+            raise
+        self.current.add_site_sum(record, body)
+        return record
+
     def drop_revoked(self) -> list[str]:
         """Take every contributor revoked since it was accepted out of the running sum and the
         manifest (its stored update moves to removed/); returns their ids."""
         if self.current is None:
             return []
         revoked = [robot for robot in self.current.contributors if self.kms.is_revoked(robot)]
+        for site, (body, robots) in list(self.current.site_sums.items()):
+            if set(robots) & set(revoked):
+                # One robot's bodies cannot be taken out of a site's sum: the whole site's sum goes.
+                self.current.body_sum.remove(body)
+                for robot in robots:
+                    self.current.verifier.forget(robot)
+                del self.current.site_sums[site]
+                self._move(self.current.directory / 'site_sums' / f'{site}.tgs', self.current.directory / 'removed')
+                logger.warning('round %d: %s of site %s was revoked; the site partial sum of %s is out of the sum',
+                               self.current.config.round_id, sorted(set(robots) & set(revoked)), site, list(robots))
         for robot in revoked:
             path = self.current.directory / 'updates' / f'{robot}.tgu'
+            if not path.exists():  # it came in a site's sum, gone with it above
+                continue
             package = decode(UpdatePackage, path.read_bytes())
             self.current.body_sum.remove(self.current.open_body(package))
             self.current.verifier.forget(robot)

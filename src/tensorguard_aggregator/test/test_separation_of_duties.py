@@ -65,6 +65,11 @@ class Server:
 
 @pytest.fixture()
 def server(tmp_path, monkeypatch) -> Server:
+    return provisioned_server(tmp_path, monkeypatch)
+
+
+def provisioned_server(tmp_path, monkeypatch) -> Server:
+    """A fleet directory with the server provisioned, an initial model and ROBOTS enrolled."""
     monkeypatch.setenv('TENSORGUARD_KEY_PASSPHRASE', PASSPHRASE.decode())
     paths = FleetPaths(tmp_path / 'fleet')
     provision_server(paths, PASSPHRASE)
@@ -92,7 +97,7 @@ def robot_update(server: Server, robot_id: str, vector: np.ndarray, identity: Id
     identity = identity or load_key(server.paths.robot_dir(robot_id) / 'identity.key', PASSPHRASE)
     round_key = RoundKeyAnnouncement.deserialize(config.round_key)
     parts = update_codec.encrypt_update(
-        codec, round_key.public_key, config.aggregator_transport_key,
+        codec, round_key.public_key, update_codec.body_seal_key(config, robot_id),
         update_codec.body_seal_context(robot_id, config.round_id, config.config_digest()), vector)
     return UpdatePackage(
         robot_id=robot_id, round_id=config.round_id, round_seed=config.round_seed,

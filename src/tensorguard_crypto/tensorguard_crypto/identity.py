@@ -46,6 +46,7 @@ class Role(str, enum.Enum):
     AGGREGATOR = 'aggregator'
     KEY_SERVICE = 'key_service'
     SERVER = 'server'
+    SITE_AGGREGATOR = 'site_aggregator'  # a site gateway that signs its site's partial sums
 
 
 class IdentityError(Exception):

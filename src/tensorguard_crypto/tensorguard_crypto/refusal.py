@@ -89,6 +89,9 @@ class Reason(enum.StrEnum):
     EPISODE_FAILED = 'episode_failed'
     # The Zenoh gateway (tensorguard_gateway, docs/gateway.md).
     FOREIGN_ROBOT = 'foreign_robot'
+    # Site aggregation (site_sum.py, docs/site-aggregation.md).
+    SITE_AGGREGATION_OFF = 'site_aggregation_off'
+    UNKNOWN_SITE = 'unknown_site'
 
 
 class Refusal(Exception):

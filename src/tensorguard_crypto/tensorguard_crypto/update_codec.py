@@ -121,6 +121,13 @@ def body_seal_context(robot_id: str, round_id: int, config_digest: bytes) -> byt
     return f'TensorGuard/body/{robot_id}/{round_id}/'.encode() + bytes(config_digest)
 
 
+def body_seal_key(config: RoundConfigPackage, robot_id: str) -> bytes:
+    """The X25519 key `robot_id` seals its bodies to this round: its site aggregator's if the signed
+    round config assigns it to one (site aggregation, site_sum.py), else the aggregator's transport key."""
+    site = config.site_of(robot_id)
+    return config.aggregator_transport_key if site is None else site.seal_key
+
+
 def encrypt_update(codec: RoundCodec, key_service_public_key: bytes, transport_key: bytes, seal_context: bytes,
                    vector: np.ndarray) -> EncryptedParts:
     """Clip, noise and encrypt one robot's update vector; the bodies come back sealed to `transport_key`."""

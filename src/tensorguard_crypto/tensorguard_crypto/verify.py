@@ -26,6 +26,7 @@ from .wire import (
     RoundConfigPackage,
     RoundKeyAnnouncement,
     SignedRecord,
+    SitePartialSum,
     UpdatePackage,
     WireFormatError,
 )
@@ -143,6 +144,18 @@ class StaleModel(VerificationError):
     reason = Reason.STALE_MODEL
 
 
+class UnknownSite(VerificationError):
+    """A site partial sum names a site the round lists no site aggregator for."""
+
+    reason = Reason.UNKNOWN_SITE
+
+
+class ForeignRobot(VerificationError):
+    """A site partial sum carries a robot the round does not assign to that site."""
+
+    reason = Reason.FOREIGN_ROBOT
+
+
 class KeyResolver(Protocol):
     """Where public keys come from: the `KeyManagementSystem`, or `PinnedKeys` on an edge node."""
 
@@ -248,6 +261,50 @@ class RoundVerifier:
             raise DuplicateRobot(f'{package.robot_id!r} already contributed to round {self.round_config.round_id}')
         self._accepted[package.robot_id] = package.contribution()
         return package
+
+    def verify_site_sum(self, data: bytes) -> SitePartialSum:
+        """Decode and check a site aggregator's partial sum: bound to this round, signed by the
+        aggregator the round names for its site, sealed sum of the round's size, and every
+        contribution a valid update signature of a distinct robot of that site that has not
+        contributed yet. On success all its robots are recorded; nothing is recorded otherwise.
+        What cannot be checked: that the sum is the sum of those robots' bodies."""
+        record = decode(SitePartialSum, data, self.max_package_bytes)
+        if record.round_id != self.round_config.round_id:
+            raise (ReplayedPackage if record.round_id < self.round_config.round_id else WrongRound)(
+                f'partial sum for round {record.round_id}, current round is {self.round_config.round_id}')
+        if record.config_digest != self.config_digest:
+            raise WrongConfigDigest(f'round {self.round_config.round_id}: round-config digest differs')
+        if self.clock is not None and self.clock() > self.round_config.deadline:
+            raise DeadlinePassed(f'round {self.round_config.round_id} closed at {self.round_config.deadline}')
+        site = self.round_config.site(record.site_id)
+        if site is None:
+            raise UnknownSite(f'round {self.round_config.round_id} names no site aggregator for {record.site_id!r}')
+        if record.signer_key_id != site.signer_key_id:
+            raise UnknownSigner(f'{record.signer_key_id!r} is not the site aggregator of {site.site_id!r}')
+        if self.expected_bodies_bytes is not None and len(record.summed_bodies) != self.expected_bodies_bytes:
+            raise PayloadSizeMismatch(f'sealed partial sum is {len(record.summed_bodies)} bytes, '
+                                      f'expected {self.expected_bodies_bytes}')
+        check_signature(record, self.keys, record.signer_key_id, (Role.SITE_AGGREGATOR,),
+                        as_of=self.round_config.created_at)
+        if not record.contributions:
+            raise QuorumNotMet(f'site {site.site_id!r} sent a partial sum of no robots')
+        robots: set[str] = set()
+        for contribution in record.contributions:
+            robot = contribution.robot_id
+            if robot not in site.robots:
+                raise ForeignRobot(f'{robot!r} is not a robot of site {site.site_id!r} in this round')
+            if robot in robots or robot in self._accepted:
+                raise DuplicateRobot(f'{robot!r} already contributed to round {self.round_config.round_id}')
+            _check_binding(contribution, self.round_config, self.config_digest)
+            if (self.expected_key_ciphertext_bytes is not None
+                    and len(contribution.key_ciphertext) != self.expected_key_ciphertext_bytes):
+                raise PayloadSizeMismatch(f'{robot!r}: key ciphertext is {len(contribution.key_ciphertext)} bytes, '
+                                          f'expected {self.expected_key_ciphertext_bytes}')
+            check_signature(contribution, self.keys, robot, (Role.ROBOT,), as_of=self.round_config.created_at)
+            robots.add(robot)
+        for contribution in record.contributions:
+            self._accepted[contribution.robot_id] = contribution
+        return record
 
     def forget(self, robot_id: str) -> None:
         """Take a robot's accepted update out of the manifest (e.g. it was revoked mid-round)."""

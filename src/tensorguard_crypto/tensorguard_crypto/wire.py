@@ -46,6 +46,8 @@ MAX_SERVICE_PUBLIC_KEY_BYTES = 8 * 1024 * 1024
 MAX_ROUND_KEY_BYTES = MAX_SERVICE_PUBLIC_KEY_BYTES + 4096
 TRANSPORT_KEY_BYTES = 32
 MAX_PARAMETERS_BYTES = 1024 * 1024 * 1024
+MAX_SITES = 1024
+MAX_SITE_ROBOTS = 4096
 # Hard limits handed to the msgpack unpacker (checked before it allocates a container or string).
 _MAX_WIRE_STR = 4 * MAX_ID_CHARS
 _MAX_WIRE_ARRAY = MAX_CONTRIBUTIONS
@@ -522,6 +524,17 @@ class ContributionRecord(UpdateHeader):
 
 
 @dataclass(frozen=True)
+class SiteAggregatorEntry(WireRecord):
+    """One site whose gateway sums its robots' bodies (site aggregation, docs/site-aggregation.md):
+    the robots it serves, the X25519 key they seal their bodies to and the identity that signs its sums."""
+
+    site_id: str = _f(_Str())
+    signer_key_id: str = _f(_Str())
+    seal_key: bytes = _f(_Bytes(TRANSPORT_KEY_BYTES, TRANSPORT_KEY_BYTES))
+    robots: tuple[str, ...] = _f(_List(_Str(), MAX_SITE_ROBOTS))
+
+
+@dataclass(frozen=True)
 class RoundConfigPackage(SignedRecord):
     """The server's signed description of one round; updates bind its `config_digest()`."""
 
@@ -549,6 +562,9 @@ class RoundConfigPackage(SignedRecord):
     created_at: float = _f(_Float(0.0, MAX_UNIX_SECONDS))
     # The aggregation strategy's name (tensorguard_learning.aggregation): it fixes the update layout.
     aggregation_strategy: str = _f(_Str(), default='expert_driven')
+    # Sites whose gateways sum their robots' bodies this round (empty: site aggregation is off).
+    site_aggregators: tuple[SiteAggregatorEntry, ...] = _f(_List(_Nested(SiteAggregatorEntry), MAX_SITES),
+                                                            default=())
     signature: bytes = _signature_field()
 
     def __post_init__(self) -> None:
@@ -557,6 +573,18 @@ class RoundConfigPackage(SignedRecord):
             raise FieldValueError('RoundConfigPackage.num_coordinates exceeds total_coordinates')
         if self.ring_degree & (self.ring_degree - 1):
             raise FieldValueError('RoundConfigPackage.ring_degree must be a power of two')
+        sites = [entry.site_id for entry in self.site_aggregators]
+        robots = [robot for entry in self.site_aggregators for robot in entry.robots]
+        if len(set(sites)) != len(sites) or len(set(robots)) != len(robots):
+            raise FieldValueError('RoundConfigPackage.site_aggregators names a site or a robot twice')
+
+    def site_of(self, robot_id: str) -> SiteAggregatorEntry | None:
+        """The site aggregator this round assigns `robot_id` to, or None (it sends to the aggregator)."""
+        return next((entry for entry in self.site_aggregators if robot_id in entry.robots), None)
+
+    def site(self, site_id: str) -> SiteAggregatorEntry | None:
+        """The entry of `site_id`, or None if the round names no such site aggregator."""
+        return next((entry for entry in self.site_aggregators if entry.site_id == site_id), None)
 
     def config_digest(self) -> bytes:
         """SHA-256 of the canonical (unsigned) bytes; every update of the round binds it."""
@@ -641,6 +669,22 @@ class AggregateRequest(SignedRecord):
     config_digest: bytes = _f(_Bytes(DIGEST_BYTES, DIGEST_BYTES))
     summed_bodies: bytes = _f(_Bytes(0, MAX_BODIES_BYTES))
     contributions: tuple[ContributionRecord, ...] = _f(_List(_Nested(ContributionRecord), MAX_CONTRIBUTIONS))
+    signer_key_id: str = _f(_Str())
+    created_at: float = _f(_Float(0.0, MAX_UNIX_SECONDS))
+    signature: bytes = _signature_field()
+
+
+@dataclass(frozen=True)
+class SitePartialSum(SignedRecord):
+    """Site gateway -> aggregator (site aggregation): one sum of its robots' lattice bodies, sealed to
+    the round's aggregator transport key, with each robot's signed contribution (header, digest of
+    its sealed bodies, its own key ciphertext) unchanged; signed by the site aggregator's identity."""
+
+    site_id: str = _f(_Str())
+    round_id: int = _f(_Int())
+    config_digest: bytes = _f(_Bytes(DIGEST_BYTES, DIGEST_BYTES))
+    summed_bodies: bytes = _f(_Bytes(0, MAX_BODIES_BYTES))
+    contributions: tuple[ContributionRecord, ...] = _f(_List(_Nested(ContributionRecord), MAX_SITE_ROBOTS))
     signer_key_id: str = _f(_Str())
     created_at: float = _f(_Float(0.0, MAX_UNIX_SECONDS))
     signature: bytes = _signature_field()

@@ -239,7 +239,7 @@ class EdgeClient:
         progress('encrypting')
         try:
             parts = update_codec.encrypt_update(
-                codec, round_key.public_key, cfg.aggregator_transport_key,
+                codec, round_key.public_key, update_codec.body_seal_key(cfg, self.config.robot_id),
                 update_codec.body_seal_context(self.config.robot_id, cfg.round_id, cfg.config_digest()), vector)
         except (SecAggError, HybridError) as exc:
             raise RoundRefused(f'round {cfg.round_id}: announced keys are unusable: {exc}',
