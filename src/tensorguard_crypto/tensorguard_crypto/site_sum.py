@@ -21,12 +21,12 @@ import time
 from collections.abc import Callable, Mapping
 
 from . import hybrid
-from .identity import Role, Signer, check_id
+from .identity import IdentityError, Role, Signer, check_id
 from .params import SecAggParams
 from .secagg import BodyCiphertext, SecAggError, sum_bodies
 from .update_codec import RoundMismatch, body_seal_context
 from .verify import ForeignRobot, KeyResolver, RoundVerifier, UnknownSite, VerificationError
-from .wire import RoundConfigPackage, SiteAggregatorEntry, SitePartialSum, UpdatePackage
+from .wire import RoundConfigPackage, SiteAggregatorEntry, SitePartialSum, UpdatePackage, WireFormatError
 
 __all__ = ['SiteCollector', 'SiteSumError', 'site_aggregators_from_mapping', 'site_sum_seal_context']
 
@@ -54,7 +54,7 @@ def site_aggregators_from_mapping(sites: Mapping[str, Mapping]) -> tuple[SiteAgg
             entries.append(SiteAggregatorEntry(site_id=site_id, signer_key_id=spec['signer_key_id'],
                                                seal_key=bytes.fromhex(str(spec['seal_key'])),
                                                robots=tuple(spec['robots'])))
-        except (ValueError, TypeError, AttributeError) as exc:
+        except (ValueError, TypeError, AttributeError, WireFormatError, IdentityError) as exc:
             raise ValueError(f'site aggregator {site_id!r}: {exc}') from None
     robots = [robot for entry in entries for robot in entry.robots]
     if len(set(robots)) != len(robots):
