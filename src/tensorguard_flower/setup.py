@@ -18,4 +18,8 @@ setup(
     description='TensorGuard rounds on Flower: a strategy and a client app over the ROS nodes libraries.',
     license='Apache-2.0',
     extras_require={'test': ['pytest']},
+    entry_points={
+        # Sub-commands of the `tensorguard` operator command (tensorguard_crypto.cli looks them up by name).
+        'tensorguard.commands': ['flower-scale = tensorguard_flower.scale:main'],
+    },
 )

@@ -1,0 +1,232 @@
+"""`tensorguard flower-scale`: K simulated robots learning through TensorGuard rounds on Flower's simulation engine.
+
+The start of issue 15's scale command. It provisions a fleet in ``--out`` (server identities, K
+enrolled robots, a signed initial model whose base the server pre-trains on its own Meta-World
+demonstrations of three other tasks, the server's held-out states), gives every robot its own
+demonstrations, and runs ``--rounds`` rounds of `TensorGuardStrategy` with the client app on K
+virtual SuperNodes (Ray backend, one CPU per client). Every robot takes part in every round: there
+is no client sampling, so no privacy amplification by sampling is claimed.
+
+Data: non-IID and unshared. Robot i demonstrates one task, ``tasks[i % len(tasks)]``, from simulator
+seeds ``ROBOT_SEED + 1000 i + k`` (k < episodes), so no two robots share an episode, and none shares
+one with the server's pre-training, held-out or evaluation seeds. Recorded episodes are cached in
+``--cache`` (one ``.npz`` per task and seed range) and reused by later runs.
+
+The DP noise is calibrated for all K robots (``min_clients`` = quorum = K) and each robot holds its
+own budget (``--epsilon-budget`` at delta 1e-5, hard stop). Output: one line per round, a table at the
+end and ``<out>/report.json`` (rounds, epsilon, success with its lower bound, bytes per robot, seconds
+per round, set-up times, peak memory of the command's process tree, i.e. this process, Ray and its
+workers, sampled every 0.5 s).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from flwr.server import ServerApp, ServerAppComponents, ServerConfig
+from flwr.simulation import run_simulation
+from tqdm import tqdm
+
+from tensorguard_aggregator.gate import DeploymentGate, GateSettings, RoundLog
+from tensorguard_aggregator.key_service import KeyServiceCore, KeyServiceSettings
+from tensorguard_aggregator.rounds import Aggregator, AggregatorSettings
+from tensorguard_crypto.fleet import FleetPaths, enroll_robot, provision_server
+from tensorguard_edge.client import EdgeClient, EdgeSettings
+from tensorguard_flower.client_app import client_app, robot_settings
+from tensorguard_flower.strategy import TensorGuardStrategy
+from tensorguard_learning.demonstrations import Demonstration
+from tensorguard_learning.metaworld_source import record_demonstrations
+from tensorguard_learning.policy import MoEConfig, build_policy
+from tensorguard_learning.training import BCData, TrainingBudget, pretrain
+
+FLEET_TASKS = ('push-v3', 'door-open-v3', 'drawer-close-v3', 'button-press-topdown-v3', 'window-open-v3')
+PRETRAIN_TASKS = ('reach-v3', 'window-close-v3', 'drawer-open-v3')
+ROBOT_SEED = 3_000_000
+PRETRAIN_SEED = 900_000
+HELD_OUT_SEED = 500_000
+SEED_STRIDE = 1000
+
+
+def cached_demonstrations(cache: Path, task: str, episodes: int, seed: int) -> list[Demonstration]:
+    """`record_demonstrations(task, episodes, seed)`, from `cache` when recorded before."""
+    path = cache / task / f'{seed}-{episodes}.npz'
+    if path.exists():
+        with np.load(path) as saved:
+            count = len([name for name in saved.files if name.startswith('state_')])
+            return [Demonstration(task=task, observation_state=saved[f'state_{k}'], action=saved[f'action_{k}'])
+                    for k in range(count)]
+    demos = record_demonstrations(task, episodes, seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arrays = {f'{kind}_{k}': value for k, demo in enumerate(demos)
+              for kind, value in (('state', demo.observation_state), ('action', demo.action))}
+    tmp = path.with_name(f'.{path.stem}.tmp.npz')
+    np.savez(tmp, **arrays)
+    os.replace(tmp, path)
+    return demos
+
+
+class PeakMemory:
+    """Peak summed resident memory of this process and all its descendants, sampled in a thread."""
+
+    def __init__(self, interval_s: float = 0.5) -> None:
+        self.interval_s = interval_s
+        self.peak_bytes = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> PeakMemory:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak_bytes = max(self.peak_bytes, tree_rss_bytes(os.getpid()))
+            self._stop.wait(self.interval_s)
+
+
+def tree_rss_bytes(root: int) -> int:
+    """Resident memory of process `root` and its descendants (from /proc)."""
+    parents, rss = {}, {}
+    for entry in Path('/proc').iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / 'stat').read_text().rsplit(')', 1)[1].split()
+            parents[int(entry.name)] = int(fields[1])
+            rss[int(entry.name)] = int(fields[21]) * os.sysconf('SC_PAGE_SIZE')
+        except (OSError, IndexError, ValueError):
+            continue
+    tree, frontier = {root}, [root]
+    while frontier:
+        children = [pid for pid, parent in parents.items() if parent in frontier and pid not in tree]
+        tree.update(children)
+        frontier = children
+    return sum(rss.get(pid, 0) for pid in tree)
+
+
+def _parse(argv: Sequence[str], prog: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
+    parser.add_argument('--robots', type=int, required=True, help='K, the number of simulated robots (>= 2)')
+    parser.add_argument('--rounds', type=int, default=3)
+    parser.add_argument('--episodes', type=int, default=3, help='demonstrations each robot records (its own seeds)')
+    parser.add_argument('--noise-multiplier', type=float, default=1.5)
+    parser.add_argument('--clipping-norm', type=float, default=2.0)
+    parser.add_argument('--epsilon-budget', type=float, default=8.0, help="each robot's budget at delta 1e-5")
+    parser.add_argument('--train-steps', type=int, default=100)
+    parser.add_argument('--eval-episodes', type=int, default=4, help='gate evaluation episodes per fleet task')
+    parser.add_argument('--pretrain-steps', type=int, default=1500)
+    parser.add_argument('--out', type=Path, required=True, help='new directory for the fleet and report.json')
+    parser.add_argument('--cache', type=Path, default=Path('.state/flower-demos'), help='demonstration cache')
+    args = parser.parse_args(list(argv))
+    if args.robots < 2:
+        parser.error('--robots must be at least 2 (the key service never decrypts a single update)')
+    if args.out.exists() and any(args.out.iterdir()):
+        parser.error(f'{args.out} exists and is not empty')
+    return args
+
+
+def main(argv: Sequence[str] | None = None, prog: str = 'tensorguard flower-scale') -> int:
+    """Entry point (also `tensorguard flower-scale`): run the fleet, print the table, write report.json."""
+    args = _parse(sys.argv[1:] if argv is None else argv, prog)
+    torch.set_num_threads(1)
+    started = time.monotonic()
+    timings = {}
+    passphrase = secrets.token_urlsafe(32)  # OS CSPRNG; reaches the Ray workers through the environment only
+    os.environ['TENSORGUARD_KEY_PASSPHRASE'] = passphrase
+    k = args.robots
+    shared = dict(security_level=128, plaintext_bits=20, max_clients=k, clipping_norm=args.clipping_norm,
+                  noise_multiplier=args.noise_multiplier, min_clients=k)
+    with PeakMemory() as memory:
+        demos = [cached_demonstrations(args.cache, FLEET_TASKS[i % len(FLEET_TASKS)], args.episodes,
+                                       ROBOT_SEED + SEED_STRIDE * i) for i in tqdm(range(k), desc='demonstrations')]
+        timings['demonstrations_s'] = time.monotonic() - started
+
+        mark = time.monotonic()
+        tasks = FLEET_TASKS + PRETRAIN_TASKS
+        policy = build_policy(MoEConfig(tasks=tasks, num_experts=len(tasks), top_k=1, expert_hidden=64,
+                                        router_init='round_robin'))
+        pretrain(policy, [d for j, task in enumerate(PRETRAIN_TASKS)
+                          for d in cached_demonstrations(args.cache, task, 10, PRETRAIN_SEED + SEED_STRIDE * j)],
+                 TrainingBudget(max_steps=args.pretrain_steps), freeze=True)
+        held_out = BCData.from_demonstrations(policy, [
+            d for j, task in enumerate(FLEET_TASKS)
+            for d in cached_demonstrations(args.cache, task, 3, HELD_OUT_SEED + SEED_STRIDE * j)])
+        timings['initial_model_s'] = time.monotonic() - mark
+
+        mark = time.monotonic()
+        paths = FleetPaths(args.out / 'fleet')
+        provision_server(paths, passphrase.encode())
+        aggregator = Aggregator(AggregatorSettings(fleet_dir=str(paths.root), quorum=k, round_deadline_s=86400.0,
+                                                   **shared), passphrase.encode())
+        aggregator.publish_model(policy, 0, 'initial')
+        edge = EdgeSettings(train_steps=args.train_steps, epsilon_budget=args.epsilon_budget,
+                            **{key: value for key, value in shared.items() if key != 'security_level'})
+        robots = []
+        for i in tqdm(range(k), desc='enrolment'):
+            robot_id = f'robot_{i + 1}'
+            enroll_robot(paths, robot_id, passphrase.encode())
+            robots.append(robot_settings(str(paths.root), robot_id, edge))
+            client = EdgeClient(robots[-1])
+            for demo in demos[i]:
+                client.add_demonstration(demo)
+            client.close()
+        key_service = KeyServiceCore(KeyServiceSettings(fleet_dir=str(paths.root), min_quorum=k, **{
+            key: shared[key] for key in ('security_level', 'plaintext_bits', 'max_clients', 'min_clients')}),
+            passphrase.encode())
+        gate = GateSettings(eval_tasks=list(FLEET_TASKS), eval_episodes_per_task=args.eval_episodes,
+                            min_success_rate=0.0, deploy_margin=0.0, max_kl_divergence=1e9)
+        strategy = TensorGuardStrategy(aggregator, key_service, DeploymentGate(gate), RoundLog.of(paths), held_out)
+        timings['provisioning_s'] = time.monotonic() - mark
+
+        mark, simulation_started = time.monotonic(), time.time()
+        run_simulation(
+            server_app=ServerApp(server_fn=lambda _context: ServerAppComponents(
+                strategy=strategy, config=ServerConfig(num_rounds=args.rounds, round_timeout=86400.0))),
+            client_app=client_app(robots), num_supernodes=k,
+            backend_config={'client_resources': {'num_cpus': 1, 'num_gpus': 0.0},
+                            'init_args': {'num_cpus': os.cpu_count(), 'logging_level': 'error'}})
+        timings['rounds_s'] = time.monotonic() - mark
+
+    rows, previous = [], simulation_started
+    for outcome in strategy.outcomes:
+        updates = sorted((paths.rounds_dir / str(outcome['round_id']) / 'updates').glob('*.tgu'))
+        rows.append({'round': outcome['round_id'], 'outcome': outcome['outcome'],
+                     'robots': len(outcome['participants']), 'refused': outcome['refused'],
+                     'rejected': outcome['rejected'], 'epsilon': outcome['epsilon_max'],
+                     'success': outcome.get('success_rate'), 'lower': outcome.get('success_lower_bound'),
+                     'decision': outcome.get('decision'),
+                     'bytes_per_robot': int(np.mean([p.stat().st_size for p in updates])) if updates else 0,
+                     'seconds': outcome['closed_at'] - previous})
+        previous = outcome['closed_at']
+    report = {'argv': list(sys.argv[1:] if argv is None else argv), 'robots': k, 'tasks': list(FLEET_TASKS),
+              'federated_parameters': sum(policy.segment_sizes()), 'rows': rows, 'timings_s': timings,
+              'wall_s': time.monotonic() - started, 'peak_memory_bytes': memory.peak_bytes}
+    (args.out / 'report.json').write_text(json.dumps(report, indent=2))
+    print(f"{'round':>5} {'robots':>6} {'refused':>7} {'epsilon':>8} {'success':>7} {'lower':>6} {'decision':>8} "
+          f"{'KB/robot':>9} {'secs':>6}")
+    for row in rows:
+        print(f"{row['round']:>5} {row['robots']:>6} {sum(row['refused'].values()):>7} {row['epsilon']:>8.2f} "
+              f"{row['success'] if row['success'] is not None else float('nan'):>7.2f} "
+              f"{row['lower'] if row['lower'] is not None else float('nan'):>6.2f} {row['decision'] or '-':>8} "
+              f"{row['bytes_per_robot'] / 1024:>9.1f} {row['seconds']:>6.0f}")
+    print(f"set-up {timings['demonstrations_s'] + timings['initial_model_s'] + timings['provisioning_s']:.0f} s, "
+          f"rounds {timings['rounds_s']:.0f} s, peak memory {memory.peak_bytes / 2**30:.2f} GiB; "
+          f"report {args.out / 'report.json'}")
+    return 0 if rows and all(row['outcome'] == 'aggregated' for row in rows) else 1
+
+
+if __name__ == '__main__':
+    sys.exit(main())
