@@ -23,6 +23,7 @@ setup(
             'gateway = tensorguard_gateway.gateway_node:main',
             'gateway_router = tensorguard_gateway.router:main',
             'bench_gateway = tensorguard_gateway.bench:main',
+            'bench_site_bytes = tensorguard_gateway.bench_site_bytes:main',
         ],
     },
 )
