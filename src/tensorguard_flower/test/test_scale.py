@@ -1,0 +1,39 @@
+"""`tensorguard flower-scale` end to end at a small K, and its demonstration cache."""
+import json
+
+import numpy as np
+import pytest
+
+from tensorguard_crypto.accountant import PrivacyBudget, PrivacyLedger
+from tensorguard_flower import scale
+
+
+@pytest.mark.slow
+def test_a_small_fleet_runs_through_the_command_and_reports_every_round(tmp_path, monkeypatch):
+    monkeypatch.setenv('TENSORGUARD_KEY_PASSPHRASE', '')  # the command sets its own; restored after the test
+    out = tmp_path / 'run'
+    code = scale.main(['--robots', '3', '--rounds', '2', '--episodes', '1', '--train-steps', '5',
+                       '--eval-episodes', '1', '--pretrain-steps', '20', '--out', str(out),
+                       '--cache', str(tmp_path / 'cache')])
+    assert code == 0
+    report = json.loads((out / 'report.json').read_text())
+    assert [row['round'] for row in report['rows']] == [1, 2]
+    assert all(row['outcome'] == 'aggregated' and row['robots'] == 3 for row in report['rows'])
+    assert report['peak_memory_bytes'] > 0 and report['rows'][0]['bytes_per_robot'] > 0
+    for i in range(3):
+        ledger = PrivacyLedger.from_dict(PrivacyBudget(8.0), json.loads(
+            (out / 'fleet' / 'robots' / f'robot_{i + 1}' / 'state' / 'privacy.json').read_text()))
+        assert ledger.rounds == ['1', '2']
+        assert ledger.epsilon() == pytest.approx(report['rows'][1]['epsilon'])  # all robots: the same mechanism
+
+
+def test_demonstrations_are_recorded_once_and_then_read_from_the_cache(tmp_path, monkeypatch):
+    recorded = []
+    real = scale.record_demonstrations
+    monkeypatch.setattr(scale, 'record_demonstrations', lambda *a: recorded.append(a) or real(*a))
+    first = scale.cached_demonstrations(tmp_path, 'reach-v3', 2, scale.ROBOT_SEED)
+    again = scale.cached_demonstrations(tmp_path, 'reach-v3', 2, scale.ROBOT_SEED)
+    assert recorded == [('reach-v3', 2, scale.ROBOT_SEED)] and len(first) == len(again) > 0
+    for a, b in zip(first, again):
+        assert a.task == b.task and np.array_equal(a.observation_state, b.observation_state)
+        assert np.array_equal(a.action, b.action)
