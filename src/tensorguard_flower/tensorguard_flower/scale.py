@@ -13,10 +13,12 @@ one with the server's pre-training, held-out or evaluation seeds. Recorded episo
 ``--cache`` (one ``.npz`` per task and seed range) and reused by later runs.
 
 The DP noise is calibrated for all K robots (``min_clients`` = quorum = K) and each robot holds its
-own budget (``--epsilon-budget`` at delta 1e-5, hard stop). Output: one line per round, a table at the
-end and ``<out>/report.json`` (rounds, epsilon, success with its lower bound, bytes per robot, seconds
-per round, set-up times, peak memory of the command's process tree, i.e. this process, Ray and its
-workers, sampled every 0.5 s).
+own budget (``--epsilon-budget`` at delta 1e-5, hard stop). The gate deploys every candidate (its
+thresholds are set so, as `fleet_replay --no-gate` does), so the report shows what the rounds learn.
+Output: one line per round, a table at the end and ``<out>/report.json``: rounds, epsilon, success
+with its lower bound, the segments the aggregator left frozen because their summed weight was within
+the DP noise, bytes per robot, seconds per round, set-up times, and the peak memory of the command's
+process tree (this process, Ray and its workers, sampled every 0.5 s).
 """
 from __future__ import annotations
 
@@ -207,7 +209,7 @@ def main(argv: Sequence[str] | None = None, prog: str = 'tensorguard flower-scal
                      'robots': len(outcome['participants']), 'refused': outcome['refused'],
                      'rejected': outcome['rejected'], 'epsilon': outcome['epsilon_max'],
                      'success': outcome.get('success_rate'), 'lower': outcome.get('success_lower_bound'),
-                     'decision': outcome.get('decision'),
+                     'decision': outcome.get('decision'), 'frozen_segments': outcome.get('frozen_segments'),
                      'bytes_per_robot': int(np.mean([p.stat().st_size for p in updates])) if updates else 0,
                      'seconds': outcome['closed_at'] - previous})
         previous = outcome['closed_at']
@@ -216,11 +218,12 @@ def main(argv: Sequence[str] | None = None, prog: str = 'tensorguard flower-scal
               'wall_s': time.monotonic() - started, 'peak_memory_bytes': memory.peak_bytes}
     (args.out / 'report.json').write_text(json.dumps(report, indent=2))
     print(f"{'round':>5} {'robots':>6} {'refused':>7} {'epsilon':>8} {'success':>7} {'lower':>6} {'decision':>8} "
-          f"{'KB/robot':>9} {'secs':>6}")
+          f"{'frozen':>6} {'KB/robot':>9} {'secs':>6}")
     for row in rows:
         print(f"{row['round']:>5} {row['robots']:>6} {sum(row['refused'].values()):>7} {row['epsilon']:>8.2f} "
               f"{row['success'] if row['success'] is not None else float('nan'):>7.2f} "
               f"{row['lower'] if row['lower'] is not None else float('nan'):>6.2f} {row['decision'] or '-':>8} "
+              f"{row['frozen_segments'] if row['frozen_segments'] is not None else '-':>6} "
               f"{row['bytes_per_robot'] / 1024:>9.1f} {row['seconds']:>6.0f}")
     print(f"set-up {timings['demonstrations_s'] + timings['initial_model_s'] + timings['provisioning_s']:.0f} s, "
           f"rounds {timings['rounds_s']:.0f} s, peak memory {memory.peak_bytes / 2**30:.2f} GiB; "
