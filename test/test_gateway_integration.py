@@ -170,6 +170,7 @@ def test_a_round_completes_across_the_gateway_each_update_once_and_both_robots_a
     goal = server.run_round.send_goal_async(RunRound.Goal())
     wait_for(goal.done, 30, 'the round goal to be accepted')
     result = goal.result().get_result_async()
+    started = restored = time.monotonic()
     if cut_s:
         assert site.first_update.wait(120), 'no robot published an update in the site domain'
         link.cut()
@@ -192,3 +193,9 @@ def test_a_round_completes_across_the_gateway_each_update_once_and_both_robots_a
     assert sorted(sent.values()) == ROBOTS, 'each robot published one update'
     assert delivered == Counter((robot, digest) for digest, robot in sent.items()), \
         'every update reached the server domain exactly once'
+    last = server.updates[-1][0]
+    during_cut = sum(restored - cut_s <= t < restored for t, _, _ in site.updates)
+    print(f'round {outcome.round_id} with {len(outcome.participants)} robots; last update delivered '
+          f'{last - started:.1f} s after the goal'
+          + (f', {last - restored:.1f} s after the link came back ({during_cut} published during the cut)'
+             if cut_s else ''))
