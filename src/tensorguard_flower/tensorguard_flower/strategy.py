@@ -31,10 +31,9 @@ from flwr.server.client_manager import ClientManager
 from flwr.server.client_proxy import ClientProxy
 from flwr.server.strategy import Strategy
 
-from tensorguard_aggregator.gate import DeploymentGate, GateSettings, RoundLog
-from tensorguard_aggregator.held_out import load_held_out
-from tensorguard_aggregator.key_service import KeyServiceCore, KeyServiceSettings
-from tensorguard_aggregator.rounds import Aggregator, AggregatorSettings
+from tensorguard_aggregator.gate import DeploymentGate, RoundLog
+from tensorguard_aggregator.key_service import KeyServiceCore
+from tensorguard_aggregator.rounds import Aggregator
 from tensorguard_crypto.refusal import Reason, Refusal
 from tensorguard_flower.messages import MODEL_TENSOR, REFUSED, ROUND_CONFIG, UPDATE_TENSOR
 from tensorguard_learning.training import BCData
@@ -60,18 +59,6 @@ class TensorGuardStrategy(Strategy):
         self.rejected: Counter[str] = Counter()
         self.refused: Counter[str] = Counter()
         self.outcomes: list[dict] = []
-
-    @classmethod
-    def from_fleet(cls, passphrase: bytes, aggregator: AggregatorSettings, key_service: KeyServiceSettings,
-                   gate: GateSettings) -> TensorGuardStrategy:
-        """The strategy of a provisioned fleet directory, as the aggregator and key-service nodes
-        load it: current model, open round, the server's held-out states (the gate's KL check) and the
-        gate's reference success rate."""
-        core = Aggregator(aggregator, passphrase)
-        round_log = RoundLog.of(core.paths)
-        return cls(core, KeyServiceCore(key_service, passphrase),
-                   DeploymentGate(gate, round_log.deployed_success_rate()), round_log,
-                   load_held_out(core.paths, core.model_policy))
 
     def model_parameters(self) -> Parameters:
         """The current signed ModelPackage as Flower parameters."""
