@@ -11,6 +11,8 @@
 - At quorum (all enrolled robots, or the deadline) sends the key service the signed manifest and
   summed bodies, turns the decrypted aggregate into a candidate, rolls it out in the simulator
   (evaluator), lets the gate decide reject / canary / deploy, and publishes the signed model.
+- With ``site_aggregation`` on, a site gateway's ``SitePartialSum`` adds one sum of its robots' bodies
+  for all of them (docs/site-aggregation.md); with it off (the default) every one is refused and counted.
 - ``RevokeRobot`` revokes in the KMS; the very next package of that robot is refused.
 - Robots' signed ``OutcomeReport``s (autonomous episodes per model version) are verified and
   tallied (`outcomes.OutcomeTally`); a canary is promoted only if the canary robots' own episodes
@@ -41,9 +43,18 @@ from tensorguard_crypto.fleet import passphrase_from_environment
 from tensorguard_crypto.kms import KMSError
 from tensorguard_crypto.verify import VerificationError, decode
 from tensorguard_crypto.wire import OutcomeReport as OutcomeReportRecord
+from tensorguard_crypto.wire import SitePartialSum as SitePartialSumRecord
 from tensorguard_crypto.wire import UpdatePackage
 from tensorguard_msgs.action import RunRound
-from tensorguard_msgs.msg import EncryptedUpdate, FleetStatus, ModelUpdate, OutcomeReport, RejectionCount, RoundConfig
+from tensorguard_msgs.msg import (
+    EncryptedUpdate,
+    FleetStatus,
+    ModelUpdate,
+    OutcomeReport,
+    RejectionCount,
+    RoundConfig,
+    SitePartialSum,
+)
 from tensorguard_msgs.srv import DecryptAggregate, IssueRoundKey, RevokeRobot, TriggerRound
 from tensorguard_ros import qos, topics
 from tensorguard_ros.diagnostics import DiagnosticsPublisher, Health
@@ -157,6 +168,8 @@ class AggregatorNode(LifecycleNode):
             self.create_subscription(EncryptedUpdate, topics.ENCRYPTED_UPDATES, self._on_update, qos.UPDATES,
                                      callback_group=self.group),
             self.create_subscription(OutcomeReport, topics.OUTCOME_REPORTS, self._on_outcome_report, qos.UPDATES,
+                                     callback_group=self.group),
+            self.create_subscription(SitePartialSum, topics.SITE_PARTIAL_SUMS, self._on_site_sum, qos.UPDATES,
                                      callback_group=self.group),
             self.create_service(TriggerRound, topics.TRIGGER_ROUND, self._on_trigger, callback_group=self.group),
             self.create_service(RevokeRobot, topics.REVOKE_ROBOT, self._on_revoke, callback_group=self.group),
@@ -313,6 +326,36 @@ class AggregatorNode(LifecycleNode):
             self.health.clear('storage')
             count = len(self.core.current.contributors)
         self.get_logger().info(f'round {package.round_id}: accepted {package.robot_id} ({count} so far)')
+
+    def _on_site_sum(self, msg: SitePartialSum) -> None:
+        """Verify one site's partial sum and add it for all its robots; every refusal is counted by reason."""
+        blob = bytes(msg.package)
+        claimed = f'claimed site {msg.site_id!r}, round {msg.round_id}'
+        if hashlib.sha256(blob).digest() != bytes(msg.package_sha256) or len(blob) != msg.package_size:
+            self._reject('transport_digest_mismatch', claimed, 'site sum')
+            return
+        with self.lock:
+            try:
+                self._check_kms()
+                unverified = decode(SitePartialSumRecord, blob)
+                if (unverified.site_id, unverified.round_id) != (msg.site_id, msg.round_id):
+                    self._reject('header_mismatch', f'{claimed}; its package claims {unverified.site_id!r}, '
+                                                    f'round {unverified.round_id}', 'site sum')
+                    return
+                if self.closing:
+                    raise RoundError('the round is closing', reason='no_open_round')
+                record = self.core.accept_site_sum(blob)
+            except (VerificationError, RoundError) as exc:
+                self._reject(exc.reason, f'{claimed}: {exc}', 'site sum')
+                return
+            except STATE_ERRORS as exc:
+                self._reject(self._state_fault(exc), f'{claimed}: refused while the server state is bad', 'site sum')
+                return
+            self.health.clear('storage')
+            count = len(self.core.current.contributors)
+        robots = [c.robot_id for c in record.contributions]
+        self.get_logger().info(f'round {record.round_id}: accepted the sum of site {record.site_id} over {robots} '
+                               f'({count} robots so far)')
 
     def _on_outcome_report(self, msg: OutcomeReport) -> None:
         """Verify and tally one robot's outcome report; a refusal is counted by reason."""

@@ -11,6 +11,7 @@ ENCRYPTED_UPDATES = '/tensorguard/encrypted_updates'
 MODEL_UPDATES = '/tensorguard/model_updates'
 FLEET_STATUS = '/tensorguard/fleet_status'
 OUTCOME_REPORTS = '/tensorguard/outcome_reports'
+SITE_PARTIAL_SUMS = '/tensorguard/site_partial_sums'  # site aggregation only (docs/site-aggregation.md)
 DECRYPT_AGGREGATE = '/tensorguard/key_service/decrypt_aggregate'
 ISSUE_ROUND_KEY = '/tensorguard/key_service/issue_round_key'
 TRIGGER_ROUND = '/tensorguard/trigger_round'
