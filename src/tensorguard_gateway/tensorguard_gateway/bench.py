@@ -13,8 +13,9 @@ Prints per size the median and range of each path and writes them with the machi
 
 ``--wan 10mbit`` puts the router in a network namespace behind a veth pair shaped with `tbf` in both
 directions (wan.py, needs root); ``--cut-s 10`` then also cuts that link for 10 s while the site sends
-five signed outcome reports (the queued, reliable channel updates use) and the server a new round config,
-and reports what arrived after the link came back: lost, duplicated, in order, and how long it took.
+five signed outcome reports (the queued, reliable channel updates use) and the server a new round config
+(1 KiB, or ``--cut-config-mib`` MiB: a large one is still being put when the link goes down), and reports
+what arrived after the link came back: lost, duplicated, in order, and how long it took.
 """
 from __future__ import annotations
 
@@ -82,7 +83,7 @@ def _node(domain: int, name: str) -> tuple[Node, Context, SingleThreadedExecutor
 
 
 def run(sizes: list[int], repeats: int, server_domain: int, site_domain: int, timeout: float,
-        link: ShapedLink | None = None, cut_s: float = 0.0) -> dict:
+        link: ShapedLink | None = None, cut_s: float = 0.0, cut_config_bytes: int = 1024) -> dict:
     """Time `repeats` messages of each size on both paths (module docstring), the router behind `link` if
     given, then with `cut_s` the link-cut trial (`_cut_trial`); returns the report."""
     with tempfile.TemporaryDirectory() as directory:
@@ -118,7 +119,8 @@ def run(sizes: list[int], repeats: int, server_domain: int, site_domain: int, ti
                 if size != 1024:
                     rows.append({'bytes': size, 'repeats': repeats, 'direct_dds_s': _summary(direct_s),
                                  'gateway_s': _summary(bridged_s)})
-            cut = _cut_trial(server, site, publisher, bridged, sent, link, cut_s, timeout) if link and cut_s else None
+            cut = (_cut_trial(server, site, publisher, bridged, sent, link, cut_s, timeout, cut_config_bytes)
+                   if link and cut_s else None)
         finally:
             for node, context, executor in ((server, server_context, server_executor),
                                             (site, site_context, site_executor)):
@@ -137,9 +139,10 @@ def run(sizes: list[int], repeats: int, server_domain: int, site_domain: int, ti
 
 
 def _cut_trial(server: Node, site: Node, config_publisher, configs: Arrivals, sent: int, link: ShapedLink,
-               cut_s: float, timeout: float, reports: int = 5) -> dict:
+               cut_s: float, timeout: float, config_bytes: int, reports: int = 5) -> dict:
     """Cut the link for `cut_s` seconds; meanwhile the site publishes `reports` signed outcome reports (spread
-    over the cut) and the server one round config; count what arrives after the link is restored."""
+    over the cut) and the server one round config of `config_bytes`; count what arrives after the link is
+    restored."""
     robot = Identity.generate('robot_1')
     received: list[int] = []
     server.create_subscription(OutcomeReport, topics.OUTCOME_REPORTS, lambda msg: received.append(
@@ -153,13 +156,16 @@ def _cut_trial(server: Node, site: Node, config_publisher, configs: Arrivals, se
                                     successes=0, created_at=time.time()).signed_by(robot).serialize()
         publisher.publish(OutcomeReport(robot_id=robot.key_id, package=array.array('B', record)))
         if sequence == reports // 2 + 1:
-            config_publisher.publish(RoundConfig(round_id=sent + 1, package=array.array('B', os.urandom(1024))))
+            config_publisher.publish(RoundConfig(round_id=sent + 1, package=array.array('B', os.urandom(config_bytes))))
         time.sleep(cut_s / (reports + 1))
     time.sleep(max(0.0, cut_s - (time.perf_counter() - cut_at)))
     received_during_cut = len(received)
     link.restore()
     restored = time.perf_counter()
-    config_s = configs.wait(sent + 1, timeout) - restored
+    try:
+        config_s: float | None = configs.wait(sent + 1, timeout) - restored
+    except RuntimeError:  # reported as not arrived; the reports are still counted
+        config_s = None
     deadline = time.monotonic() + timeout
     while len(received) < reports and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -187,6 +193,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--wan', metavar='RATE', help='put the router behind a tbf-shaped veth link (e.g. 10mbit; '
                         'needs root)')
     parser.add_argument('--cut-s', type=float, default=0.0, help='with --wan: cut the link this long (e.g. 10)')
+    parser.add_argument('--cut-config-mib', type=float, default=1 / 1024,
+                        help='size of the round config the server sends during the cut (default 1 KiB)')
     args = parser.parse_args(argv)
     if args.repeats < 1 or any(size <= 0 for size in args.sizes_mib):
         parser.error('--repeats and --sizes-mib must be positive')
@@ -194,7 +202,8 @@ def main(argv: list[str] | None = None) -> int:
     sizes = [int(size * MIB) for size in args.sizes_mib]
     if args.wan:
         with ShapedLink(rate=args.wan) as link:
-            report = run(sizes, args.repeats, args.server_domain, site_domain, args.timeout, link, args.cut_s)
+            report = run(sizes, args.repeats, args.server_domain, site_domain, args.timeout, link, args.cut_s,
+                         int(args.cut_config_mib * MIB))
     else:
         report = run(sizes, args.repeats, args.server_domain, site_domain, args.timeout)
     print(f'bench_gateway {report["date"]} on {report["machine"]}, {report["cpus"]} CPUs, '
