@@ -12,10 +12,12 @@ acknowledgement came within a few seconds; the server gateway drops the copies t
 from __future__ import annotations
 
 import hashlib
+import itertools
 import threading
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
+from dataclasses import dataclass
 
 
 def digest(payload: bytes) -> bytes:
@@ -23,17 +25,30 @@ def digest(payload: bytes) -> bytes:
     return hashlib.sha256(payload).digest()
 
 
+@dataclass(eq=False)
+class _Entry:
+    """A message and its place in the order messages were added (kept when it is sent again)."""
+
+    order: int
+    key: str
+    payload: bytes
+    sent: float = 0.0  # when it was last put
+
+
 class Outbox:
-    """Messages (key, payload) waiting to be put, in order, at most `limit`; and the ones put but not yet
-    acknowledged (at most `limit`, for at most `window_s` seconds), sent again by `resend` /
-    `resend_unacknowledged` until the server gateway acknowledges them."""
+    """Messages (key, payload) waiting to be put, in the order they were added, at most `limit`; and the ones
+    put but not yet acknowledged (at most `limit`, for at most `window_s` seconds), sent again by `resend`
+    until the server gateway acknowledges them. What is sent again keeps its original place: after a long cut,
+    when messages were put again at different times, they still leave in the order they were added (the
+    aggregator refuses an outcome report older than one it accepted)."""
 
     def __init__(self, limit: int, window_s: float, clock: Callable[[], float] = time.monotonic) -> None:
         self.limit = limit
         self.window_s = window_s
         self._clock = clock
-        self._waiting: deque[tuple[str, bytes]] = deque()
-        self._sent: OrderedDict[bytes, tuple[float, str, bytes]] = OrderedDict()
+        self._order = itertools.count()
+        self._waiting: deque[_Entry] = deque()
+        self._sent: OrderedDict[bytes, _Entry] = OrderedDict()  # by digest, oldest put first
         self.expired = 0  # given up on: never acknowledged within the window
 
     def __len__(self) -> int:
@@ -46,7 +61,7 @@ class Outbox:
 
     def add(self, key: str, payload: bytes) -> int:
         """Queue a message; returns how many of the oldest were dropped to stay within `limit`."""
-        self._waiting.append((key, payload))
+        self._waiting.append(_Entry(next(self._order), key, payload))
         dropped = max(0, len(self._waiting) - self.limit)
         for _ in range(dropped):
             self._waiting.popleft()
@@ -54,15 +69,20 @@ class Outbox:
 
     def peek(self) -> tuple[str, bytes] | None:
         """The next message to put, if any."""
-        return self._waiting[0] if self._waiting else None
+        return (self._waiting[0].key, self._waiting[0].payload) if self._waiting else None
 
     def mark_sent(self, message: tuple[str, bytes]) -> None:
         """`message` (from `peek`) was put: it now waits for its acknowledgement. (A sender thread puts
         without holding the caller's lock, so the message may have moved or been dropped meanwhile.)"""
-        if message in self._waiting:
-            self._waiting.remove(message)
-        self._sent[digest(message[1])] = (self._clock(), *message)
-        self._sent.move_to_end(digest(message[1]))
+        key, payload = message
+        entry = next((e for e in self._waiting if e.payload is payload and e.key == key), None)
+        if entry is None:
+            entry = _Entry(next(self._order), key, payload)
+        else:
+            self._waiting.remove(entry)
+        entry.sent = self._clock()
+        self._sent[digest(payload)] = entry
+        self._sent.move_to_end(digest(payload))
         self.mark_expired()
 
     def flush(self, put: Callable[[str, bytes], bool]) -> int:
@@ -78,7 +98,7 @@ class Outbox:
     def mark_expired(self) -> None:
         """Give up on messages unacknowledged for longer than the window (or beyond `limit` of them)."""
         horizon = self._clock() - self.window_s
-        while self._sent and (len(self._sent) > self.limit or next(iter(self._sent.values()))[0] < horizon):
+        while self._sent and (len(self._sent) > self.limit or next(iter(self._sent.values())).sent < horizon):
             self._sent.popitem(last=False)
             self.expired += 1
 
@@ -87,13 +107,13 @@ class Outbox:
         return self._sent.pop(delivered, None) is not None
 
     def resend(self, older_than_s: float = 0.0) -> int:
-        """Put unacknowledged messages sent more than `older_than_s` ago back in front, in order (all of them
-        when the link came back); returns how many."""
+        """Put unacknowledged messages sent more than `older_than_s` ago (all of them when the link came back)
+        back among the waiting ones, in the order they were first added; returns how many."""
         horizon = self._clock() - older_than_s
-        again = [(d, key, payload) for d, (sent, key, payload) in self._sent.items() if sent <= horizon]
-        for d, _, _ in again:
-            del self._sent[d]
-        self._waiting.extendleft(reversed([(key, payload) for _, key, payload in again]))
+        again = [d for d, entry in self._sent.items() if entry.sent <= horizon]
+        if again:
+            self._waiting = deque(sorted([*self._waiting, *(self._sent.pop(d) for d in again)],
+                                         key=lambda entry: entry.order))
         return len(again)
 
 

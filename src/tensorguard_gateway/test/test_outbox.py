@@ -64,3 +64,23 @@ def test_copies_are_recognised_within_the_memory():
     assert not digests.seen(b'a') and digests.seen(b'a')
     assert not digests.seen(b'b') and not digests.seen(b'c')
     assert not digests.seen(b'a')  # forgotten: the memory holds the last two
+
+
+def test_messages_put_again_at_different_times_still_leave_in_the_order_they_were_added():
+    """A long cut: each message is put, not acknowledged, put again at its own time; when the link is back they
+    must leave in their first order (the aggregator refuses an outcome report older than one it accepted)."""
+    clock = Clock()
+    outbox, put = Outbox(limit=10, window_s=600.0, clock=clock), []
+    for number in range(1, 4):
+        outbox.add('a', bytes([number]))
+        outbox.flush(lambda key, payload: not put.append(payload))
+        clock.now += 4.0
+    outbox.add('a', b'\x04')  # not sent yet: the link went down
+    for _ in range(6):  # every tick puts again what waited 10 s for an acknowledgement, one at a time
+        clock.now += 3.0
+        if outbox.resend(older_than_s=10.0):
+            outbox.flush(lambda key, payload: not put.append(payload))
+    put.clear()
+    assert outbox.resend() == 4 and len(outbox) == 4  # the link came back
+    outbox.flush(lambda key, payload: not put.append(payload))
+    assert put == [b'\x01', b'\x02', b'\x03', b'\x04']
