@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import secrets
 import time
@@ -120,6 +121,15 @@ SEGMENT_NOISE_MARGIN = 10.0
 def segment_weight_floor(codec: update_codec.RoundCodec, contributors: int, min_segment_weight: float) -> float:
     """Smallest summed usage weight for which a segment is updated this round."""
     return max(min_segment_weight, SEGMENT_NOISE_MARGIN * codec.skellam.aggregate_stddev(contributors))
+
+
+def plausible_sum_norm(codec: update_codec.RoundCodec, contributors: int) -> float:
+    """Largest L2 norm an honest round's decoded sum reaches: every contributor at the clipping norm,
+    plus twice the expected norm of the summed DP noise, plus the randomized rounding (at most one
+    quantum per coordinate and contributor)."""
+    skellam, root_dim = codec.skellam, math.sqrt(codec.skellam.dim)
+    return contributors * (skellam.clipping_norm + root_dim / skellam.scale) \
+        + 2 * skellam.aggregate_stddev(contributors) * root_dim
 
 
 def apply_round_sum(model: MoEPolicy, summed: np.ndarray, floor: float, strategy: Strategy,
@@ -514,6 +524,14 @@ class Aggregator:
             raise RoundError('the key service decrypted another set of robots', reason='contributors_mismatch')
         write_atomic(self.current.directory / 'aggregate.bin', result_blob)
         summed = update_codec.decode_aggregate(self.current.codec, result.aggregate)
+        bound = plausible_sum_norm(self.current.codec, len(result.contributors))
+        if self.current.site_sums and not np.linalg.norm(summed) <= bound:
+            # A site's sum is not checked against its robots' bodies (docs/site-aggregation.md): a dropped
+            # body decodes to noise over the whole range, a large shift beyond what clipped robots can send.
+            raise RoundError(f'round {config.round_id}: the decoded sum has norm {np.linalg.norm(summed):.3g}, '
+                             f'over the {bound:.3g} that {len(result.contributors)} clipped robots can reach; '
+                             f'a site sum in it ({sorted(self.current.site_sums)}) is not what its robots sent',
+                             reason=Reason.IMPLAUSIBLE_AGGREGATE)
         floor = segment_weight_floor(self.current.codec, len(result.contributors), self.settings.min_segment_weight)
         indices = adapter_round_coordinates(config.round_seed, self.model_policy, config.num_coordinates)
         policy, delta, frozen = apply_round_sum(self.model_policy, summed, floor, self.strategy,

@@ -95,9 +95,16 @@ def site_round(server: Server, site: Site) -> tuple[dict[str, np.ndarray], dict[
     return vectors, updates, site_sum
 
 
+def decoded_result(server: Server, blob: bytes) -> np.ndarray:
+    return update_codec.decode_aggregate(server.aggregator.current.codec, AggregateResult.deserialize(blob).aggregate)
+
+
 def decoded_round(server: Server) -> np.ndarray:
-    result = AggregateResult.deserialize(server.decrypt())
-    return update_codec.decode_aggregate(server.aggregator.current.codec, result.aggregate)
+    """The round's one decryption, decoded; the aggregator's candidate() check runs on it too."""
+    blob = server.decrypt()
+    decoded = decoded_result(server, blob)
+    server.aggregator.candidate(blob)
+    return decoded
 
 
 def noise_bound(server: Server, robots: int) -> float:
@@ -253,27 +260,42 @@ def trivial_encryption(server: Server, vector: np.ndarray, factor: int) -> BodyC
     return BodyCiphertext(params, ring.ntt(ring.from_signed(message.reshape(codec.body_chunks, params.n))))
 
 
-def test_not_caught_a_site_gateway_shifts_its_sites_aggregate_by_a_vector_of_its_choice(server, site):
-    """The lattice sum is malleable: adding a trivial encryption of v moves the decrypted aggregate by v.
-    The gateway need not clip v (here 5 x an encoding of norm 1.4, so 7 > the clipping norm 2). Every
-    check passes; the round's result is the robots' sum plus the gateway's v."""
+def shifted_sum(server: Server, site: Site, factor: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """A compromised site gateway adds a trivial encryption of `factor` times a 50-coordinate vector of
+    norm 1.4 to its honest sum and sends it; every check before decryption passes."""
     vectors, _, site_sum = site_round(server, site)
     config = server.aggregator.current.config
-    shift, factor = np.zeros_like(vectors['robot_a']), 5
+    shift = np.zeros_like(vectors['robot_a'])
     shift[:50] = 0.2
     honest, offset = site_sum.summed_body(), trivial_encryption(server, shift, factor)
     shifted = BodyCiphertext(honest.params, (honest.values + offset.values) % np.uint64(honest.params.q))
     contributions = SitePartialSum.deserialize(site_sum.partial_sum()).contributions
     server.aggregator.accept_site_sum(signed_sum(site.signer, config, contributions,
                                                  sealed_to_aggregator(config, shifted)))
+    return vectors, factor * shift
+
+
+def test_not_caught_a_site_gateway_shifts_its_sites_aggregate_by_a_vector_of_its_choice(server, site):
+    """The lattice sum is malleable: adding a trivial encryption of v moves the decrypted aggregate by v.
+    The gateway need not clip v (here of norm 7, beyond the clipping norm 2 of one robot); within what
+    the round's robots could reach together, the candidate is built from the robots' sum plus v."""
+    vectors, shift = shifted_sum(server, site, 5)
     error = decoded_round(server) - sum(vectors.values())
-    assert np.max(np.abs(error - factor * shift)) < factor * noise_bound(server, 4)
+    assert np.max(np.abs(error - shift)) < 5 * noise_bound(server, 4)
     assert np.min(error[:50]) > 0.8
 
 
-def test_not_caught_a_site_gateway_drops_a_robots_body_and_the_round_decodes_to_garbage(server, site):
-    """Keeping robot b's header and key ciphertext but only robot a's body: accepted, decrypted once,
-    and the aggregate is noise (K includes k_b, the bodies do not). The round's decryption is spent."""
+def test_a_shift_beyond_what_the_robots_can_reach_fails_the_round_after_its_decryption(server, site):
+    vectors, shift = shifted_sum(server, site, 50)
+    with pytest.raises(RoundError) as refused:
+        decoded_round(server)
+    assert refused.value.reason == 'implausible_aggregate'
+
+
+def test_a_dropped_body_passes_every_check_and_fails_the_round_after_its_decryption(server, site):
+    """Keeping robot b's header and key ciphertext but only robot a's body: accepted and decrypted once;
+    the aggregate is noise (K includes k_b, the bodies do not), far beyond what clipped robots reach,
+    so the candidate is refused. The round's one decryption is spent and no check names the site."""
     vectors, updates, _ = site_round(server, site)
     config = server.aggregator.current.config
     only_a = collector(server, site)
@@ -281,6 +303,10 @@ def test_not_caught_a_site_gateway_drops_a_robots_body_and_the_round_decodes_to_
     contributions = [UpdatePackage.deserialize(updates[robot]).contribution() for robot in SITE_ROBOTS]
     server.aggregator.accept_site_sum(signed_sum(site.signer, config, contributions,
                                                  sealed_to_aggregator(config, only_a.summed_body())))
+    blob = server.decrypt()
+    decoded = decoded_result(server, blob)
     truth = sum(vectors.values())
-    error = decoded_round(server) - truth
-    assert np.linalg.norm(error) > 20 * np.linalg.norm(truth)
+    assert np.linalg.norm(decoded - truth) > 20 * np.linalg.norm(truth)
+    with pytest.raises(RoundError) as refused:
+        server.aggregator.candidate(blob)
+    assert refused.value.reason == 'implausible_aggregate'

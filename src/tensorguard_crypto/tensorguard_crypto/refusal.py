@@ -92,6 +92,7 @@ class Reason(enum.StrEnum):
     # Site aggregation (site_sum.py, docs/site-aggregation.md).
     SITE_AGGREGATION_OFF = 'site_aggregation_off'
     UNKNOWN_SITE = 'unknown_site'
+    IMPLAUSIBLE_AGGREGATE = 'implausible_aggregate'
 
 
 class Refusal(Exception):
