@@ -6,6 +6,7 @@ docs/site-aggregation.md) and publishes one `SitePartialSum`; robot_3 sends to t
 round completes with all three robots and every robot applies the new model."""
 from __future__ import annotations
 
+import hashlib
 import sys
 import threading
 from datetime import datetime, timezone
@@ -22,6 +23,7 @@ from tensorguard_crypto.site_sum import SiteCollector, SiteSumError
 from tensorguard_crypto.verify import VerificationError, verify_round_config
 from tensorguard_gateway.site_aggregation import partial_sum_message
 from tensorguard_msgs.msg import EncryptedUpdate, RoundConfig, SitePartialSum
+from tensorguard_msgs.srv import TriggerRound
 from tensorguard_ros import qos, topics
 from tensorguard_sim.plan import load_config
 
@@ -47,6 +49,7 @@ class SiteAggregatorOperator(Operator):
         self.lock = threading.Lock()
         self.collector: SiteCollector | None = None
         self.refused: list[str] = []
+        self.published: list[SitePartialSum] = []
         self.sums = self.create_publisher(SitePartialSum, topics.SITE_PARTIAL_SUMS, qos.UPDATES)
         self.create_subscription(RoundConfig, topics.ROUND_CONFIG, self._on_config, qos.LATCHED)
         self.create_subscription(EncryptedUpdate, topics.ENCRYPTED_UPDATES, self._on_update, qos.UPDATES)
@@ -78,7 +81,8 @@ class SiteAggregatorOperator(Operator):
                 self.refused.append(exc.reason)
                 return
             if self.collector.complete:
-                self.sums.publish(partial_sum_message(self.collector.partial_sum()))
+                self.published.append(partial_sum_message(self.collector.partial_sum()))
+                self.sums.publish(self.published[-1])
 
 
 @pytest.fixture(scope='module')
@@ -123,3 +127,27 @@ def test_a_round_with_one_site_sum_completes_and_every_robot_applies_the_model(s
              "the direct copies of the site robots' updates to be refused")
     wait_for(lambda: all(s.model_version == result.model_version for s in op.robots.values()), 60,
              f'every robot to apply model {result.model_version}', site_fleet.procs)
+
+
+def test_replayed_tampered_and_malformed_site_sums_are_refused_and_counted(site_fleet):
+    """The previous round's sum replayed into a new round, one whose header names another site, one
+    whose transport digest does not match and one that is not a record: each refused by reason."""
+    op = site_fleet.operator
+    reply = op.call(op.trigger, TriggerRound.Request(deadline_seconds=60.0))
+    assert reply.accepted, reply.message
+    wait_for(lambda: op.fleet.round_id == reply.round_id, 30, f'round {reply.round_id} to open')
+    before = op.rejections()
+    old = op.published[0]
+    other_site = partial_sum_message(bytes(old.package))
+    other_site.site_id = 'site_b'
+    bad_digest = partial_sum_message(bytes(old.package))
+    bad_digest.package_sha256 = [0] * 32
+    garbage = partial_sum_message(bytes(old.package))
+    garbage.package = b'not a record'
+    garbage.package_size = len(garbage.package)
+    garbage.package_sha256 = list(hashlib.sha256(b'not a record').digest())
+    for msg in (old, other_site, bad_digest, garbage):
+        op.sums.publish(msg)
+    expected = {'replayed_round': 1, 'header_mismatch': 1, 'transport_digest_mismatch': 1, 'malformed': 1}
+    wait_for(lambda: all(op.rejections().get(reason, 0) - before.get(reason, 0) >= count
+                         for reason, count in expected.items()), 30, f'the refusals {expected}')
