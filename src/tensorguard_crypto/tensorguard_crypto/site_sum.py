@@ -63,7 +63,11 @@ def site_aggregators_from_mapping(sites: Mapping[str, Mapping]) -> tuple[SiteAgg
 
 
 class SiteCollector:
-    """A site gateway's sum for one round: verified robots' bodies in, one signed partial sum out."""
+    """A site gateway's sum for one round: verified robots' bodies in, one signed partial sum out.
+
+    `config` must already be verified (`verify.verify_round_config`): it says which robots and seal
+    key belong to the site; `robot_keys` resolves the robots' enrolled public keys.
+    """
 
     def __init__(self, config: RoundConfigPackage, site_id: str, seal_key: hybrid.SealedBoxKey,
                  robot_keys: KeyResolver, signer: Signer, params: SecAggParams,
