@@ -12,6 +12,7 @@ import platform
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -21,7 +22,7 @@ import torch
 from tqdm import tqdm
 
 from tensorguard_learning.aggregation import ExpertDrivenStrategy, FedAvgStrategy, apply_update
-from tensorguard_learning.compression import ErrorFeedback, round_coordinates
+from tensorguard_learning.compression import ErrorFeedback, round_coordinates, sparsify
 from tensorguard_learning.demonstrations import Demonstration, DemonstrationStore
 from tensorguard_learning.envelope import OperatingEnvelope
 from tensorguard_learning.evaluation import EvaluationGate, EvaluationMetrics, SafetyThresholds, policy_kl
@@ -81,14 +82,25 @@ class FederatedRun:
 
 
 def _federate(name: str, base: MoEPolicy, robot_data: list[BCData], strategy, args, envelope: OperatingEnvelope,
-              compress_ratio: int | None, bar: tqdm) -> FederatedRun:
-    """Run T rounds of simulated robots training locally and the server aggregating in plaintext."""
+              compress_ratio: int | None, bar: tqdm, *, coordinate_period: int = 1, error_feedback: bool = True,
+              on_round: Callable[[int, MoEPolicy], None] | None = None,
+              coordinates: np.ndarray | None = None) -> FederatedRun:
+    """Run T rounds of simulated robots training locally and the server aggregating in plaintext.
+
+    With compression the round's coordinates are redrawn every `coordinate_period` rounds (1: every
+    round); `error_feedback=False` drops the unsent part of each delta instead of carrying it (and
+    then needs no proximal term: every robot restarts from the global model each round).
+    `on_round(r, global_policy)` is called after round r (1-based) has been applied. `coordinates`
+    replaces the random-k by one public, fixed coordinate set sent every round (no error feedback).
+    """
     global_policy = base.clone()
     sizes = global_policy.segment_sizes()
     total = sum(sizes)
     always = sum(sizes[base.cfg.num_experts:])
     k = max(1, (total + len(sizes)) // compress_ratio - always - len(sizes)) if compress_ratio else None
-    feedback = [ErrorFeedback(total) for _ in robot_data] if k else None
+    if coordinates is not None:
+        k, error_feedback = int(coordinates.size), False
+    feedback = [ErrorFeedback(total) for _ in robot_data] if k and error_feedback else None
     robots = [base.clone() for _ in robot_data]
     norms: list[float] = []
     delta_norms: list[float] = []
@@ -96,9 +108,9 @@ def _federate(name: str, base: MoEPolicy, robot_data: list[BCData], strategy, ar
     start = time.perf_counter()
     bytes_per_round = 0
     for rnd in range(args.rounds):
-        round_seed = hashlib.sha256(f'{name}/round/{rnd}'.encode()).digest()
-        indices = (round_coordinates(round_seed, sizes, k, always_send=range(base.cfg.num_experts, len(sizes)))
-                   if k else None)
+        round_seed = hashlib.sha256(f'{name}/round/{rnd // coordinate_period}'.encode()).digest()
+        indices = coordinates if coordinates is not None else (
+            round_coordinates(round_seed, sizes, k, always_send=range(base.cfg.num_experts, len(sizes))) if k else None)
         vectors = []
         for i, data in enumerate(robot_data):
             robot = robots[i]
@@ -110,6 +122,8 @@ def _federate(name: str, base: MoEPolicy, robot_data: list[BCData], strategy, ar
             if feedback:
                 values = feedback[i].compress(update.dense_delta(), indices)
                 vec = strategy.flatten_update(update, values, indices)
+            elif k:
+                vec = strategy.flatten_update(update, sparsify(update.dense_delta(), indices), indices)
             else:
                 vec = strategy.flatten_update(update)
             envelope.check_update_size(vec.nbytes)
@@ -119,9 +133,51 @@ def _federate(name: str, base: MoEPolicy, robot_data: list[BCData], strategy, ar
             vectors.append(vec)
         previous = global_policy.clone()
         apply_update(global_policy, strategy.aggregate(vectors, sizes, indices))
+        if on_round is not None:
+            on_round(rnd + 1, global_policy)
         bar.update(1)
     seconds = (time.perf_counter() - start) / args.rounds
     return FederatedRun(global_policy, previous, bytes_per_round, seconds, norms, delta_norms)
+
+
+@dataclass
+class Fleet:
+    """The server's pre-trained base and the simulated robots' data."""
+
+    base: MoEPolicy
+    robot_data: list[BCData]
+    held_out: BCData
+    pretrain_loss: float
+
+
+def prepare_fleet(args: argparse.Namespace, cfg: MoEConfig, bar: tqdm | None = None) -> Fleet:
+    """Pre-train the base on the first `args.pretrain_tasks` tasks and give each robot its non-IID demonstrations
+    (cached, written into and read back from a `DemonstrationStore` per robot)."""
+    tasks = cfg.tasks
+    pre_demos = [d for t in tasks[:args.pretrain_tasks]
+                 for d in _cached_demos(t, args.pretrain_demos, PRETRAIN_SEED, args.cache_dir)]
+    base = MoEPolicy(cfg)
+    pretrain_loss = pretrain(base, BCData.from_demonstrations(base, pre_demos),
+                             TrainingBudget(max_steps=args.pretrain_steps, batch_size=args.batch_size,
+                                            learning_rate=args.lr))
+    held_out_demos = [d for t in tasks for d in _cached_demos(t, 3, HELD_OUT_SEED, args.cache_dir)]
+    held_out = BCData.from_demonstrations(base, held_out_demos)
+    if bar is not None:
+        bar.update(1)
+
+    robot_data: list[BCData] = []
+    holders = {t: [r for r in range(args.robots) if t in _robot_tasks(r, tasks, args.tasks_per_robot)] for t in tasks}
+    with tempfile.TemporaryDirectory(prefix='tg-bench-') as tmp:
+        for r in range(args.robots):
+            with DemonstrationStore(Path(tmp) / f'robot_{r}', max_bytes=1 << 30) as store:
+                for t in _robot_tasks(r, tasks, args.tasks_per_robot):
+                    seed = 10_000 * (holders[t].index(r) + 1)
+                    for demo in _cached_demos(t, args.demos_per_robot_task, seed, args.cache_dir):
+                        store.append_episode(demo)
+                robot_data.append(BCData.from_store(base, store))
+    if bar is not None:
+        bar.update(1)
+    return Fleet(base, robot_data, held_out, pretrain_loss)
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
@@ -173,27 +229,8 @@ def main(argv: list[str] | None = None) -> int:
     bar = tqdm(total=rounds_total + args.robots + 6, desc='bench', unit='step', file=sys.stderr)
 
     bar.set_postfix_str('recording demonstrations')
-    pre_demos = [d for t in tasks[:args.pretrain_tasks]
-                 for d in _cached_demos(t, args.pretrain_demos, PRETRAIN_SEED, args.cache_dir)]
-    base = MoEPolicy(cfg)
-    pretrain_loss = pretrain(base, BCData.from_demonstrations(base, pre_demos),
-                             TrainingBudget(max_steps=args.pretrain_steps, batch_size=args.batch_size,
-                                            learning_rate=args.lr))
-    held_out_demos = [d for t in tasks for d in _cached_demos(t, 3, HELD_OUT_SEED, args.cache_dir)]
-    held_out = BCData.from_demonstrations(base, held_out_demos)
-    bar.update(1)
-
-    robot_data: list[BCData] = []
-    holders = {t: [r for r in range(args.robots) if t in _robot_tasks(r, tasks, args.tasks_per_robot)] for t in tasks}
-    with tempfile.TemporaryDirectory(prefix='tg-bench-') as tmp:
-        for r in range(args.robots):
-            with DemonstrationStore(Path(tmp) / f'robot_{r}', max_bytes=1 << 30) as store:
-                for t in _robot_tasks(r, tasks, args.tasks_per_robot):
-                    seed = 10_000 * (holders[t].index(r) + 1)
-                    for demo in _cached_demos(t, args.demos_per_robot_task, seed, args.cache_dir):
-                        store.append_episode(demo)
-                robot_data.append(BCData.from_store(base, store))
-    bar.update(1)
+    fleet = prepare_fleet(args, cfg, bar)
+    base, robot_data, held_out, pretrain_loss = fleet.base, fleet.robot_data, fleet.held_out, fleet.pretrain_loss
 
     rows: list[Row] = []
     central_steps = args.rounds * args.local_steps

@@ -125,3 +125,23 @@ class ErrorFeedback:
         self.residual = dense_delta.copy()
         self.residual[indices] = 0.0
         return values
+
+
+def expert_head_coordinates(policy: MoEPolicy) -> np.ndarray:
+    """Public, fixed coordinates: every expert's biases and output layer, plus every task segment.
+
+    A parameter-efficient subset in the spirit of BitFit (Ben Zaken et al. 2022: fine-tune biases
+    only) with the experts' last layer added; it depends only on the layout, so every robot sends the
+    same coordinates and the vectors stay summable.
+    """
+    sizes = policy.segment_sizes()
+    keep: list[np.ndarray] = []
+    offset = 0
+    for expert in policy.adapter.experts:
+        head = {id(p) for p in expert[-1].parameters()}
+        for p in expert.parameters():
+            if p.dim() == 1 or id(p) in head:
+                keep.append(np.arange(offset, offset + p.numel(), dtype=np.int64))
+            offset += p.numel()
+    keep.append(np.arange(offset, sum(sizes), dtype=np.int64))
+    return np.concatenate(keep)
