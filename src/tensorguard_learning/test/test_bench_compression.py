@@ -33,7 +33,9 @@ def test_method_specs():
     assert held.coordinate_period == 20 and not held.error_feedback and held.compressed
     assert parse_method('randomk_ef', 200).error_feedback
     assert parse_method('head', 200).expert_head
-    for bad in ('held:0', 'held:x', 'topk'):
+    assert parse_method('randomk_ef@10', 200).ratio == 10 and parse_method('held:all@8', 200).coordinate_period == 200
+    assert parse_method('randomk_ef', 200).ratio is None
+    for bad in ('held:0', 'held:x', 'topk', 'dense@4', 'randomk_ef@1', 'head@8'):
         with pytest.raises(ConfigError, match='unknown method'):
             parse_method(bad, 200)
 
