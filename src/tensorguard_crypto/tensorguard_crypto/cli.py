@@ -1,5 +1,6 @@
 """`tensorguard` operator command line: info, keygen, bench, the KMS (register, revoke, rotate, list,
-verify-log), a fleet (init, enroll, rotate, revoke, status, gateway-cert) and a robot's side of enrolment (install).
+verify-log), a fleet (init, enroll, rotate, revoke, status, gateway-cert,
+site-aggregator-key) and a robot's side of enrolment (install).
 Other installed packages add sub-commands through the ``tensorguard.commands`` entry-point group
 (``tensorguard dashboard`` from tensorguard_monitor, ``tensorguard robot-import-bag`` and
 ``robot-export-dataset`` from tensorguard_edge); this package never imports them.
@@ -25,7 +26,7 @@ from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Sequence
 
-from . import fleet, gateway_certs, keystore, wire
+from . import fleet, gateway_certs, keystore, site_keys, wire
 from .fleet import FleetPaths
 from .hsm import DEFAULT_MODULE, MODULE_ENV, HsmError, HsmSession
 from .identity import InvalidId, Role, check_id, fingerprint
@@ -245,6 +246,20 @@ def _fleet_gateway_cert(args: argparse.Namespace) -> None:
           'Next: give these three files to that gateway or router (docs/gateway.md, "Certificates").')
 
 
+def _fleet_site_aggregator_key(args: argparse.Namespace) -> None:
+    made = site_keys.create_site_aggregator(FleetPaths(args.fleet_dir), args.site, args.robot,
+                                            read_passphrase('the fleet keys', new=False), args.out)
+    print(f'site             {made.site_id} (robots {", ".join(args.robot)})\n'
+          f'identity         {made.identity_file} (key id {made.signer_key_id}, role site_aggregator, '
+          f'fingerprint {made.signer_fingerprint}; registered in the KMS)\n'
+          f'seal key         {made.seal_file} (X25519, fingerprint {made.seal_fingerprint})\n'
+          f'trust file       {made.trust_file}\n'
+          f'site list        {made.sites_file}\n'
+          'Both keys are encrypted under the fleet passphrase (mode 0600). Next: give the three files to that '
+          "site's gateway only, and set the aggregator's site_aggregation: true and site_aggregators_file: "
+          f'{made.sites_file} (docs/site-aggregation.md).')
+
+
 def _identity_line(identity: fleet.IdentityStatus) -> str:
     reason = f'  ({identity.revocation_reason})' if identity.revocation_reason else ''
     return (f'  {identity.key_id:<24} {identity.role:<12} {identity.status:<8} v{identity.version:<3} '
@@ -416,6 +431,16 @@ def build_parser() -> argparse.ArgumentParser:
                               help='DNS name or IP address the certificate is valid for (repeatable)')
     gateway_cert.add_argument('--days', type=_positive_int, default=365, help='validity in days (default 365)')
     gateway_cert.set_defaults(handler=_fleet_gateway_cert)
+    site_key = fleet_actions.add_parser(
+        'site-aggregator-key', help="make a site gateway's aggregator identity and seal key, and register the site")
+    site_key.add_argument('fleet_dir', type=Path)
+    site_key.add_argument('--site', type=_key_id, required=True, help='the site id (as in its gateway certificate)')
+    site_key.add_argument('--robot', type=_key_id, action='append', required=True,
+                          help='an enrolled robot the site gateway sums (repeat for each)')
+    site_key.add_argument('--out', type=Path, required=True,
+                          help='directory for <site>_aggregator.key, <site>_seal.key and <site>_trust.json '
+                               '(nothing is overwritten)')
+    site_key.set_defaults(handler=_fleet_site_aggregator_key)
     status = fleet_actions.add_parser('status', help='verify the KMS; identities, models and rounds on disk')
     status.add_argument('fleet_dir', type=Path)
     status.add_argument('--json', action='store_true')
