@@ -1,7 +1,8 @@
 """The fleet router as operators run it (`gateway_router` in its own process, mutual TLS, access control)
 against attackers: a gateway whose certificate is not from the fleet's CA cannot connect, and a site that
 publishes another site's robot key, forges a round config or listens to another site's updates is denied,
-visibly in the router's log, while its own robots' keys pass."""
+visibly in the router's log, while its own robots' keys pass; and a site aggregating its robots' updates may
+put its own site sum, not another site's, while a site not listed for site aggregation may put none."""
 import sys
 import time
 from pathlib import Path
@@ -23,7 +24,7 @@ class Network(GatewayNetwork):
     """The router running, and the certificate of an outsider (another fleet's CA) claiming site_a."""
 
     def __init__(self, tmp: Path) -> None:
-        super().__init__(tmp, SITES)
+        super().__init__(tmp, SITES, site_aggregation=('site_a',))
         outsider = FleetPaths(tmp / 'outsider')
         provision_server(outsider, PASSPHRASE)
         self.outsider = tmp / 'outsider_certs'
@@ -51,6 +52,32 @@ def test_a_gateway_with_a_certificate_not_from_the_fleet_ca_cannot_connect(netwo
         network.session('site_site_a', network.outsider)
     wait_for(lambda: 'invalid peer certificate: UnknownIssuer' in network.log.read_text(), 10,
              "the router's log of the refused certificate")
+
+
+def test_a_site_may_put_only_its_own_site_sum_and_only_if_it_aggregates(network):
+    server, site_a, site_b = (network.session(name) for name in ('fleet-server', 'site_site_a', 'site_site_b'))
+    try:
+        at_server = []
+        server.declare_subscriber('tensorguard/fleet/*/site_sum', lambda sample: at_server.append(
+            (str(sample.key_expr), sample.payload.to_bytes())))
+        own = site_a.declare_publisher('tensorguard/fleet/site_a/site_sum',
+                                       congestion_control=zenoh.CongestionControl.BLOCK)
+        wait_for(lambda: own.matching_status.matching, 10, "the server's site-sum subscription to reach site_a")
+        site_a.put('tensorguard/fleet/site_b/site_sum', b'a sum in site_b name, put by site_a')
+        site_b.put('tensorguard/fleet/site_b/site_sum', b'a sum of site_b, which does not aggregate')
+        own.put(b'the sum of site_a')
+        wait_for(lambda: at_server, 10, "site_a's own sum at the server")
+        time.sleep(1.0)  # anything denied would have arrived by now
+        assert at_server == [('tensorguard/fleet/site_a/site_sum', b'the sum of site_a')]
+    finally:
+        for session in (site_a, site_b, server):
+            session.close()
+    def denied(site: str) -> bool:
+        return any(f'CertCommonName(site:{site})' in line and line.endswith(
+            'is unauthorized to Put (ingress) on tensorguard/fleet/site_b/site_sum')
+            for line in network.log.read_text().splitlines())
+
+    wait_for(lambda: denied('site_a') and denied('site_b'), 10, "the router's log of both denied site sums")
 
 
 def test_a_site_is_denied_other_sites_keys_and_the_fleet_keys_visibly_while_its_own_pass(network):

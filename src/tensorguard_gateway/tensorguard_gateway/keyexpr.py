@@ -10,6 +10,11 @@ under the reserved site name ``fleet``; what a site sends names the site and the
     tensorguard/<fleet>/<site>/<robot>/outcome_reports       OutcomeReport    site -> server
     tensorguard/<fleet>/<site>/<robot>/status                RobotStatus      site -> server
     tensorguard/<fleet>/<site>/delivered                     SHA-256 digests  server -> site (acknowledgements)
+    tensorguard/<fleet>/<site>/site_sum                      SitePartialSum   site -> server (site aggregation only)
+
+The site-sum key is the site's, not a robot's: with site aggregation (docs/site-aggregation.md) a site
+sends one signed partial sum per round instead of its robots' encrypted updates; the router grants it
+only to the sites its network file lists under ``site_aggregation``.
 
 Fleet, site and robot names follow the project's id grammar (`identity.check_id`: no ``/``, ``*``
 or ``.``), so a name can never widen a key into a wildcard, and the router's access control can
@@ -51,6 +56,7 @@ FLEET_STATUS = Channel('fleet_status', Direction.TO_SITES)
 ENCRYPTED_UPDATES = Channel('encrypted_updates', Direction.TO_SERVER)
 OUTCOME_REPORTS = Channel('outcome_reports', Direction.TO_SERVER)
 ROBOT_STATUS = Channel('status', Direction.TO_SERVER, per_robot=True)
+SITE_SUMS = Channel('site_sum', Direction.TO_SERVER)  # one key per site, not in CHANNELS: site aggregation only
 CHANNELS = (ROUND_CONFIG, MODEL_UPDATES, FLEET_STATUS, ENCRYPTED_UPDATES, OUTCOME_REPORTS, ROBOT_STATUS)
 BY_NAME = {channel.name: channel for channel in CHANNELS}
 DELIVERED = 'delivered'  # tensorguard/<fleet>/<site>/delivered: the server gateway's acknowledgements
@@ -115,6 +121,14 @@ class KeySpace:
         """Where the server gateway acknowledges a site's records (the SHA-256 of each one it delivered)."""
         return f'{self.prefix}/{check_site(site)}/{DELIVERED}'
 
+    def site_sum_key(self, site: str) -> str:
+        """Where a site's gateway puts its site's partial sums (site aggregation)."""
+        return f'{self.prefix}/{check_site(site)}/{SITE_SUMS.name}'
+
+    def all_site_sums_key(self) -> str:
+        """The wildcard the server gateway subscribes to for the sites' partial sums."""
+        return f'{self.prefix}/*/{SITE_SUMS.name}'
+
     def all_sites_key(self, channel: Channel) -> str:
         """The wildcard the server gateway subscribes to for a site-to-server channel."""
         return f'{self.prefix}/*/*/{channel.name}'
@@ -127,14 +141,18 @@ class KeySpace:
         if len(parts) == 4 and parts[2] == FLEET_SCOPE and parts[3] in BY_NAME \
                 and BY_NAME[parts[3]].direction is Direction.TO_SITES:
             return Route(BY_NAME[parts[3]])
+        if len(parts) == 4 and parts[3] == SITE_SUMS.name:
+            return Route(SITE_SUMS, check_site(parts[2]))
         if len(parts) == 5 and parts[4] in BY_NAME and BY_NAME[parts[4]].direction is Direction.TO_SERVER:
             return Route(BY_NAME[parts[4]], check_site(parts[2]), check_name(parts[3], 'robot id'))
         raise KeySchemeError(f'{key!r} names no TensorGuard channel of the scheme')
 
-    def site_publications(self, site: str, robots: list[str]) -> list[str]:
-        """Every key a site may publish: its own robots' site-to-server channels, nothing else."""
-        return [self.robot_key(site, robot, channel) for robot in robots
-                for channel in CHANNELS if channel.direction is Direction.TO_SERVER]
+    def site_publications(self, site: str, robots: list[str], aggregating: bool = False) -> list[str]:
+        """Every key a site may publish: its own robots' site-to-server channels and, if it is `aggregating`,
+        its own site-sum key; nothing else."""
+        return [*(self.robot_key(site, robot, channel) for robot in robots
+                  for channel in CHANNELS if channel.direction is Direction.TO_SERVER),
+                *([self.site_sum_key(site)] if aggregating else [])]
 
     def site_subscriptions(self, site: str) -> list[str]:
         """Every key a site may subscribe to or query: the fleet's config, model and status, its own status and

@@ -28,10 +28,11 @@ def free_port() -> int:
 
 class LocalNetwork:
     """Certificates of the router, the fleet server's gateway and each site's (issued from `fleet`'s gateway
-    CA into ``<directory>/gateway_certs``), a network file for a router on a free port of `host`, and the router."""
+    CA into ``<directory>/gateway_certs``), a network file for a router on a free port of `host` (granting the
+    sites in `site_aggregation` their site-sum key), and the router."""
 
     def __init__(self, directory: Path, sites: dict[str, list[str]], fleet: FleetPaths, passphrase: bytes,
-                 host: str = '127.0.0.1') -> None:
+                 host: str = '127.0.0.1', site_aggregation: tuple[str, ...] = ()) -> None:
         self.certs = directory / 'gateway_certs'
         self.sites = sites
         gateway_certs.issue_certificate(fleet, passphrase, gateway_certs.ROUTER_NAME, self.certs,
@@ -44,6 +45,7 @@ class LocalNetwork:
         self.config = directory / 'gateway_network.yaml'
         self.config.write_text(yaml.safe_dump({
             'fleet': 'fleet', 'listen': [f'tls/{host}:{port}'], 'sites': sites,
+            **({'site_aggregation': list(site_aggregation)} if site_aggregation else {}),
             'tls': {'root_ca_certificate': f'{self.certs.name}/ca.crt',
                     'certificate': f'{self.certs.name}/router.crt', 'private_key': f'{self.certs.name}/router.key'}}))
         self.log = directory / 'router.log'

@@ -5,8 +5,10 @@ certificate of the fleet's gateway CA), on exactly the configured endpoints, wit
 announces itself nowhere. Its access control denies everything not granted; the grants come from the
 key scheme (keyexpr.py): a site (certificate common name ``site:<id>``) may publish only its own
 robots' update, outcome-report and status keys and subscribe to (and query) only the fleet's round
-config, model and fleet status and its own robots' status; it learns of the fleet server's subscriptions
-to its own keys (so its publishers match) and of its queryables, nothing else; the fleet server's gateway (common name
+config, model and fleet status and its own robots' status; a site listed under ``site_aggregation`` may
+also publish its own site-sum key (docs/site-aggregation.md), no other site's; it learns of the fleet server's
+subscriptions to its own keys (so its publishers match) and of its queryables, nothing else; the fleet server's
+gateway (common name
 ``fleet-server``) may do everything under ``tensorguard/<fleet>/``. Anything else a link tries is
 dropped by the router and logged at trace level on the ``zenoh::net::routing::interceptor::access_control``
 target as ``... is unauthorized to Put (ingress) on <key>`` (`ACL_LOG_FILTER`).
@@ -88,12 +90,14 @@ def _json5(settings: dict[str, Any]) -> Any:
 
 @dataclass(frozen=True)
 class RouterConfig:
-    """The fleet router: fleet name, listen endpoints, TLS files and each site's robots."""
+    """The fleet router: fleet name, listen endpoints, TLS files, each site's robots and the sites that send one
+    partial sum per round (site aggregation)."""
 
     fleet: str
     listen: list[str]
     tls: TlsFiles
     sites: dict[str, list[str]] = field(default_factory=dict)
+    site_aggregation: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         try:
@@ -104,6 +108,9 @@ class RouterConfig:
                     raise NetworkConfigError(f'sites.{site}: lists no robot')
                 for robot in robots:
                     check_name(robot, f'sites.{site} robot id')
+            for site in self.site_aggregation:
+                if site not in self.sites:
+                    raise NetworkConfigError(f'site_aggregation: {site!r} is not one of the sites')
         except KeySchemeError as error:
             raise NetworkConfigError(str(error)) from None
         _tls_endpoints(self.listen, 'listen')
@@ -118,15 +125,18 @@ class RouterConfig:
         policies = [{'id': 'fleet_server', 'rules': ['fleet_server'], 'subjects': ['fleet_server']}]
         for site, robots in sorted(self.sites.items()):
             subscriptions = keys.site_subscriptions(site)
+            aggregating = site in self.site_aggregation
+            publications = keys.site_publications(site, robots, aggregating)
             rules += [
                 {'id': f'{site}_publish', 'messages': ['put'], 'flows': ['ingress'], 'permission': 'allow',
-                 'key_exprs': keys.site_publications(site, robots)},
+                 'key_exprs': publications},
                 {'id': f'{site}_subscribe', 'messages': ['declare_subscriber', 'query'], 'flows': ['ingress'],
                  'permission': 'allow', 'key_exprs': subscriptions},
                 {'id': f'{site}_receive', 'messages': ['put', 'reply', 'declare_queryable'], 'flows': ['egress'],
                  'permission': 'allow', 'key_exprs': subscriptions},
                 {'id': f'{site}_match', 'messages': ['declare_subscriber'], 'flows': ['egress'], 'permission': 'allow',
-                 'key_exprs': [*keys.site_publications(site, robots), *map(keys.all_sites_key, TO_SERVER)]},
+                 'key_exprs': [*publications, *map(keys.all_sites_key, TO_SERVER),
+                               *([keys.all_site_sums_key()] if aggregating else [])]},
             ]
             subjects.append({'id': site, 'cert_common_names': [site_common_name(site)]})
             policies.append({'id': site, 'subjects': [site], 'rules': [
@@ -159,17 +169,23 @@ def load_router_config(path: Path) -> RouterConfig:
         data = yaml.safe_load(path.read_text())
     except (OSError, yaml.YAMLError) as error:
         raise NetworkConfigError(f'{path}: cannot read the network configuration ({error})') from None
-    if not isinstance(data, dict) or set(data) != {'fleet', 'listen', 'tls', 'sites'}:
-        raise NetworkConfigError(f'{path}: needs exactly the keys fleet, listen, tls, sites')
+    if not isinstance(data, dict) or not {'fleet', 'listen', 'tls', 'sites'} <= set(data) <= {
+            'fleet', 'listen', 'tls', 'sites', 'site_aggregation'}:
+        raise NetworkConfigError(f'{path}: needs exactly the keys fleet, listen, tls, sites (and optionally '
+                                 'site_aggregation)')
     tls = data['tls']
     if not isinstance(tls, dict) or set(tls) != {'root_ca_certificate', 'certificate', 'private_key'}:
         raise NetworkConfigError(f'{path}: tls needs exactly root_ca_certificate, certificate, private_key')
     sites = data['sites'] or {}
     if not isinstance(sites, dict) or not all(isinstance(r, list) for r in sites.values()):
         raise NetworkConfigError(f'{path}: sites maps each site id to a list of robot ids')
+    aggregating = data.get('site_aggregation') or []
+    if not isinstance(aggregating, list):
+        raise NetworkConfigError(f'{path}: site_aggregation is a list of site ids')
     files = TlsFiles(**{key: str(path.parent / value) for key, value in tls.items()})
     return RouterConfig(str(data['fleet']), list(data['listen'] or []), files,
-                        {str(site): [str(r) for r in robots] for site, robots in sites.items()})
+                        {str(site): [str(r) for r in robots] for site, robots in sites.items()},
+                        [str(site) for site in aggregating])
 
 
 def client_config(connect: list[str], tls: TlsFiles, verify_router_name: bool = True) -> Any:

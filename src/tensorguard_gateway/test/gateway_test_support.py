@@ -23,11 +23,12 @@ class GatewayNetwork(LocalNetwork):
     """A `LocalNetwork` of a fleet provisioned for the test (or of `fleet`, if given)."""
 
     def __init__(self, tmp: Path, sites: dict[str, list[str]], fleet: FleetPaths | None = None,
-                 passphrase: bytes = PASSPHRASE, host: str = '127.0.0.1') -> None:
+                 passphrase: bytes = PASSPHRASE, host: str = '127.0.0.1',
+                 site_aggregation: tuple[str, ...] = ()) -> None:
         if fleet is None:
             fleet = FleetPaths(tmp / 'fleet')
             provision_server(fleet, passphrase)
-        super().__init__(tmp, sites, fleet, passphrase, host)
+        super().__init__(tmp, sites, fleet, passphrase, host, site_aggregation)
 
     def stop_router(self) -> str:
         """Stop the router, check it exited cleanly, and return its log."""

@@ -7,6 +7,7 @@ from tensorguard_gateway.keyexpr import (
     CHANNELS,
     ENCRYPTED_UPDATES,
     ROUND_CONFIG,
+    SITE_SUMS,
     Direction,
     KeySchemeError,
     KeySpace,
@@ -25,6 +26,14 @@ def test_robot_keys_round_trip(fleet, site, robot, channel):
     key = keys.robot_key(site, robot, channel)
     assert key == f'tensorguard/{fleet}/{site}/{robot}/{channel.name}'
     assert keys.parse(key) == Route(channel, site, robot)
+
+
+@given(NAMES, SITES)
+def test_site_sum_keys_round_trip_and_name_only_the_site(fleet, site):
+    keys = KeySpace(fleet)
+    key = keys.site_sum_key(site)
+    assert key == f'tensorguard/{fleet}/{site}/site_sum'
+    assert keys.parse(key) == Route(SITE_SUMS, site)
 
 
 @given(NAMES, st.sampled_from(TO_SITES))
@@ -60,6 +69,9 @@ def test_the_reserved_site_and_wrong_directions_are_refused():
     'tensorguard/fleet/site_a/robot_1/secrets',             # no such channel
     'tensorguard/fleet/site_a/*/encrypted_updates',         # a wildcard is no concrete key
     'tensorguard/fleet/site_a/robot_1/encrypted_updates/x',
+    'tensorguard/fleet/fleet/site_sum',                     # a site sum of the reserved site
+    'tensorguard/fleet/*/site_sum',                         # a wildcard is no concrete key
+    'tensorguard/fleet/site_a/robot_1/site_sum',            # a site sum under a robot
 ])
 def test_parse_refuses_keys_outside_the_scheme(key):
     with pytest.raises(KeySchemeError):
@@ -75,3 +87,5 @@ def test_a_site_is_granted_exactly_its_robots_keys_and_the_fleet_keys():
         'tensorguard/fleet/fleet/round_config', 'tensorguard/fleet/fleet/model_updates',
         'tensorguard/fleet/fleet/fleet_status', 'tensorguard/fleet/site_a/*/status',
         'tensorguard/fleet/site_a/delivered']
+    assert keys.site_publications('site_a', ['robot_1'], aggregating=True)[-1] == 'tensorguard/fleet/site_a/site_sum'
+    assert 'tensorguard/fleet/site_a/site_sum' not in publications  # granted only to an aggregating site

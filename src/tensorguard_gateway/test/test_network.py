@@ -35,6 +35,8 @@ def test_the_file_loads_with_tls_paths_relative_to_it(tmp_path):
     ({'sites': {'site_a': ['robot/*']}}, 'robot id'),
     ({'fleet': 'Fleet'}, 'fleet'),
     ({'extra': 1}, 'exactly the keys'),
+    ({'site_aggregation': ['site_c']}, "'site_c' is not one of the sites"),
+    ({'site_aggregation': 'site_a'}, 'a list of site ids'),
 ])
 def test_unusable_configurations_are_refused_naming_the_problem(tmp_path, changes, message):
     with pytest.raises(NetworkConfigError, match=message):
@@ -62,6 +64,18 @@ def test_the_access_control_denies_by_default_and_grants_a_site_only_its_keys():
     assert subjects == {'fleet_server': ['fleet-server'], 'site_a': ['site:site_a'], 'site_b': ['site:site_b']}
     assert {p['id']: p['subjects'] for p in acl['policies']} == {
         'fleet_server': ['fleet_server'], 'site_a': ['site_a'], 'site_b': ['site_b']}
+
+
+def test_only_a_site_listed_for_site_aggregation_may_put_a_site_sum_and_only_its_own(tmp_path):
+    config = load_router_config(write(tmp_path, site_aggregation=['site_a']))
+    assert config.site_aggregation == ['site_a']
+    rules = {rule['id']: rule for rule in config.access_control()['rules']}
+    puts = {site: [key for key in rules[f'{site}_publish']['key_exprs'] if key.endswith('/site_sum')]
+            for site in ('site_a', 'site_b')}
+    assert puts == {'site_a': ['tensorguard/fleet/site_a/site_sum'], 'site_b': []}
+    assert 'tensorguard/fleet/*/site_sum' in rules['site_a_match']['key_exprs']
+    assert not [key for key in rules['site_b_match']['key_exprs'] if key.endswith('/site_sum')]
+    assert load_router_config(write(tmp_path)).site_aggregation == []
 
 
 def test_router_and_gateways_announce_a_lease_no_shorter_than_a_blocked_puts_wait(tmp_path):
