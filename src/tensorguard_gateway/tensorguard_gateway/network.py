@@ -40,10 +40,14 @@ WAIT_BEFORE_CLOSE_S = 120
 # it (the put holds the link's queue) until that put's wait ends. With Zenoh's 10 s lease, a cut during a
 # large put left the site's session closing, neither sending nor reconnecting, for up to
 # WAIT_BEFORE_CLOSE_S (docs/gateway.md). A lease as long as that wait lets TCP carry the link through a
-# cut shorter than it (nothing is reconnected or resent), and a longer cut ends the blocked put before
-# the lease expires, so the link closes at once and the session reconnects. Keep-alives: 4 per lease.
+# cut shorter than it (nothing is reconnected or resent); after a longer cut the link closes when the lease
+# expires or, with a put blocked on it, when that put's wait ends, and the session reconnects.
 LEASE_S = WAIT_BEFORE_CLOSE_S
-TX = {'lease': LEASE_S * 1000, 'keep_alive': 4,
+# Keep-alives still every 2.5 s, as with Zenoh's default lease (10 s, 4 per lease): at 4 per 120 s lease
+# (every 30 s), most 1 MiB messages over the 10 Mbit/s test link took 31 s instead of 1.8 s (bench_gateway;
+# docs/gateway.md).
+KEEP_ALIVE_S = 2.5
+TX = {'lease': LEASE_S * 1000, 'keep_alive': round(LEASE_S / KEEP_ALIVE_S),
       'queue': {'congestion_control': {'block': {'wait_before_close': WAIT_BEFORE_CLOSE_S * 1_000_000}}}}
 _SERVER_MESSAGES = ['put', 'delete', 'declare_subscriber', 'query', 'declare_queryable', 'reply']
 

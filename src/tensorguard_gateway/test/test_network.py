@@ -89,4 +89,4 @@ def test_router_and_gateways_announce_a_lease_no_shorter_than_a_blocked_puts_wai
     for config in configs:
         tx = json.loads(config.get_json('transport/link/tx'))
         assert tx['lease'] * 1000 >= tx['queue']['congestion_control']['block']['wait_before_close'] >= 60_000_000
-        assert tx['keep_alive'] == 4
+        assert tx['lease'] / tx['keep_alive'] <= 2500  # keep-alives as often as with Zenoh's default lease
