@@ -17,6 +17,13 @@ round config and model. Both modes carry the rclpy-serialized bytes exactly as D
 congestion control for configs, models, updates and reports (best effort for status telemetry),
 never bridge back out what a gateway published into the domain (`loop_guard.LoopGuard`), and count
 messages in and out, loops and refusals on ``/diagnostics``.
+
+With ``site_aggregation`` (off by default; docs/site-aggregation.md) a site gateway sums the encrypted
+updates of its robots in every round whose signed config names this site (`site_round.SiteRound`, with
+the keys of `tensorguard fleet site-aggregator-key`) and sends one signed ``SitePartialSum`` under
+``tensorguard/<fleet>/<site>/site_sum`` instead of those updates, through the outbox like them; the
+server gateway, with the switch on, publishes the sites' sums on ``/tensorguard/site_partial_sums``.
+Without the switch neither gateway declares anything for site sums.
 """
 from __future__ import annotations
 
@@ -30,10 +37,20 @@ from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.publisher import Publisher
 from rclpy.qos import QoSProfile
-from rclpy.serialization import deserialize_message
+from rclpy.serialization import deserialize_message, serialize_message
 
-from tensorguard_crypto.refusal import Reason
-from tensorguard_msgs.msg import EncryptedUpdate, FleetStatus, ModelUpdate, OutcomeReport, RobotStatus, RoundConfig
+from tensorguard_crypto.fleet import passphrase_from_environment
+from tensorguard_crypto.refusal import Reason, Refusal
+from tensorguard_crypto.site_keys import load_site_aggregator
+from tensorguard_msgs.msg import (
+    EncryptedUpdate,
+    FleetStatus,
+    ModelUpdate,
+    OutcomeReport,
+    RobotStatus,
+    RoundConfig,
+    SitePartialSum,
+)
 from tensorguard_ros import qos, topics
 from tensorguard_ros.config_fields import described
 from tensorguard_ros.diagnostics import DiagnosticsPublisher, Health
@@ -48,6 +65,7 @@ from .keyexpr import (
     OUTCOME_REPORTS,
     ROBOT_STATUS,
     ROUND_CONFIG,
+    SITE_SUMS,
     Channel,
     Direction,
     KeySchemeError,
@@ -58,7 +76,9 @@ from .keyexpr import (
 from .loop_guard import LoopGuard
 from .network import TlsFiles, client_config
 from .outbox import Outbox, RecentDigests, digest
-from .screen import GatewayRefusal, screen
+from .screen import GatewayRefusal, screen, screen_site_sum
+from .site_aggregation import partial_sum_message
+from .site_round import SiteRound, SiteSumRefusal
 
 MODES = ('site', 'server')
 RETRY_S = 2.0
@@ -88,6 +108,20 @@ class GatewaySettings:
                                        80 * 1024 * 1024, minimum=1024, read_only=True)
     outbox_messages: int = described('Messages for the server held while no server gateway is reachable; the '
                                      'oldest is dropped (and counted) beyond this.', 64, minimum=1, read_only=True)
+    site_aggregation: bool = described(
+        "Site aggregation (docs/site-aggregation.md), off by default. Site mode: sum the robots' updates of rounds "
+        "whose config names this site and send one SitePartialSum instead; server mode: publish the sites' sums "
+        'for the aggregator.', False, read_only=True)
+    site_aggregator_key: str = described(
+        'Site mode with site_aggregation: <site>_aggregator.key from `tensorguard fleet site-aggregator-key` '
+        '(passphrase from TENSORGUARD_KEY_PASSPHRASE).', '', read_only=True)
+    site_seal_key: str = described('Site mode with site_aggregation: <site>_seal.key (same command).', '',
+                                   read_only=True)
+    site_trust_file: str = described('Site mode with site_aggregation: <site>_trust.json (same command).', '',
+                                     read_only=True)
+    site_sum_margin_s: float = described(
+        'Site mode with site_aggregation: send the sum this long before the round deadline when some robot of '
+        'the site has not sent.', 5.0, minimum=0.0, read_only=True)
 
 
 @dataclass(frozen=True)
@@ -106,8 +140,10 @@ TOPICS = {
     ENCRYPTED_UPDATES: Topic(EncryptedUpdate, topics.ENCRYPTED_UPDATES, qos.UPDATES),
     OUTCOME_REPORTS: Topic(OutcomeReport, topics.OUTCOME_REPORTS, qos.UPDATES),
     ROBOT_STATUS: Topic(RobotStatus, 'status', qos.STATUS),
+    SITE_SUMS: Topic(SitePartialSum, topics.SITE_PARTIAL_SUMS, qos.UPDATES),
 }
 SIGNED = (ENCRYPTED_UPDATES, OUTCOME_REPORTS)
+ACKNOWLEDGED = (*SIGNED, SITE_SUMS)  # records the server gateway delivers once and acknowledges
 
 
 def ros_topic(channel: Channel, robot: str = '') -> str:
@@ -134,6 +170,11 @@ class GatewayNode(Node):
         self.keys = KeySpace(settings.fleet)
         self.tls = TlsFiles(settings.root_ca_certificate, settings.certificate, settings.private_key)
         self.tls.check()
+        self.site_round: SiteRound | None = None  # site mode with site_aggregation
+        if self.site and settings.site_aggregation:
+            self.site_round = SiteRound(self.site, load_site_aggregator(
+                self.site, settings.site_aggregator_key, settings.site_seal_key, settings.site_trust_file,
+                passphrase_from_environment()), settings.site_sum_margin_s)
         self.health = Health(self.get_logger())
         self.guard = LoopGuard(self.get_name())
         self.counts: Counter[str] = Counter()
@@ -162,6 +203,8 @@ class GatewayNode(Node):
                     self._subscribe_dds(channel, robot)
             elif not channel.per_robot:
                 self._ros_publisher(ros_topic(channel), TOPICS[channel])
+        if settings.site_aggregation and not self.site:
+            self._ros_publisher(ros_topic(SITE_SUMS), TOPICS[SITE_SUMS])
         self.create_timer(0.5, self._tick)
         threading.Thread(target=self._connect, name='zenoh-connect', daemon=True).start()
         if self.site:
@@ -198,6 +241,12 @@ class GatewayNode(Node):
         if self.site:
             self._zenoh_entities.append(session.declare_subscriber(
                 self.keys.delivered_key(self.site), lambda sample: self._acks.append(sample.payload.to_bytes())))
+        if self.settings.site_aggregation:
+            if self.site:
+                self._declare_publisher(session, self.keys.site_sum_key(self.site), SITE_SUMS)
+            else:
+                self._zenoh_entities.append(session.declare_subscriber(self.keys.all_site_sums_key(),
+                                                                       self._from_zenoh))
         self._zenoh_entities.append(session.info.declare_transport_events_listener(self._on_transport))
         with self._lock:
             self.session = session
@@ -262,6 +311,7 @@ class GatewayNode(Node):
                 self._outbox.acknowledge(self._acks.popleft())
             self._count('resent', self._outbox.resend(ACK_TIMEOUT_S))
             self._outbox.mark_expired()
+        self._send_site_sum()
         self._wake_sender.set()
 
     def _on_reply(self, reply) -> None:
@@ -288,6 +338,9 @@ class GatewayNode(Node):
         except GatewayRefusal as refusal:
             self._refuse(refusal, f'from DDS {topic}')
             return
+        if self.site_round is not None and channel is ENCRYPTED_UPDATES and self.site_round.takes(robot):
+            self._add_to_site_sum(robot, raw)
+            return
         if self.site:
             self._send(self.keys.robot_key(self.site, robot, channel), raw, queue=channel is not ROBOT_STATUS)
         else:
@@ -296,6 +349,37 @@ class GatewayNode(Node):
                     self._latest[channel] = raw
             self._send(self.keys.fleet_key(channel), raw, queue=False)
         self._count(f'out {channel.name}')
+
+    def _add_to_site_sum(self, robot: str, raw: bytes) -> None:
+        """Site aggregation: add a robot's screened update to the round's sum (not forwarded), and send the sum
+        if that completed it."""
+        try:
+            self.site_round.add(bytes(deserialize_message(raw, EncryptedUpdate).package))
+        except SiteSumRefusal as refusal:
+            self._refuse(refusal, f'site sum: the update of {robot}')
+            return
+        self._count(f'summed {ENCRYPTED_UPDATES.name}')
+        self._send_site_sum()
+
+    def _send_site_sum(self) -> None:
+        """Site aggregation: put the round's signed partial sum through the outbox once it is due."""
+        blob = self.site_round.due() if self.site_round is not None else None
+        if blob is None:
+            return
+        self._send(self.keys.site_sum_key(self.site),
+                   serialize_message(partial_sum_message(blob, self.get_clock().now().to_msg())), queue=True)
+        self._count(f'out {SITE_SUMS.name}')
+        self.get_logger().info(f'site sum of round {self.site_round.round_id} sent')
+
+    def _start_site_round(self, raw: bytes) -> None:
+        """Site aggregation: a new round config; sum this round's updates if it names this site."""
+        try:
+            summing = self.site_round.on_config(bytes(deserialize_message(raw, RoundConfig).package))
+        except SiteSumRefusal as refusal:
+            self._refuse(refusal, 'site sum: round config')
+            return
+        self.get_logger().info(f'round {self.site_round.round_id}: ' + (
+            "summing this site's updates" if summing else 'the config names no sum of this site; forwarding updates'))
 
     def _send(self, key: str, payload: bytes, queue: bool) -> None:
         """Put now if a subscriber matches and nothing waits before it; else queue (or drop telemetry)."""
@@ -341,12 +425,13 @@ class GatewayNode(Node):
             self._refuse(GatewayRefusal(str(error), reason=Reason.MALFORMED), 'from Zenoh')
             return
         payload = sample.payload.to_bytes()
+        allowed = [route.robot] if route.robot else [route.site] if route.channel is SITE_SUMS else None
         try:
-            self._check(route.channel, payload, route.robot, [route.robot] if route.robot else None)
+            self._check(route.channel, payload, route.robot, allowed)
         except GatewayRefusal as refusal:
             self._refuse(refusal, f'from Zenoh {sample.key_expr}')
             return
-        if route.channel in SIGNED and self._delivered.seen(payload):
+        if route.channel in ACKNOWLEDGED and self._delivered.seen(payload):
             self._count(f'duplicate {route.channel.name}')
             self._acknowledge(route.site, payload)
             return
@@ -356,10 +441,12 @@ class GatewayNode(Node):
                 if self._seen.get(route.channel) == digest:
                     return
                 self._seen[route.channel] = digest
+        if route.channel is ROUND_CONFIG and self.site_round is not None:
+            self._start_site_round(payload)
         topic = ros_topic(route.channel, route.robot)
         self._ros_publisher(topic, TOPICS[route.channel]).publish(payload)
         self._count(f'in {route.channel.name}')
-        if route.channel in SIGNED:
+        if route.channel in ACKNOWLEDGED:
             self._acknowledge(route.site, payload)
 
     def _acknowledge(self, site: str, payload: bytes) -> None:
@@ -391,12 +478,14 @@ class GatewayNode(Node):
                                  f'({type(error).__name__})', reason=Reason.MALFORMED) from None
         if channel in SIGNED:
             return screen(channel, msg.robot_id, bytes(msg.package), allowed)
+        if channel is SITE_SUMS:
+            return screen_site_sum(msg.site_id, bytes(msg.package), allowed[0])
         if msg.robot_id != robot:
             raise GatewayRefusal(f'{channel.name}: the status of {robot!r} claims robot {msg.robot_id[:64]!r}',
                                  reason=Reason.HEADER_MISMATCH)
         return robot
 
-    def _refuse(self, refusal: GatewayRefusal, where: str) -> None:
+    def _refuse(self, refusal: Refusal, where: str) -> None:
         self.health.refuse(refusal.reason.value)
         self.get_logger().warning(f'refused ({refusal.reason.value}) {where}: {refusal}')
 

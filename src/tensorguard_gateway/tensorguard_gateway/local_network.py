@@ -66,22 +66,25 @@ class LocalNetwork:
             time.sleep(0.1)
 
     def stop_router(self) -> str:
-        """SIGINT the router, wait for it to exit, and return its log."""
+        """SIGINT the router, wait for it to exit, and return its log (empty if it never started)."""
         if self.router is not None and self.router.poll() is None:
             os.killpg(self.router.pid, signal.SIGINT)
             self.router.wait(timeout=20)
-        return self.log.read_text()
+        return self.log.read_text() if self.router is not None else ''
 
     def tls(self, name: str) -> dict[str, str]:
         """The TLS parameters of the gateway holding certificate `name` (e.g. ``site_site_a``)."""
         return {'root_ca_certificate': str(self.certs / 'ca.crt'), 'certificate': str(self.certs / f'{name}.crt'),
                 'private_key': str(self.certs / f'{name}.key')}
 
-    def gateway_command(self, mode: str, site: str = '', namespace: str = '/') -> list[str]:
-        """The command line of a gateway node of this network (site mode: `site` with its robots)."""
+    def gateway_command(self, mode: str, site: str = '', namespace: str = '/',
+                        extra: dict[str, str] | None = None) -> list[str]:
+        """The command line of a gateway node of this network (site mode: `site` with its robots), with the
+        `extra` parameters (e.g. site aggregation's)."""
         parameters = {'mode': mode, 'connect': json.dumps([self.endpoint]),
                       **self.tls(f'site_{site}' if site else gateway_certs.SERVER_NAME)}
         if site:
             parameters.update(site_id=site, robots=json.dumps(self.sites[site]))
+        parameters.update(extra or {})
         return [sys.executable, '-m', 'tensorguard_gateway.gateway_node', '--ros-args', '-r', f'__ns:={namespace}',
                 *(arg for key, value in parameters.items() for arg in ('-p', f'{key}:={value}'))]
