@@ -374,7 +374,13 @@ class GatewayNode(Node):
     def _start_site_round(self, raw: bytes) -> None:
         """Site aggregation: a new round config; sum this round's updates if it names this site."""
         try:
-            summing = self.site_round.on_config(bytes(deserialize_message(raw, RoundConfig).package))
+            package = bytes(deserialize_message(raw, RoundConfig).package)
+        except Exception as error:  # rclpy raises several types for bytes that are not this message's CDR
+            self._refuse(GatewayRefusal(f'round config: not a serialized RoundConfig ({type(error).__name__})',
+                                        reason=Reason.MALFORMED), 'site sum: round config')
+            return
+        try:
+            summing = self.site_round.on_config(package)
         except SiteSumRefusal as refusal:
             self._refuse(refusal, 'site sum: round config')
             return

@@ -1,6 +1,7 @@
 """A site gateway's site aggregation round by round (site_round.py): a config that names the site starts a
 sum of exactly its robots, the sum is handed out once when every robot has sent or the site's deadline
-margin is reached, and bad configs and updates are refused with their reason and change nothing."""
+margin is reached, and bad configs and updates are refused with their reason and change nothing; the server
+gateway's screen of a site sum (key, header and signed record name one site)."""
 import os
 import sys
 import time
@@ -16,6 +17,7 @@ from tensorguard_crypto.secagg import RoundEncryptor, generate_key_service_keys
 from tensorguard_crypto.site_keys import SiteAggregatorKeys
 from tensorguard_crypto.verify import PinnedKeys, decode
 from tensorguard_crypto.wire import SiteAggregatorEntry, SitePartialSum
+from tensorguard_gateway.screen import GatewayRefusal, screen_site_sum
 from tensorguard_gateway.site_round import SiteRound, SiteSumRefusal
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / 'tensorguard_crypto' / 'test'))
@@ -128,3 +130,20 @@ def test_a_config_without_this_site_lets_updates_pass_and_bad_configs_and_update
         assert refused.value.reason == reason
     assert summing.due() is None
     summing.add(update(config, 'robot_a'))  # a refused update recorded nothing: robot_a may still send
+
+
+def test_the_server_gateway_carries_a_site_sum_only_under_the_key_of_the_site_it_names(site):
+    keys, clock, summing = site
+    config = config_for(keys, clock)
+    summing.on_config(config.serialize())
+    summing.add(update(config, 'robot_a'))
+    clock.now = config.deadline
+    blob = summing.due()
+    assert screen_site_sum('site_a', blob, 'site_a') == 'site_a'
+    for header, package, key_site, reason in [('site_b', blob, 'site_a', 'header_mismatch'),
+                                              ('site_b', blob, 'site_b', 'header_mismatch'),
+                                              ('site_a', blob, 'site_b', 'header_mismatch'),
+                                              ('site_a', b'not a record', 'site_a', 'malformed')]:
+        with pytest.raises(GatewayRefusal) as refused:
+            screen_site_sum(header, package, key_site)
+        assert refused.value.reason == reason
