@@ -1,8 +1,8 @@
 """Site aggregation over DDS, in real processes: the aggregator (switch on) and the key service, three
 simulated robots and their edge nodes. robot_1 and robot_2 form site_a, so their edge nodes seal to the
 site's key because the signed round config says so; the test process plays site_a's aggregator with
-the library the gateway would run (`SiteCollector`, not the gateway node, which does not run one yet:
-docs/site-aggregation.md) and publishes one `SitePartialSum`; robot_3 sends to the aggregator. The
+the library the site gateway runs (`SiteCollector`; the gateways themselves are tested in
+test_gateway_site_aggregation.py) and publishes one `SitePartialSum`; robot_3 sends to the aggregator. The
 round completes with all three robots and every robot applies the new model."""
 from __future__ import annotations
 
