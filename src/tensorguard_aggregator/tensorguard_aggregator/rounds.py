@@ -195,26 +195,21 @@ class OpenRound:
     def open_body(self, package: UpdatePackage) -> BodyCiphertext:
         """The lattice bodies of a verified package: unsealed with the round's transport key, parsed."""
         context = update_codec.body_seal_context(package.robot_id, package.round_id, package.config_digest)
-        try:
-            return self.body_sum.parse(self.transport.open(package.bodies, context))
-        except HybridError as exc:
-            raise UpdateUnusable(f'{package.robot_id}: sealed bodies do not open: {exc}',
-                                 reason=Reason.UNSEALING_FAILED) from None
-        except SecAggError as exc:
-            raise UpdateUnusable(f'{package.robot_id}: bodies do not parse: {exc}',
-                                 reason=Reason.MALFORMED_BODIES) from None
+        return self._open_sealed(package.bodies, context, package.robot_id)
 
     def open_site_sum(self, record: SitePartialSum) -> BodyCiphertext:
         """The summed lattice bodies of a verified site partial sum: unsealed with the transport key, parsed."""
         context = site_sum_seal_context(record.site_id, record.round_id, record.config_digest)
+        return self._open_sealed(record.summed_bodies, context, f'site {record.site_id}')
+
+    def _open_sealed(self, sealed: bytes, context: bytes, owner: str) -> BodyCiphertext:
+        """Unseal `sealed` with the round's transport key and parse its bodies; `owner` names them in refusals."""
         try:
-            return self.body_sum.parse(self.transport.open(record.summed_bodies, context))
+            return self.body_sum.parse(self.transport.open(sealed, context))
         except HybridError as exc:
-            raise UpdateUnusable(f'site {record.site_id}: sealed sum does not open: {exc}',
-                                 reason=Reason.UNSEALING_FAILED) from None
+            raise UpdateUnusable(f'{owner}: sealed bodies do not open: {exc}', reason=Reason.UNSEALING_FAILED) from None
         except SecAggError as exc:
-            raise UpdateUnusable(f'site {record.site_id}: summed bodies do not parse: {exc}',
-                                 reason=Reason.MALFORMED_BODIES) from None
+            raise UpdateUnusable(f'{owner}: bodies do not parse: {exc}', reason=Reason.MALFORMED_BODIES) from None
 
     def add_site_sum(self, record: SitePartialSum, body: BodyCiphertext) -> None:
         """Add a verified site's summed bodies once, remembering which robots they cover."""
