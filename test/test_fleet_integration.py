@@ -3,7 +3,6 @@ and the key service, each its own process. One fleet serves the whole module; th
 order and each leaves the fleet running for the next (faults last)."""
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import secrets
@@ -42,6 +41,7 @@ from tensorguard_msgs.action import RunRound
 from tensorguard_msgs.msg import EncryptedUpdate, FleetStatus, RobotStatus
 from tensorguard_msgs.srv import DecryptAggregate, RevokeRobot, TriggerRound
 from tensorguard_ros import qos, topics
+from tensorguard_ros.package_transport import carry_package
 from tensorguard_sim.plan import load_config
 from tensorguard_sim.provisioning import provision
 from tensorguard_sim.simulated_fleet import Processes, start_fleet
@@ -100,9 +100,7 @@ class Operator(Node):
 
     def send(self, robot_id: str, round_id: int, blob: bytes) -> None:
         """Publish an EncryptedUpdate carrying `blob`, with a correct transport digest."""
-        msg = EncryptedUpdate(robot_id=robot_id, round_id=round_id, package_size=len(blob), package=blob)
-        msg.package_sha256 = list(hashlib.sha256(blob).digest())
-        self.updates.publish(msg)
+        self.updates.publish(carry_package(EncryptedUpdate(robot_id=robot_id, round_id=round_id), blob))
 
 
 def wait_for(predicate, timeout: float, what: str, procs: Processes | None = None) -> None:

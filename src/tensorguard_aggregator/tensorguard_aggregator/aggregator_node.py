@@ -23,7 +23,6 @@ line per closed round is appended to ``server/rounds.jsonl`` for reports.
 """
 from __future__ import annotations
 
-import hashlib
 import math
 import sys
 import threading
@@ -59,6 +58,7 @@ from tensorguard_msgs.srv import DecryptAggregate, IssueRoundKey, RevokeRobot, T
 from tensorguard_ros import qos, topics
 from tensorguard_ros.diagnostics import DiagnosticsPublisher, Health
 from tensorguard_ros.node_main import destroy_entities, enable_autostart, spin_node
+from tensorguard_ros.package_transport import package_intact
 from tensorguard_ros.params import declare_dataclass_parameters, follow_parameter_changes
 
 # Bad state on disk: the KMS cannot be used (its audit log or state file does not verify or cannot
@@ -298,7 +298,7 @@ class AggregatorNode(LifecycleNode):
         name them only as claimed."""
         blob = bytes(msg.package)
         claimed = f'claimed {msg.robot_id!r}, round {msg.round_id}'
-        if hashlib.sha256(blob).digest() != bytes(msg.package_sha256) or len(blob) != msg.package_size:
+        if not package_intact(msg):
             self._reject('transport_digest_mismatch', claimed)
             return
         try:
@@ -331,7 +331,7 @@ class AggregatorNode(LifecycleNode):
         """Verify one site's partial sum and add it for all its robots; every refusal is counted by reason."""
         blob = bytes(msg.package)
         claimed = f'claimed site {msg.site_id!r}, round {msg.round_id}'
-        if hashlib.sha256(blob).digest() != bytes(msg.package_sha256) or len(blob) != msg.package_size:
+        if not package_intact(msg):
             self._reject('transport_digest_mismatch', claimed, 'site sum')
             return
         with self.lock:

@@ -21,7 +21,6 @@ itself to active, like nav2's lifecycle manager does for its nodes.
 """
 from __future__ import annotations
 
-import hashlib
 import sys
 import threading
 from collections import Counter
@@ -53,6 +52,7 @@ from tensorguard_msgs.msg import (
 from tensorguard_msgs.srv import EndEpisode, StartEpisode
 from tensorguard_ros import qos, topics
 from tensorguard_ros.node_main import destroy_entities, enable_autostart, spin_node
+from tensorguard_ros.package_transport import carry_package
 from tensorguard_ros.params import declare_dataclass_parameters, follow_parameter_changes
 
 EXPIRE_PERIOD_S = 0.5  # how often ended episodes past the aligner's settle timeout are emitted
@@ -272,11 +272,8 @@ class EdgeNode(LifecycleNode):
             self.activity = 'training'
             update = self.client.process_round(package, progress=self._set_activity)
             blob = update.serialize()
-            msg = EncryptedUpdate(robot_id=update.robot_id, round_id=update.round_id,
-                                  package_size=len(blob), package=blob)
-            msg.header.stamp = self.get_clock().now().to_msg()
-            msg.package_sha256 = list(hashlib.sha256(blob).digest())
-            self.update_pub.publish(msg)
+            self.update_pub.publish(carry_package(EncryptedUpdate(robot_id=update.robot_id, round_id=update.round_id),
+                                                  blob, self.get_clock().now().to_msg()))
             self.get_logger().info(
                 f'round {update.round_id}: sent {len(blob):,} bytes, '
                 f'epsilon spent {self.client.status().epsilon_spent:.3f}')

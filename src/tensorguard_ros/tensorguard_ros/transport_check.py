@@ -23,6 +23,7 @@ from rclpy.node import Node
 
 from tensorguard_msgs.msg import EncryptedUpdate, RoundConfig
 from tensorguard_ros import qos, topics
+from tensorguard_ros.package_transport import carry_package, package_intact
 
 CHECK_ROUND_ID = 1
 CHECK_ROBOT_ID = 'transport_check'
@@ -63,12 +64,8 @@ def run_publisher(payload_bytes: int, timeout_s: float) -> int:
             emit('error', detail='no listener matched the update topic')
             return 1
         payload = os.urandom(payload_bytes)
-        update = EncryptedUpdate(robot_id=CHECK_ROBOT_ID, round_id=CHECK_ROUND_ID)
-        update.header.stamp = node.get_clock().now().to_msg()
-        update.package_size = len(payload)
-        update.package_sha256 = list(hashlib.sha256(payload).digest())
-        update.package = payload
-        update_pub.publish(update)
+        update_pub.publish(carry_package(EncryptedUpdate(robot_id=CHECK_ROBOT_ID, round_id=CHECK_ROUND_ID), payload,
+                                         node.get_clock().now().to_msg()))
         emit('published_update', bytes=len(payload), sha256=hashlib.sha256(payload).hexdigest())
 
         # Reliable delivery needs the writer alive until the reader has everything: wait for the
@@ -111,8 +108,7 @@ def run_listener(timeout_s: float) -> int:
         digest = hashlib.sha256(payload).digest()
         received.update_sha256 = digest.hex()
         received.update_bytes = len(payload)
-        received.update_intact = (digest == bytes(msg.package_sha256)
-                                  and len(payload) == msg.package_size)
+        received.update_intact = package_intact(msg)
         emit('received_update', bytes=len(payload), sha256=received.update_sha256,
              intact=received.update_intact, seconds=round(time.monotonic() - started, 3))
 
