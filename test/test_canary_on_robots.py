@@ -103,10 +103,7 @@ class CanaryFleet(Fleet):
 def fleet(tmp_path_factory):
     running = CanaryFleet(tmp_path_factory.mktemp('canary'))
     try:
-        op = running.operator
-        wait_for(lambda: op.fleet is not None and len(op.robots) == len(ROBOTS), 120, 'every node to report')
-        wait_for(lambda: all(s.episodes_buffered >= DEMONSTRATIONS for s in op.robots.values()), 120,
-                 'demonstrations')
+        running.wait_until_ready(episodes=DEMONSTRATIONS)
         yield running
     finally:
         running.close()

@@ -146,6 +146,14 @@ class Fleet:
         self.executor.add_node(self.operator)
         threading.Thread(target=self.executor.spin, daemon=True).start()
 
+    def wait_until_ready(self, episodes: int) -> None:
+        """Wait until every node reports and every robot holds `episodes` demonstrations."""
+        op = self.operator
+        wait_for(lambda: op.fleet is not None and len(op.robots) == self.plan.robots, 120, 'every node to report',
+                 self.procs)
+        wait_for(lambda: all(s.episodes_buffered >= episodes for s in op.robots.values()), 120, 'demonstrations',
+                 self.procs)
+
     def restart(self, name: str) -> None:
         """Start a killed node again with the same command line."""
         old = self.procs.children[name]
@@ -182,9 +190,7 @@ class Fleet:
 def fleet(tmp_path_factory):
     running = Fleet(tmp_path_factory.mktemp('fleet'))
     try:
-        op = running.operator
-        wait_for(lambda: op.fleet is not None and len(op.robots) == len(ROBOTS), 120, 'every node to report')
-        wait_for(lambda: all(s.episodes_buffered >= 2 for s in op.robots.values()), 120, 'demonstrations')
+        running.wait_until_ready(episodes=2)
         yield running
     finally:
         running.close()

@@ -104,11 +104,7 @@ def site_fleet(tmp_path_factory):
                                                  owner='fleet', role=Role.SITE_AGGREGATOR,
                                                  public_key=signer.public_key_bytes()))
         running.operator.kms = kms
-        op = running.operator
-        wait_for(lambda: op.fleet is not None and len(op.robots) == len(ROBOTS), 120, 'every node to report',
-                 running.procs)
-        wait_for(lambda: all(s.episodes_buffered >= 2 for s in op.robots.values()), 120, 'demonstrations',
-                 running.procs)
+        running.wait_until_ready(episodes=2)
         yield running
     finally:
         running.close()
