@@ -20,6 +20,7 @@ setup(
     extras_require={'test': ['pytest']},
     entry_points={
         # Sub-commands of the `tensorguard` operator command (tensorguard_crypto.cli looks them up by name).
-        'tensorguard.commands': ['flower-scale = tensorguard_flower.scale:main'],
+        'tensorguard.commands': ['flower-scale = tensorguard_flower.scale:main',
+                                 'flower-frontier = tensorguard_flower.frontier:main'],
     },
 )

@@ -195,10 +195,23 @@ def decode_aggregate(codec: RoundCodec, aggregate: bytes) -> np.ndarray:
     return SkellamDecoder(codec.skellam, codec.round_seed).decode_sum(values[:codec.num_values])
 
 
+def encoded_sum(codec: RoundCodec, vectors: Sequence[np.ndarray]) -> np.ndarray:
+    """The robots' vectors Skellam-encoded and summed mod 2^b: what the key service's decryption
+    yields, without the lattice layer. Sums over disjoint groups of robots add up mod 2^b."""
+    encoder = SkellamEncoder(codec.skellam, codec.round_seed)
+    total = np.zeros(codec.num_values, dtype=np.int64)
+    for vector in vectors:
+        total = (total + encoder.encode(vector).astype(np.int64)) % (1 << codec.skellam.bits)
+    return total
+
+
+def decode_encoded_sum(codec: RoundCodec, residues: np.ndarray) -> np.ndarray:
+    """Aggregator: the estimated SUM of the clipped vectors from summed residues mod 2^b."""
+    return SkellamDecoder(codec.skellam, codec.round_seed).decode_sum(np.asarray(residues) % (1 << codec.skellam.bits))
+
+
 def plaintext_sum(codec: RoundCodec, vectors: Sequence[np.ndarray]) -> np.ndarray:
     """What `decode_aggregate` yields for these robots' vectors, without the lattice layer: each one
     Skellam-encoded, summed mod 2^b, decoded. The encryption is exact, so this is the same sum; it
     serves simulations and tests of what the aggregator sees."""
-    encoder = SkellamEncoder(codec.skellam, codec.round_seed)
-    total = np.sum([encoder.encode(v).astype(np.int64) for v in vectors], axis=0) % (1 << codec.skellam.bits)
-    return SkellamDecoder(codec.skellam, codec.round_seed).decode_sum(total)
+    return decode_encoded_sum(codec, encoded_sum(codec, vectors))

@@ -47,6 +47,16 @@ def test_three_robots_sum_decodes_within_predicted_noise():
     assert 0.3 * predicted < np.std(error) < 3 * predicted
 
 
+def test_encoded_sums_of_disjoint_groups_add_up_to_the_fleet_sum():
+    codec = update_codec.build_codec(PROFILE, DIM, MAX_CLIENTS, 128, os.urandom(32))
+    vectors = [np.random.default_rng(i).normal(size=DIM) * 0.02 for i in range(5)]
+    halves = update_codec.encoded_sum(codec, vectors[:2]) + update_codec.encoded_sum(codec, vectors[2:])
+    assert halves.max() < 2 * (1 << codec.skellam.bits)
+    error = update_codec.decode_encoded_sum(codec, halves) - np.sum(vectors, axis=0)
+    predicted = codec.skellam.aggregate_stddev(5)
+    assert 0.7 * predicted < np.std(error) < 1.3 * predicted
+
+
 def test_robot_refuses_a_round_announcing_weaker_noise():
     codec = update_codec.build_codec(PROFILE, DIM, MAX_CLIENTS, 128, os.urandom(32))
     weaker = update_codec.announce(codec)['noise_mu'] / 4

@@ -86,6 +86,16 @@ class EdgeSettings(RoundSettings):
                                      maximum=1.0, read_only=True)
     hard_stop: bool = described('Refuse any round that would exceed epsilon_budget.', True, read_only=True)
 
+def local_training(config: EdgeSettings) -> tuple[TrainingBudget, OperatingEnvelope]:
+    """The training budget and operating envelope a robot's local training runs under."""
+    envelope = OperatingEnvelope(
+        trainable_modules=list(config.trainable_modules), max_trainable_params=config.max_trainable_params,
+        target_update_size_kb=config.target_update_size_kb, round_interval_seconds=max(config.train_max_seconds, 1.0))
+    budget = TrainingBudget(max_steps=config.train_steps, max_seconds=config.train_max_seconds,
+                            batch_size=config.batch_size, learning_rate=config.learning_rate)
+    return budget, envelope
+
+
 class RoundRefused(Refusal):
     """The robot will not contribute to this round (raised with its reason)."""
 
@@ -156,12 +166,7 @@ class EdgeClient:
         """Take the training parameters (steps, time, batch, learning rate) of `config` from the next round;
         everything else in it is read-only and so unchanged."""
         self.config = config
-        self.envelope = OperatingEnvelope(
-            trainable_modules=list(config.trainable_modules), max_trainable_params=config.max_trainable_params,
-            target_update_size_kb=config.target_update_size_kb,
-            round_interval_seconds=max(config.train_max_seconds, 1.0))
-        self.budget = TrainingBudget(max_steps=config.train_steps, max_seconds=config.train_max_seconds,
-                                     batch_size=config.batch_size, learning_rate=config.learning_rate)
+        self.budget, self.envelope = local_training(config)
 
     # Demonstrations.
     def add_demonstration(self, demo: Demonstration) -> int:

@@ -1,22 +1,24 @@
 """`tensorguard flower-scale`: K simulated robots learning through TensorGuard rounds on Flower's simulation engine.
 
-The start of issue 15's scale command. It provisions a fleet in ``--out`` (server identities, K
-enrolled robots, a signed initial model whose base the server pre-trains on its own Meta-World
-demonstrations of three other tasks, the server's held-out states), gives every robot its own
-demonstrations, and runs ``--rounds`` rounds of `TensorGuardStrategy` with the client app on K
-virtual SuperNodes (Ray backend, one CPU per client). Every robot takes part in every round: there
-is no client sampling, so no privacy amplification by sampling is claimed.
+It provisions a fleet in ``--out`` (server identities, K enrolled robots, a signed initial model
+whose base the server pre-trains on its own Meta-World demonstrations of three other tasks, the
+server's held-out states), gives every robot its own demonstrations, and runs ``--rounds`` rounds
+of `TensorGuardStrategy` with the client app on K virtual SuperNodes (Ray backend, one CPU per
+client). Every robot takes part in every round: there is no client sampling, so no privacy
+amplification by sampling is claimed.
 
-Data: non-IID and unshared. Robot i demonstrates one task, ``tasks[i % len(tasks)]``, from simulator
-seeds ``ROBOT_SEED + 1000 i + k`` (k < episodes), so no two robots share an episode, and none shares
-one with the server's pre-training, held-out or evaluation seeds. Recorded episodes are cached in
-``--cache`` (one ``.npz`` per task and seed range) and reused by later runs.
+Data: non-IID and unshared, the split of `tensorguard_flower.split` (robot i demonstrates one task
+from its own simulator seeds; episodes cached in ``--cache`` and reused by later runs).
 
 The DP noise is calibrated for all K robots (``min_clients`` = quorum = K) and each robot holds its
 own budget (``--epsilon-budget`` at delta 1e-5, hard stop). The gate deploys every candidate (its
 thresholds are set so, as `fleet_replay --no-gate` does), so the report shows what the rounds learn.
+Before the Flower run, the same robots run the same rounds without privacy (`plaintext.run_rounds`:
+no clipping, no noise, no lattice layer), evaluated by the gate on the same seeds: the non-private
+reference each private round is compared with (``--no-reference`` skips it).
 Output: one line per round, a table at the end and ``<out>/report.json``: rounds, epsilon, success
-with its lower bound, the segments the aggregator left frozen because their summed weight was within
+with its lower bound, the non-private success of the same round and how many points the private
+round is below it, the segments the aggregator left frozen because their summed weight was within
 the DP noise, bytes per robot, seconds per round, set-up times, and the peak memory of the command's
 process tree (this process, Ray and its workers, sampled every 0.5 s).
 """
@@ -44,36 +46,9 @@ from tensorguard_aggregator.rounds import Aggregator, AggregatorSettings
 from tensorguard_crypto.fleet import FleetPaths, enroll_robot, provision_server
 from tensorguard_edge.client import EdgeClient, EdgeSettings
 from tensorguard_flower.client_app import client_app, robot_settings
+from tensorguard_flower.plaintext import Mechanism, RobotPool, run_rounds
+from tensorguard_flower.split import FLEET_TASKS, initial_model, robot_demonstrations
 from tensorguard_flower.strategy import TensorGuardStrategy
-from tensorguard_learning.demonstrations import Demonstration
-from tensorguard_learning.metaworld_source import record_demonstrations
-from tensorguard_learning.policy import MoEConfig, build_policy
-from tensorguard_learning.training import BCData, TrainingBudget, pretrain
-
-FLEET_TASKS = ('push-v3', 'door-open-v3', 'drawer-close-v3', 'button-press-topdown-v3', 'window-open-v3')
-PRETRAIN_TASKS = ('reach-v3', 'window-close-v3', 'drawer-open-v3')
-ROBOT_SEED = 3_000_000
-PRETRAIN_SEED = 900_000
-HELD_OUT_SEED = 500_000
-SEED_STRIDE = 1000
-
-
-def cached_demonstrations(cache: Path, task: str, episodes: int, seed: int) -> list[Demonstration]:
-    """`record_demonstrations(task, episodes, seed)`, from `cache` when recorded before."""
-    path = cache / task / f'{seed}-{episodes}.npz'
-    if path.exists():
-        with np.load(path) as saved:
-            count = len([name for name in saved.files if name.startswith('state_')])
-            return [Demonstration(task=task, observation_state=saved[f'state_{k}'], action=saved[f'action_{k}'])
-                    for k in range(count)]
-    demos = record_demonstrations(task, episodes, seed)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    arrays = {f'{kind}_{k}': value for k, demo in enumerate(demos)
-              for kind, value in (('state', demo.observation_state), ('action', demo.action))}
-    tmp = path.with_name(f'.{path.stem}.tmp.npz')
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)
-    return demos
 
 
 class PeakMemory:
@@ -130,6 +105,8 @@ def _parse(argv: Sequence[str], prog: str) -> argparse.Namespace:
     parser.add_argument('--train-steps', type=int, default=100)
     parser.add_argument('--eval-episodes', type=int, default=4, help='gate evaluation episodes per fleet task')
     parser.add_argument('--pretrain-steps', type=int, default=1500)
+    parser.add_argument('--no-reference', dest='reference', action='store_false',
+                        help='skip the non-private run of the same robots, rounds and evaluation seeds')
     parser.add_argument('--out', type=Path, required=True, help='new directory for the fleet and report.json')
     parser.add_argument('--cache', type=Path, default=Path('.state/flower-demos'), help='demonstration cache')
     args = parser.parse_args(list(argv))
@@ -152,20 +129,12 @@ def main(argv: Sequence[str] | None = None, prog: str = 'tensorguard flower-scal
     shared = dict(security_level=128, plaintext_bits=20, max_clients=k, clipping_norm=args.clipping_norm,
                   noise_multiplier=args.noise_multiplier, min_clients=k)
     with PeakMemory() as memory:
-        demos = [cached_demonstrations(args.cache, FLEET_TASKS[i % len(FLEET_TASKS)], args.episodes,
-                                       ROBOT_SEED + SEED_STRIDE * i) for i in tqdm(range(k), desc='demonstrations')]
+        demos = robot_demonstrations(args.cache, k, args.episodes)
         timings['demonstrations_s'] = time.monotonic() - started
 
         mark = time.monotonic()
-        tasks = FLEET_TASKS + PRETRAIN_TASKS
-        policy = build_policy(MoEConfig(tasks=tasks, num_experts=len(tasks), top_k=1, expert_hidden=64,
-                                        router_init='round_robin'))
-        pretrain(policy, [d for j, task in enumerate(PRETRAIN_TASKS)
-                          for d in cached_demonstrations(args.cache, task, 10, PRETRAIN_SEED + SEED_STRIDE * j)],
-                 TrainingBudget(max_steps=args.pretrain_steps), freeze=True)
-        held_out = BCData.from_demonstrations(policy, [
-            d for j, task in enumerate(FLEET_TASKS)
-            for d in cached_demonstrations(args.cache, task, 3, HELD_OUT_SEED + SEED_STRIDE * j)])
+        initial = initial_model(args.cache, args.pretrain_steps)
+        policy, held_out = initial.policy.clone(), initial.held_out
         timings['initial_model_s'] = time.monotonic() - mark
 
         mark = time.monotonic()
@@ -193,6 +162,17 @@ def main(argv: Sequence[str] | None = None, prog: str = 'tensorguard flower-scal
         strategy = TensorGuardStrategy(aggregator, key_service, DeploymentGate(gate), RoundLog.of(paths), held_out)
         timings['provisioning_s'] = time.monotonic() - mark
 
+        reference = []
+        if args.reference:
+            # Before Ray starts, so the training processes fork from a process without its threads.
+            mark = time.monotonic()
+            with RobotPool(demos, edge, os.cpu_count() or 1) as pool, \
+                    tqdm(total=args.rounds, desc='non-private reference') as bar:
+                reference = run_rounds(pool, initial.policy, args.rounds, Mechanism(None), DeploymentGate(gate),
+                                       aggregator.settings.min_segment_weight, aggregator.settings.server_learning_rate,
+                                       held_out, progress=lambda _row: bar.update())
+            timings['reference_s'] = time.monotonic() - mark
+
         mark, simulation_started = time.monotonic(), time.time()
         run_simulation(
             server_app=ServerApp(server_fn=lambda _context: ServerAppComponents(
@@ -213,18 +193,23 @@ def main(argv: Sequence[str] | None = None, prog: str = 'tensorguard flower-scal
                      'bytes_per_robot': int(np.mean([p.stat().st_size for p in updates])) if updates else 0,
                      'seconds': outcome['closed_at'] - previous})
         previous = outcome['closed_at']
+    for row, plain in zip(rows, reference):
+        row.update(reference_success=plain['success'], reference_lower=plain['lower'],
+                   points_below_reference=None if row['success'] is None else 100 * (plain['success'] - row['success']))
     report = {'argv': list(sys.argv[1:] if argv is None else argv), 'robots': k, 'tasks': list(FLEET_TASKS),
-              'federated_parameters': sum(policy.segment_sizes()), 'rows': rows, 'timings_s': timings,
+              'federated_parameters': sum(policy.segment_sizes()), 'rows': rows, 'reference_rows': reference,
+              'timings_s': timings,
               'wall_s': time.monotonic() - started, 'peak_memory_bytes': memory.peak_bytes}
     (args.out / 'report.json').write_text(json.dumps(report, indent=2))
     print(f"{'round':>5} {'robots':>6} {'refused':>7} {'epsilon':>8} {'success':>7} {'lower':>6} {'decision':>8} "
-          f"{'frozen':>6} {'KB/robot':>9} {'secs':>6}")
+          f"{'frozen':>6} {'KB/robot':>9} {'secs':>6} {'non-private':>11}")
     for row in rows:
         print(f"{row['round']:>5} {row['robots']:>6} {sum(row['refused'].values()):>7} {row['epsilon']:>8.2f} "
               f"{row['success'] if row['success'] is not None else float('nan'):>7.2f} "
               f"{row['lower'] if row['lower'] is not None else float('nan'):>6.2f} {row['decision'] or '-':>8} "
               f"{row['frozen_segments'] if row['frozen_segments'] is not None else '-':>6} "
-              f"{row['bytes_per_robot'] / 1024:>9.1f} {row['seconds']:>6.0f}")
+              f"{row['bytes_per_robot'] / 1024:>9.1f} {row['seconds']:>6.0f} "
+              f"{row.get('reference_success', float('nan')):>11.2f}")
     print(f"set-up {timings['demonstrations_s'] + timings['initial_model_s'] + timings['provisioning_s']:.0f} s, "
           f"rounds {timings['rounds_s']:.0f} s, peak memory {memory.peak_bytes / 2**30:.2f} GiB; "
           f"report {args.out / 'report.json'}")

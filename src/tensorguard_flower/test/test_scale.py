@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from tensorguard_crypto.accountant import PrivacyBudget, PrivacyLedger
-from tensorguard_flower import scale
+from tensorguard_flower import scale, split
 
 
 @pytest.mark.slow
@@ -20,6 +20,11 @@ def test_a_small_fleet_runs_through_the_command_and_reports_every_round(tmp_path
     assert [row['round'] for row in report['rows']] == [1, 2]
     assert all(row['outcome'] == 'aggregated' and row['robots'] == 3 for row in report['rows'])
     assert report['peak_memory_bytes'] > 0 and report['rows'][0]['bytes_per_robot'] > 0
+    # The non-private reference ran the same rounds, evaluated on the same seeds and episode counts.
+    assert [row['round'] for row in report['reference_rows']] == [1, 2]
+    for row, plain in zip(report['rows'], report['reference_rows']):
+        assert plain['epsilon'] is None and sum(plain['episodes'].values()) == 5
+        assert row['points_below_reference'] == pytest.approx(100 * (plain['success'] - row['success']))
     for i in range(3):
         ledger = PrivacyLedger.from_dict(PrivacyBudget(8.0), json.loads(
             (out / 'fleet' / 'robots' / f'robot_{i + 1}' / 'state' / 'privacy.json').read_text()))
@@ -29,11 +34,11 @@ def test_a_small_fleet_runs_through_the_command_and_reports_every_round(tmp_path
 
 def test_demonstrations_are_recorded_once_and_then_read_from_the_cache(tmp_path, monkeypatch):
     recorded = []
-    real = scale.record_demonstrations
-    monkeypatch.setattr(scale, 'record_demonstrations', lambda *a: recorded.append(a) or real(*a))
-    first = scale.cached_demonstrations(tmp_path, 'reach-v3', 2, scale.ROBOT_SEED)
-    again = scale.cached_demonstrations(tmp_path, 'reach-v3', 2, scale.ROBOT_SEED)
-    assert recorded == [('reach-v3', 2, scale.ROBOT_SEED)] and len(first) == len(again) > 0
+    real = split.record_demonstrations
+    monkeypatch.setattr(split, 'record_demonstrations', lambda *a: recorded.append(a) or real(*a))
+    first = split.cached_demonstrations(tmp_path, 'reach-v3', 2, split.ROBOT_SEED)
+    again = split.cached_demonstrations(tmp_path, 'reach-v3', 2, split.ROBOT_SEED)
+    assert recorded == [('reach-v3', 2, split.ROBOT_SEED)] and len(first) == len(again) > 0
     for a, b in zip(first, again):
         assert a.task == b.task and np.array_equal(a.observation_state, b.observation_state)
         assert np.array_equal(a.action, b.action)

@@ -1,0 +1,166 @@
+"""`tensorguard flower-frontier`: success against epsilon for fleets of K robots, beside the non-private run.
+
+For each K of ``--robots`` the fleet of `flower-scale` (split.py: the same tasks, seeds and initial
+model) runs ``--rounds`` rounds once without privacy (the reference) and once per noise multiplier
+of ``--noise-multipliers``, with the noise calibrated for all K robots (min_clients = K, no client
+sampling, so no amplification). Rounds run through `plaintext.run_rounds`: the robots' and the
+aggregator's own library calls without the lattice layer, whose decryption is exact. Every run
+starts from the same initial model and is evaluated by the gate on the same seeds per round, so
+runs are paired.
+
+Writes ``<out>/report.json`` (every round of every run), ``<out>/frontier.md`` (the table and, per
+epsilon, the smallest K whose final success is within ``--gap`` points of its non-private run) and
+``<out>/frontier.png`` (final success against epsilon, one line per K, its non-private success
+dashed).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+import torch
+from tqdm import tqdm
+
+from tensorguard_aggregator.gate import DeploymentGate, GateSettings
+from tensorguard_edge.client import EdgeSettings
+from tensorguard_flower.plaintext import Mechanism, RobotPool, run_rounds
+from tensorguard_flower.split import FLEET_TASKS, initial_model, robot_demonstrations
+
+matplotlib.use('Agg')
+from matplotlib import pyplot  # noqa: E402  (the backend is chosen before pyplot loads)
+
+
+def _parse(argv: Sequence[str], prog: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
+    parser.add_argument('--robots', type=int, nargs='+', default=[16, 100, 1000], help='fleet sizes K (each >= 2)')
+    parser.add_argument('--noise-multipliers', type=float, nargs='+', default=[0.75, 1.5, 3.0])
+    parser.add_argument('--rounds', type=int, default=3)
+    parser.add_argument('--episodes', type=int, default=3, help='demonstrations each robot records (its own seeds)')
+    parser.add_argument('--clipping-norm', type=float, default=2.0)
+    parser.add_argument('--delta', type=float, default=1e-5)
+    parser.add_argument('--train-steps', type=int, default=100)
+    parser.add_argument('--eval-episodes', type=int, default=10, help='evaluation episodes per fleet task and round')
+    parser.add_argument('--pretrain-steps', type=int, default=1500)
+    parser.add_argument('--gap', type=float, default=10.0, help='points of success a private run may lose')
+    parser.add_argument('--workers', type=int, default=os.cpu_count() or 1, help='training processes')
+    parser.add_argument('--out', type=Path, required=True, help='new directory for the report, table and plot')
+    parser.add_argument('--cache', type=Path, default=Path('.state/flower-demos'), help='demonstration cache')
+    args = parser.parse_args(list(argv))
+    if min(args.robots) < 2:
+        parser.error('every K in --robots must be at least 2 (the key service never decrypts a single update)')
+    if min(args.noise_multipliers) <= 0:
+        parser.error('--noise-multipliers must be positive (the non-private reference always runs)')
+    if args.out.exists() and any(args.out.iterdir()):
+        parser.error(f'{args.out} exists and is not empty')
+    return args
+
+
+def smallest_fleets(runs: list[dict], gap: float) -> list[dict]:
+    """Per noise multiplier: its epsilon and the smallest K whose final success is within `gap`
+    points of the same K's non-private final success (None if no K measured is)."""
+    reference = {run['robots']: run['rows'][-1]['success'] for run in runs if run['noise_multiplier'] is None}
+    needs = []
+    for multiplier in sorted({run['noise_multiplier'] for run in runs if run['noise_multiplier'] is not None}):
+        private = sorted((run for run in runs if run['noise_multiplier'] == multiplier), key=lambda run: run['robots'])
+        within = [run['robots'] for run in private
+                  if 100 * (reference[run['robots']] - run['rows'][-1]['success']) <= gap]
+        needs.append({'noise_multiplier': multiplier, 'epsilon': private[0]['rows'][-1]['epsilon'],
+                      'smallest_k': min(within) if within else None})
+    return needs
+
+
+def markdown(runs: list[dict], needs: list[dict], rounds: int, gap: float) -> str:
+    """The frontier table and the K each epsilon needs."""
+    lines = ['| K | noise multiplier | epsilon after round ' + ', '.join(str(r) for r in range(1, rounds + 1))
+             + ' | success per round (LB95) | final vs non-private (points) | frozen segments per round | '
+             'seconds |', '|---:|---:|---|---|---:|---|---:|']
+    reference = {run['robots']: run['rows'][-1]['success'] for run in runs if run['noise_multiplier'] is None}
+    for run in runs:
+        rows = run['rows']
+        private = run['noise_multiplier'] is not None
+        lines.append(
+            f"| {run['robots']} | {run['noise_multiplier'] if private else 'non-private'} | "
+            + (', '.join(f"{row['epsilon']:.2f}" for row in rows) if private else 'inf') + ' | '
+            + ', '.join(f"{row['success']:.2f} ({row['lower']:.2f})" for row in rows) + ' | '
+            + (f"{100 * (rows[-1]['success'] - reference[run['robots']]):+.0f}" if private else '-') + ' | '
+            + ', '.join(str(row['frozen_segments']) for row in rows) + f" | {run['seconds']:.0f} |")
+    lines += ['', f'Smallest K measured whose final success is within {gap:g} points of its non-private run:', '',
+              '| noise multiplier | epsilon (delta per the report) | smallest K |', '|---:|---:|---:|']
+    lines += [f"| {need['noise_multiplier']} | {need['epsilon']:.2f} | "
+              f"{need['smallest_k'] if need['smallest_k'] is not None else 'none measured'} |" for need in needs]
+    return '\n'.join(lines) + '\n'
+
+
+def plot(runs: list[dict], path: Path, rounds: int, delta: float) -> None:
+    """Final success against epsilon, one line per K; the same K's non-private success dashed."""
+    figure, axes = pyplot.subplots(figsize=(7, 4.5))
+    for index, k in enumerate(sorted({run['robots'] for run in runs})):
+        colour = f'C{index}'
+        private = sorted((run for run in runs if run['robots'] == k and run['noise_multiplier'] is not None),
+                         key=lambda run: run['rows'][-1]['epsilon'])
+        axes.plot([run['rows'][-1]['epsilon'] for run in private], [run['rows'][-1]['success'] for run in private],
+                  'o-', color=colour, label=f'K = {k}')
+        for run in private:
+            axes.annotate(f"z={run['noise_multiplier']:g}", (run['rows'][-1]['epsilon'], run['rows'][-1]['success']),
+                          textcoords='offset points', xytext=(4, 4), fontsize=7, color=colour)
+        for run in runs:
+            if run['robots'] == k and run['noise_multiplier'] is None:
+                axes.axhline(run['rows'][-1]['success'], color=colour, linestyle='--', linewidth=1,
+                             label=f'K = {k}, non-private')
+    axes.set_xscale('log')
+    axes.set_xlabel(f'epsilon per robot after {rounds} rounds (delta = {delta:g})')
+    axes.set_ylabel(f'success after round {rounds}')
+    axes.set_ylim(-0.02, 1.02)
+    axes.grid(True, which='both', alpha=0.3)
+    axes.legend(fontsize=7, loc='best')
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    pyplot.close(figure)
+
+
+def main(argv: Sequence[str] | None = None, prog: str = 'tensorguard flower-frontier') -> int:
+    """Entry point (also `tensorguard flower-frontier`): run every (K, noise) pair, write the report, table and plot."""
+    args = _parse(sys.argv[1:] if argv is None else argv, prog)
+    torch.set_num_threads(1)
+    started = time.monotonic()
+    args.out.mkdir(parents=True, exist_ok=True)
+    initial = initial_model(args.cache, args.pretrain_steps)
+    edge = EdgeSettings(train_steps=args.train_steps)
+    gate = GateSettings(eval_tasks=list(FLEET_TASKS), eval_episodes_per_task=args.eval_episodes)
+    baseline = DeploymentGate(gate).evaluate(initial.policy, 0)
+    mechanisms = [Mechanism(None, args.clipping_norm, delta=args.delta)] + [
+        Mechanism(z, args.clipping_norm, delta=args.delta) for z in args.noise_multipliers]
+    runs: list[dict] = []
+    with tqdm(total=len(args.robots) * len(mechanisms) * args.rounds, desc='rounds') as bar:
+        for k in args.robots:
+            with RobotPool(robot_demonstrations(args.cache, k, args.episodes), edge, args.workers) as pool:
+                for mechanism in mechanisms:
+                    run_started = time.monotonic()
+                    bar.set_postfix(K=k, z=mechanism.noise_multiplier or 'none')
+                    rows = run_rounds(pool, initial.policy, args.rounds, mechanism, DeploymentGate(gate),
+                                      held_out=initial.held_out, progress=lambda _row: bar.update())
+                    runs.append({'robots': k, 'noise_multiplier': mechanism.noise_multiplier, 'rows': rows,
+                                 'seconds': time.monotonic() - run_started})
+                    tqdm.write(f'K={k} z={mechanism.noise_multiplier}: success '
+                               + ' '.join(f"{row['success']:.2f}" for row in rows))
+    needs = smallest_fleets(runs, args.gap)
+    (args.out / 'frontier.md').write_text(markdown(runs, needs, args.rounds, args.gap))
+    plot(runs, args.out / 'frontier.png', args.rounds, args.delta)
+    report = {'argv': list(sys.argv[1:] if argv is None else argv), 'tasks': list(FLEET_TASKS),
+              'initial_success': baseline.success_rate, 'initial_successes': baseline.successes,
+              'runs': runs, 'smallest_k': needs, 'wall_s': time.monotonic() - started}
+    (args.out / 'report.json').write_text(json.dumps(report, indent=2))
+    print((args.out / 'frontier.md').read_text())
+    print(f"initial model: success {baseline.success_rate:.2f}; wall {report['wall_s']:.0f} s; "
+          f"report {args.out / 'report.json'}, plot {args.out / 'frontier.png'}")
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,75 @@
+"""The scale commands' fleet: its tasks, every robot's own demonstrations and the server's initial model.
+
+Shared by `flower-scale` and `flower-frontier` so that both measure the same split. Robot i
+demonstrates one task, ``FLEET_TASKS[i % 5]``, from simulator seeds ``ROBOT_SEED + 1000 i + k``
+(k < episodes): no two robots share an episode, and none shares one with the server's pre-training
+(``PRETRAIN_SEED``), held-out (``HELD_OUT_SEED``) or evaluation (the gate's, 2,000,000 + 1000 r) seeds.
+Recorded episodes are cached as one ``.npz`` per task and seed range and reused.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from tensorguard_learning.demonstrations import Demonstration
+from tensorguard_learning.metaworld_source import record_demonstrations
+from tensorguard_learning.policy import MoEConfig, MoEPolicy, build_policy
+from tensorguard_learning.training import BCData, TrainingBudget, pretrain
+
+FLEET_TASKS = ('push-v3', 'door-open-v3', 'drawer-close-v3', 'button-press-topdown-v3', 'window-open-v3')
+PRETRAIN_TASKS = ('reach-v3', 'window-close-v3', 'drawer-open-v3')
+ROBOT_SEED = 3_000_000
+PRETRAIN_SEED = 900_000
+HELD_OUT_SEED = 500_000
+SEED_STRIDE = 1000
+
+
+def cached_demonstrations(cache: Path, task: str, episodes: int, seed: int) -> list[Demonstration]:
+    """`record_demonstrations(task, episodes, seed)`, from `cache` when recorded before."""
+    path = cache / task / f'{seed}-{episodes}.npz'
+    if path.exists():
+        with np.load(path) as saved:
+            count = len([name for name in saved.files if name.startswith('state_')])
+            return [Demonstration(task=task, observation_state=saved[f'state_{k}'], action=saved[f'action_{k}'])
+                    for k in range(count)]
+    demos = record_demonstrations(task, episodes, seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arrays = {f'{kind}_{k}': value for k, demo in enumerate(demos)
+              for kind, value in (('state', demo.observation_state), ('action', demo.action))}
+    tmp = path.with_name(f'.{path.stem}.tmp.npz')
+    np.savez(tmp, **arrays)
+    os.replace(tmp, path)
+    return demos
+
+
+def robot_demonstrations(cache: Path, robots: int, episodes: int) -> list[list[Demonstration]]:
+    """Each of `robots` robots' own demonstrations (robot i: its task, its seeds)."""
+    return [cached_demonstrations(cache, FLEET_TASKS[i % len(FLEET_TASKS)], episodes, ROBOT_SEED + SEED_STRIDE * i)
+            for i in tqdm(range(robots), desc='demonstrations')]
+
+
+@dataclass
+class InitialModel:
+    """The server's starting point: the shipped adapter shape, its base pre-trained and frozen on
+    tasks no robot demonstrates, and its held-out states of the fleet tasks (for the gate's KL)."""
+
+    policy: MoEPolicy
+    held_out: BCData
+
+
+def initial_model(cache: Path, pretrain_steps: int) -> InitialModel:
+    """8 experts, top-1, hidden 64, round-robin router; base pre-trained on `PRETRAIN_TASKS`."""
+    tasks = FLEET_TASKS + PRETRAIN_TASKS
+    policy = build_policy(MoEConfig(tasks=tasks, num_experts=len(tasks), top_k=1, expert_hidden=64,
+                                    router_init='round_robin'))
+    pretrain(policy, [d for j, task in enumerate(PRETRAIN_TASKS)
+                      for d in cached_demonstrations(cache, task, 10, PRETRAIN_SEED + SEED_STRIDE * j)],
+             TrainingBudget(max_steps=pretrain_steps), freeze=True)
+    held_out = BCData.from_demonstrations(policy, [
+        d for j, task in enumerate(FLEET_TASKS)
+        for d in cached_demonstrations(cache, task, 3, HELD_OUT_SEED + SEED_STRIDE * j)])
+    return InitialModel(policy, held_out)

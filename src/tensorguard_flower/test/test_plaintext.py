@@ -1,0 +1,89 @@
+"""The frontier's rounds without the lattice layer: the same sums as the robots' own code, the mechanism's noise."""
+import json
+
+import numpy as np
+import pytest
+
+from tensorguard_aggregator.gate import DeploymentGate, GateSettings
+from tensorguard_crypto import update_codec
+from tensorguard_edge.client import EdgeSettings, local_training
+from tensorguard_flower import frontier
+from tensorguard_flower.plaintext import SECURITY_LEVEL, Mechanism, RobotPool, run_rounds
+from tensorguard_learning.aggregation import ExpertDrivenStrategy
+from tensorguard_learning.metaworld_source import record_demonstrations
+from tensorguard_learning.policy import MoEConfig, build_policy
+from tensorguard_learning.training import train_local
+
+TASKS = ('reach-v3', 'push-v3')
+EDGE = EdgeSettings(train_steps=5, batch_size=32)
+
+
+@pytest.fixture(scope='module')
+def fleet():
+    demos = [record_demonstrations(TASKS[i % 2], 1, 70_000 + 10 * i) for i in range(5)]
+    policy = build_policy(MoEConfig(tasks=TASKS, num_experts=2, top_k=1, expert_hidden=16, router_init='round_robin'))
+    return policy, demos
+
+
+def _vectors(policy, demos):
+    budget, envelope = local_training(EDGE)
+    reference = policy.flatten_segments()
+    return [ExpertDrivenStrategy().flatten_update(train_local(policy.clone(), robot, budget, envelope,
+                                                              modules=tuple(EDGE.trainable_modules),
+                                                              reference=reference)) for robot in demos]
+
+
+def test_the_pool_sums_what_the_robots_train_and_the_mechanism_adds_only_its_noise(fleet):
+    policy, demos = fleet
+    vectors = _vectors(policy, demos)  # training is deterministic: the same vectors the workers compute
+    with RobotPool(demos, EDGE, workers=2) as pool:
+        plain = pool.round_sum(policy, None)
+        assert np.allclose(plain, np.sum(vectors, axis=0), atol=1e-5)
+        mechanism = Mechanism(noise_multiplier=1.0, clipping_norm=0.5)
+        codec = update_codec.build_codec(mechanism.profile(5), plain.size, 5, SECURITY_LEVEL, bytes(32))
+        noisy = pool.round_sum(policy, codec)
+    clipped = np.sum([v * min(1.0, 0.5 / np.linalg.norm(v)) for v in vectors], axis=0)
+    # The decoded sum is the clipped sum plus noise of the mechanism's own standard deviation (z C = 0.5
+    # on the sum, plus rounding): a noise-free or wrongly scaled sum fails.
+    error = noisy - clipped
+    predicted = codec.skellam.aggregate_stddev(5)
+    assert 0.8 * predicted < np.std(error) < 1.2 * predicted
+    assert abs(np.mean(error)) < 5 * predicted / np.sqrt(error.size)
+
+
+def test_rounds_report_the_robots_ledger_epsilon_and_none_without_privacy(fleet):
+    policy, demos = fleet
+    gate = DeploymentGate(GateSettings(eval_tasks=list(TASKS), eval_episodes_per_task=1))
+    with RobotPool(demos, EDGE, workers=1) as pool:
+        private = run_rounds(pool, policy, 2, Mechanism(1.5), gate)
+        plain = run_rounds(pool, policy, 1, Mechanism(None), gate)
+    dim = ExpertDrivenStrategy().vector_length(policy.segment_sizes())
+    assert [row['epsilon'] for row in private] == [Mechanism(1.5).epsilon_after(5, dim, r) for r in (1, 2)]
+    assert 0 < private[0]['epsilon'] < private[1]['epsilon'] and plain[0]['epsilon'] is None
+    assert all(sum(row['episodes'].values()) == 2 for row in private + plain)
+    assert plain[0]['frozen_segments'] == 0 < plain[0]['delta_norm']
+
+
+def test_the_smallest_fleet_an_epsilon_needs_is_read_off_the_runs():
+    def run(k, z, final):
+        return {'robots': k, 'noise_multiplier': z, 'rows': [{'success': final, 'epsilon': None if z is None else 9 / z}]}
+    runs = [run(16, None, 0.8), run(16, 1.5, 0.3), run(16, 3.0, 0.1),
+            run(100, None, 0.9), run(100, 1.5, 0.85), run(100, 3.0, 0.5),
+            run(1000, None, 0.9), run(1000, 1.5, 0.9), run(1000, 3.0, 0.82)]
+    assert frontier.smallest_fleets(runs, gap=10) == [
+        {'noise_multiplier': 1.5, 'epsilon': 6.0, 'smallest_k': 100},
+        {'noise_multiplier': 3.0, 'epsilon': 3.0, 'smallest_k': 1000}]
+    assert frontier.smallest_fleets(runs, gap=5)[1]['smallest_k'] is None
+
+
+@pytest.mark.slow
+def test_the_frontier_command_writes_its_report_table_and_plot(tmp_path):
+    out = tmp_path / 'frontier'
+    assert frontier.main(['--robots', '2', '3', '--noise-multipliers', '2', '--rounds', '1', '--episodes', '1',
+                          '--train-steps', '3', '--eval-episodes', '1', '--pretrain-steps', '10', '--workers', '2',
+                          '--out', str(out), '--cache', str(tmp_path / 'cache')]) == 0
+    report = json.loads((out / 'report.json').read_text())
+    assert [(run['robots'], run['noise_multiplier']) for run in report['runs']] == [(2, None), (2, 2.0), (3, None),
+                                                                                     (3, 2.0)]
+    assert (out / 'frontier.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+    assert '| 3 | 2.0 |' in (out / 'frontier.md').read_text()
