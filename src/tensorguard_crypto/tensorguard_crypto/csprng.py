@@ -2,8 +2,15 @@
 
 Secret randomness (ring keys, lattice errors, DP noise, randomised rounding) comes from
 `SecretRandom`: a ChaCha20 keystream (RFC 8439 cipher, via the `cryptography` package) keyed
-with 32 bytes and a 16-byte nonce from `os.urandom`, freshly for every instance. Samplers are
-vectorised over numpy arrays but never touch numpy's or Python's pseudo-random generators.
+with 32 bytes and a 12-byte nonce from `os.urandom`, freshly for every instance. `cryptography`
+takes a 16-byte nonce whose first 4 bytes are the initial 32-bit block counter; it starts at
+zero, so one key yields 2^32 blocks (256 GiB), and the stream re-keys from `os.urandom` before
+that. (A random counter, as this module once used, overflows after as little as 64 bytes: a
+Skellam encoding of the shipped 195,312-value update draws 11-15 MiB, so about one robot-round in
+20,000 failed with "Exceeded the maximum number of bytes"; `flower-frontier`, whose workers share
+one encoder across 125 robots (about 1.4 GiB of keystream), failed in its sixth private round of
+1,000 robots.) Samplers are vectorised
+over numpy arrays but never touch numpy's or Python's pseudo-random generators.
 
 Public randomness (the ring elements a_j every robot derives from the round seed, the rotation
 signs of the randomised Hadamard transform) comes from SHAKE-128 over domain-separated input,
@@ -43,15 +50,29 @@ def _log_factorial(k: np.ndarray) -> np.ndarray:
 class SecretRandom:
     """CSPRNG stream for secrets: ChaCha20 keyed from os.urandom, with vectorised samplers."""
 
+    KEY_STREAM_BYTES = 64 * 2**32  # ChaCha20 with a 32-bit block counter from zero: 2^32 blocks of 64 bytes
+
     def __init__(self) -> None:
-        key, nonce = os.urandom(32), os.urandom(16)
-        self._stream = Cipher(algorithms.ChaCha20(key, nonce), mode=None).encryptor()
+        self._rekey()
+
+    def _rekey(self) -> None:
+        counter_from_zero = bytes(4)
+        self._stream = Cipher(algorithms.ChaCha20(os.urandom(32), counter_from_zero + os.urandom(12)),
+                              mode=None).encryptor()
+        self._left = self.KEY_STREAM_BYTES
 
     def random_bytes(self, count: int) -> bytes:
         """`count` bytes of keystream."""
         if count < 0:
             raise RandomnessError(f'byte count must be non-negative, got {count}')
-        return self._stream.update(bytes(count))
+        parts = []
+        while count > self._left:
+            parts.append(self._stream.update(bytes(self._left)))
+            count -= self._left
+            self._rekey()
+        parts.append(self._stream.update(bytes(count)))
+        self._left -= count
+        return b''.join(parts)
 
     def words64(self, count: int) -> np.ndarray:
         """`count` uniform 64-bit words."""

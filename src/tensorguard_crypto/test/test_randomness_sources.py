@@ -97,3 +97,26 @@ def test_every_secret_is_fresh_per_run():
     _, public = generate_key_service_keys(PARAMS)
     bodies = [RoundEncryptor(PARAMS, ROUND_SEED, public).encrypt(same_vector).values for _ in range(2)]
     assert np.mean(bodies[0] == bodies[1]) < 1e-3
+
+
+def test_a_stream_never_starts_near_the_end_of_chachas_block_counter(monkeypatch):
+    # cryptography's ChaCha20 reads the first 4 nonce bytes as the block counter. Drawn from os.urandom
+    # (as this module once did) an all-0xff draw leaves one block before the counter overflows.
+    monkeypatch.setattr(os, 'urandom', lambda count: b'\xff' * count)
+    stream = csprng.SecretRandom()
+    assert len(stream.random_bytes(1 << 20)) == 1 << 20
+    assert stream.skellam(100.0, 10_000).shape == (10_000,)
+
+
+def test_a_stream_rekeys_from_os_urandom_before_its_counter_runs_out(monkeypatch):
+    monkeypatch.setattr(csprng.SecretRandom, 'KEY_STREAM_BYTES', 100)
+    keys = []
+    real = os.urandom
+    monkeypatch.setattr(os, 'urandom', lambda count: keys.append(count) or real(count))
+    stream = csprng.SecretRandom()
+    drawn = stream.random_bytes(250) + stream.random_bytes(49) + stream.random_bytes(1)
+    assert len(drawn) == 300
+    assert keys.count(32) == 3  # the first key, then a new one at bytes 100 and 200; byte 300 needs none yet
+    assert len({drawn[i:i + 100] for i in range(0, 300, 100)}) == 3
+    stream.random_bytes(1)
+    assert keys.count(32) == 4
