@@ -8,10 +8,10 @@ aggregator's own library calls without the lattice layer, whose decryption is ex
 starts from the same initial model and is evaluated by the gate on the same seeds per round, so
 runs are paired.
 
-Writes ``<out>/report.json`` (every round of every run), ``<out>/frontier.md`` (the table and, per
-epsilon, the smallest K whose final success is within ``--gap`` points of its non-private run) and
-``<out>/frontier.png`` (final success against epsilon, one line per K, its non-private success
-dashed).
+Writes ``<out>/report.json`` (every round of every run, rewritten after each run),
+``<out>/frontier.md`` (the table and, per epsilon, the smallest K whose final success is within
+``--gap`` points of its non-private run) and ``<out>/frontier.png`` (final success against
+epsilon, one line per K, its non-private success dashed).
 """
 from __future__ import annotations
 
@@ -39,7 +39,7 @@ from matplotlib import pyplot  # noqa: E402  (the backend is chosen before pyplo
 def _parse(argv: Sequence[str], prog: str) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
     parser.add_argument('--robots', type=int, nargs='+', default=[16, 100, 1000], help='fleet sizes K (each >= 2)')
-    parser.add_argument('--noise-multipliers', type=float, nargs='+', default=[0.75, 1.5, 3.0])
+    parser.add_argument('--noise-multipliers', type=float, nargs='+', default=[0.75, 1.25, 1.5, 3.0])
     parser.add_argument('--rounds', type=int, default=3)
     parser.add_argument('--episodes', type=int, default=3, help='demonstrations each robot records (its own seeds)')
     parser.add_argument('--clipping-norm', type=float, default=2.0)
@@ -149,13 +149,13 @@ def main(argv: Sequence[str] | None = None, prog: str = 'tensorguard flower-fron
                                  'seconds': time.monotonic() - run_started})
                     tqdm.write(f'K={k} z={mechanism.noise_multiplier}: success '
                                + ' '.join(f"{row['success']:.2f}" for row in rows))
-    needs = smallest_fleets(runs, args.gap)
-    (args.out / 'frontier.md').write_text(markdown(runs, needs, args.rounds, args.gap))
+                    report = {'argv': list(sys.argv[1:] if argv is None else argv), 'tasks': list(FLEET_TASKS),
+                              'initial_success': baseline.success_rate, 'initial_successes': baseline.successes,
+                              'runs': runs, 'smallest_k': smallest_fleets(runs, args.gap),
+                              'wall_s': time.monotonic() - started}
+                    (args.out / 'report.json').write_text(json.dumps(report, indent=2))  # kept up to date
+    (args.out / 'frontier.md').write_text(markdown(runs, report['smallest_k'], args.rounds, args.gap))
     plot(runs, args.out / 'frontier.png', args.rounds, args.delta)
-    report = {'argv': list(sys.argv[1:] if argv is None else argv), 'tasks': list(FLEET_TASKS),
-              'initial_success': baseline.success_rate, 'initial_successes': baseline.successes,
-              'runs': runs, 'smallest_k': needs, 'wall_s': time.monotonic() - started}
-    (args.out / 'report.json').write_text(json.dumps(report, indent=2))
     print((args.out / 'frontier.md').read_text())
     print(f"initial model: success {baseline.success_rate:.2f}; wall {report['wall_s']:.0f} s; "
           f"report {args.out / 'report.json'}, plot {args.out / 'frontier.png'}")

@@ -159,7 +159,6 @@ def main(argv: Sequence[str] | None = None, prog: str = 'tensorguard flower-scal
             passphrase.encode())
         gate = GateSettings(eval_tasks=list(FLEET_TASKS), eval_episodes_per_task=args.eval_episodes,
                             min_success_rate=0.0, deploy_margin=0.0, max_kl_divergence=1e9)
-        strategy = TensorGuardStrategy(aggregator, key_service, DeploymentGate(gate), RoundLog.of(paths), held_out)
         timings['provisioning_s'] = time.monotonic() - mark
 
         reference = []
@@ -174,12 +173,18 @@ def main(argv: Sequence[str] | None = None, prog: str = 'tensorguard flower-scal
             timings['reference_s'] = time.monotonic() - mark
 
         mark, simulation_started = time.monotonic(), time.time()
+        bar = tqdm(total=args.rounds, desc=f'rounds of {k} robots')
+        strategy = TensorGuardStrategy(aggregator, key_service, DeploymentGate(gate), RoundLog.of(paths), held_out,
+                                       on_round=lambda outcome: (bar.set_postfix(
+                                           outcome=outcome['outcome'], epsilon=round(outcome['epsilon_max'], 2),
+                                           success=outcome.get('success_rate')), bar.update()))
         run_simulation(
             server_app=ServerApp(server_fn=lambda _context: ServerAppComponents(
                 strategy=strategy, config=ServerConfig(num_rounds=args.rounds, round_timeout=86400.0))),
             client_app=client_app(robots), num_supernodes=k,
             backend_config={'client_resources': {'num_cpus': 1, 'num_gpus': 0.0},
                             'init_args': {'num_cpus': os.cpu_count(), 'logging_level': 'error'}})
+        bar.close()
         timings['rounds_s'] = time.monotonic() - mark
 
     rows, previous = [], simulation_started

@@ -25,6 +25,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
+from collections.abc import Callable
 
 from flwr.common import EvaluateIns, EvaluateRes, FitIns, FitRes, Parameters, Scalar
 from flwr.server.client_manager import ClientManager
@@ -45,7 +46,8 @@ class TensorGuardStrategy(Strategy):
     """Flower strategy running the aggregator's, key service's and gate's round (see module docstring)."""
 
     def __init__(self, aggregator: Aggregator, key_service: KeyServiceCore, gate: DeploymentGate,
-                 round_log: RoundLog, held_out: BCData, min_available_clients: int | None = None) -> None:
+                 round_log: RoundLog, held_out: BCData, min_available_clients: int | None = None,
+                 on_round: Callable[[dict], None] = lambda _outcome: None) -> None:
         if aggregator.model is None:
             raise ValueError('the fleet has no model yet: publish an initial model first')
         if gate.settings.canary_min_episodes:
@@ -59,6 +61,7 @@ class TensorGuardStrategy(Strategy):
         self.rejected: Counter[str] = Counter()
         self.refused: Counter[str] = Counter()
         self.outcomes: list[dict] = []
+        self.on_round = on_round
 
     def model_parameters(self) -> Parameters:
         """The current signed ModelPackage as Flower parameters."""
@@ -162,6 +165,7 @@ class TensorGuardStrategy(Strategy):
         self.aggregator.close_round(outcome)
         self.round_log.append(outcome)
         self.outcomes.append(outcome)
+        self.on_round(outcome)
 
     def configure_evaluate(self, server_round: int, parameters: Parameters,
                            client_manager: ClientManager) -> list[tuple[ClientProxy, EvaluateIns]]:

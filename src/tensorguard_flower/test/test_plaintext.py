@@ -66,7 +66,8 @@ def test_rounds_report_the_robots_ledger_epsilon_and_none_without_privacy(fleet)
 
 def test_the_smallest_fleet_an_epsilon_needs_is_read_off_the_runs():
     def run(k, z, final):
-        return {'robots': k, 'noise_multiplier': z, 'rows': [{'success': final, 'epsilon': None if z is None else 9 / z}]}
+        epsilon = None if z is None else 9 / z
+        return {'robots': k, 'noise_multiplier': z, 'rows': [{'success': final, 'epsilon': epsilon}]}
     runs = [run(16, None, 0.8), run(16, 1.5, 0.3), run(16, 3.0, 0.1),
             run(100, None, 0.9), run(100, 1.5, 0.85), run(100, 3.0, 0.5),
             run(1000, None, 0.9), run(1000, 1.5, 0.9), run(1000, 3.0, 0.82)]
