@@ -47,6 +47,8 @@ def _parse(argv: Sequence[str], prog: str) -> argparse.Namespace:
     parser.add_argument('--train-steps', type=int, default=100)
     parser.add_argument('--eval-episodes', type=int, default=10, help='evaluation episodes per fleet task and round')
     parser.add_argument('--pretrain-steps', type=int, default=1500)
+    parser.add_argument('--expert-hidden', type=int, default=64,
+                        help="units per expert: fewer federated values, less DP noise on each expert's mean")
     parser.add_argument('--gap', type=float, default=10.0, help='points of success a private run may lose')
     parser.add_argument('--workers', type=int, default=os.cpu_count() or 1, help='training processes')
     parser.add_argument('--out', type=Path, required=True, help='new directory for the report, table and plot')
@@ -130,7 +132,7 @@ def main(argv: Sequence[str] | None = None, prog: str = 'tensorguard flower-fron
     torch.set_num_threads(1)
     started = time.monotonic()
     args.out.mkdir(parents=True, exist_ok=True)
-    initial = initial_model(args.cache, args.pretrain_steps)
+    initial = initial_model(args.cache, args.pretrain_steps, args.expert_hidden)
     edge = EdgeSettings(train_steps=args.train_steps)
     gate = GateSettings(eval_tasks=list(FLEET_TASKS), eval_episodes_per_task=args.eval_episodes)
     baseline = DeploymentGate(gate).evaluate(initial.policy, 0)

@@ -105,6 +105,8 @@ def _parse(argv: Sequence[str], prog: str) -> argparse.Namespace:
     parser.add_argument('--train-steps', type=int, default=100)
     parser.add_argument('--eval-episodes', type=int, default=4, help='gate evaluation episodes per fleet task')
     parser.add_argument('--pretrain-steps', type=int, default=1500)
+    parser.add_argument('--expert-hidden', type=int, default=64,
+                        help="units per expert: fewer federated values, less DP noise on each expert's mean")
     parser.add_argument('--no-reference', dest='reference', action='store_false',
                         help='skip the non-private run of the same robots, rounds and evaluation seeds')
     parser.add_argument('--out', type=Path, required=True, help='new directory for the fleet and report.json')
@@ -133,7 +135,7 @@ def main(argv: Sequence[str] | None = None, prog: str = 'tensorguard flower-scal
         timings['demonstrations_s'] = time.monotonic() - started
 
         mark = time.monotonic()
-        initial = initial_model(args.cache, args.pretrain_steps)
+        initial = initial_model(args.cache, args.pretrain_steps, args.expert_hidden)
         policy, held_out = initial.policy.clone(), initial.held_out
         timings['initial_model_s'] = time.monotonic() - mark
 

@@ -61,10 +61,11 @@ class InitialModel:
     held_out: BCData
 
 
-def initial_model(cache: Path, pretrain_steps: int) -> InitialModel:
-    """8 experts, top-1, hidden 64, round-robin router; base pre-trained on `PRETRAIN_TASKS`."""
+def initial_model(cache: Path, pretrain_steps: int, expert_hidden: int = 64) -> InitialModel:
+    """8 experts, top-1, round-robin router, `expert_hidden` units per expert (the shipped 64: 24,388
+    federated values per expert); base pre-trained on `PRETRAIN_TASKS`."""
     tasks = FLEET_TASKS + PRETRAIN_TASKS
-    policy = build_policy(MoEConfig(tasks=tasks, num_experts=len(tasks), top_k=1, expert_hidden=64,
+    policy = build_policy(MoEConfig(tasks=tasks, num_experts=len(tasks), top_k=1, expert_hidden=expert_hidden,
                                     router_init='round_robin'))
     pretrain(policy, [d for j, task in enumerate(PRETRAIN_TASKS)
                       for d in cached_demonstrations(cache, task, 10, PRETRAIN_SEED + SEED_STRIDE * j)],
