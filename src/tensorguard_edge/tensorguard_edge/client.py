@@ -80,7 +80,8 @@ class EdgeSettings(RoundSettings):
                                           minimum=1, read_only=True)
     target_update_size_kb: int = described('OperatingEnvelope: largest update package this robot sends.', 4096,
                                            minimum=1, read_only=True)
-    epsilon_budget: float = described('Hard privacy budget of this robot (epsilon at privacy_delta).', 10.0,
+    epsilon_budget: float = described('Hard privacy budget of this robot (epsilon at privacy_delta); the default '
+                                      '8 holds three rounds at the default noise_multiplier.', 8.0,
                                       minimum=POSITIVE, read_only=True)
     privacy_delta: float = described('delta of the (epsilon, delta) guarantee.', 1e-5, minimum=POSITIVE,
                                      maximum=1.0, read_only=True)
