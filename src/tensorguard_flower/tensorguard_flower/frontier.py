@@ -77,7 +77,7 @@ def smallest_fleets(runs: list[dict], gap: float) -> list[dict]:
     return needs
 
 
-def markdown(runs: list[dict], needs: list[dict], rounds: int, gap: float) -> str:
+def markdown(runs: list[dict], needs: list[dict], rounds: int, gap: float, delta: float) -> str:
     """The frontier table and the K each epsilon needs."""
     lines = ['| K | noise multiplier | epsilon after round ' + ', '.join(str(r) for r in range(1, rounds + 1))
              + ' | success per round (LB95) | final vs non-private (points) | frozen segments per round | '
@@ -93,7 +93,7 @@ def markdown(runs: list[dict], needs: list[dict], rounds: int, gap: float) -> st
             + (f"{100 * (rows[-1]['success'] - reference[run['robots']]):+.0f}" if private else '-') + ' | '
             + ', '.join(str(row['frozen_segments']) for row in rows) + f" | {run['seconds']:.0f} |")
     lines += ['', f'Smallest K measured whose final success is within {gap:g} points of its non-private run:', '',
-              '| noise multiplier | epsilon (delta per the report) | smallest K |', '|---:|---:|---:|']
+              f'| noise multiplier | epsilon (delta {delta:g}) | smallest K |', '|---:|---:|---:|']
     lines += [f"| {need['noise_multiplier']} | {need['epsilon']:.2f} | "
               f"{need['smallest_k'] if need['smallest_k'] is not None else 'none measured'} |" for need in needs]
     return '\n'.join(lines) + '\n'
@@ -156,7 +156,7 @@ def main(argv: Sequence[str] | None = None, prog: str = 'tensorguard flower-fron
                               'runs': runs, 'smallest_k': smallest_fleets(runs, args.gap),
                               'wall_s': time.monotonic() - started}
                     (args.out / 'report.json').write_text(json.dumps(report, indent=2))  # kept up to date
-    (args.out / 'frontier.md').write_text(markdown(runs, report['smallest_k'], args.rounds, args.gap))
+    (args.out / 'frontier.md').write_text(markdown(runs, report['smallest_k'], args.rounds, args.gap, args.delta))
     plot(runs, args.out / 'frontier.png', args.rounds, args.delta)
     print((args.out / 'frontier.md').read_text())
     print(f"initial model: success {baseline.success_rate:.2f}; wall {report['wall_s']:.0f} s; "
