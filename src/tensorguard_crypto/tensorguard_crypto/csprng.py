@@ -9,8 +9,8 @@ that. (A random counter, as this module once used, overflows after as little as 
 Skellam encoding of the shipped 195,312-value update draws 11-15 MiB, so about one robot-round in
 20,000 failed with "Exceeded the maximum number of bytes"; `flower-frontier`, whose workers share
 one encoder across 125 robots (about 1.4 GiB of keystream), failed in its sixth private round of
-1,000 robots.) Samplers are vectorised
-over numpy arrays but never touch numpy's or Python's pseudo-random generators.
+1,000 robots.) Samplers are vectorised over numpy arrays but never touch numpy's or Python's
+pseudo-random generators.
 
 Public randomness (the ring elements a_j every robot derives from the round seed, the rotation
 signs of the randomised Hadamard transform) comes from SHAKE-128 over domain-separated input,

@@ -30,7 +30,7 @@ from tqdm import tqdm
 from tensorguard_aggregator.gate import DeploymentGate, GateSettings
 from tensorguard_edge.client import EdgeSettings
 from tensorguard_flower.plaintext import Mechanism, RobotPool, run_rounds
-from tensorguard_flower.split import FLEET_TASKS, initial_model, robot_demonstrations
+from tensorguard_flower.split import FLEET_TASKS, add_fleet_arguments, initial_model, robot_demonstrations
 
 matplotlib.use('Agg')
 from matplotlib import pyplot  # noqa: E402  (the backend is chosen before pyplot loads)
@@ -40,19 +40,12 @@ def _parse(argv: Sequence[str], prog: str) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
     parser.add_argument('--robots', type=int, nargs='+', default=[16, 100, 1000], help='fleet sizes K (each >= 2)')
     parser.add_argument('--noise-multipliers', type=float, nargs='+', default=[0.75, 1.25, 1.5, 3.0])
-    parser.add_argument('--rounds', type=int, default=3)
-    parser.add_argument('--episodes', type=int, default=3, help='demonstrations each robot records (its own seeds)')
-    parser.add_argument('--clipping-norm', type=float, default=2.0)
     parser.add_argument('--delta', type=float, default=1e-5)
-    parser.add_argument('--train-steps', type=int, default=100)
     parser.add_argument('--eval-episodes', type=int, default=10, help='evaluation episodes per fleet task and round')
-    parser.add_argument('--pretrain-steps', type=int, default=1500)
-    parser.add_argument('--expert-hidden', type=int, default=64,
-                        help="units per expert: fewer federated values, less DP noise on each expert's mean")
     parser.add_argument('--gap', type=float, default=10.0, help='points of success a private run may lose')
     parser.add_argument('--workers', type=int, default=os.cpu_count() or 1, help='training processes')
     parser.add_argument('--out', type=Path, required=True, help='new directory for the report, table and plot')
-    parser.add_argument('--cache', type=Path, default=Path('.state/flower-demos'), help='demonstration cache')
+    add_fleet_arguments(parser)
     args = parser.parse_args(list(argv))
     if min(args.robots) < 2:
         parser.error('every K in --robots must be at least 2 (the key service never decrypts a single update)')

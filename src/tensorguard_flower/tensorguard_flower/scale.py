@@ -47,7 +47,7 @@ from tensorguard_crypto.fleet import FleetPaths, enroll_robot, provision_server
 from tensorguard_edge.client import EdgeClient, EdgeSettings
 from tensorguard_flower.client_app import client_app, robot_settings
 from tensorguard_flower.plaintext import Mechanism, RobotPool, run_rounds
-from tensorguard_flower.split import FLEET_TASKS, initial_model, robot_demonstrations
+from tensorguard_flower.split import FLEET_TASKS, add_fleet_arguments, initial_model, robot_demonstrations
 from tensorguard_flower.strategy import TensorGuardStrategy
 
 
@@ -97,21 +97,14 @@ def tree_rss_bytes(root: int) -> int:
 def _parse(argv: Sequence[str], prog: str) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
     parser.add_argument('--robots', type=int, required=True, help='K, the number of simulated robots (>= 2)')
-    parser.add_argument('--rounds', type=int, default=3)
-    parser.add_argument('--episodes', type=int, default=3, help='demonstrations each robot records (its own seeds)')
     parser.add_argument('--noise-multiplier', type=float, default=1.25,
                         help='the fleet default: epsilon 6.93 over three rounds at delta 1e-5')
-    parser.add_argument('--clipping-norm', type=float, default=2.0)
     parser.add_argument('--epsilon-budget', type=float, default=8.0, help="each robot's budget at delta 1e-5")
-    parser.add_argument('--train-steps', type=int, default=100)
     parser.add_argument('--eval-episodes', type=int, default=4, help='gate evaluation episodes per fleet task')
-    parser.add_argument('--pretrain-steps', type=int, default=1500)
-    parser.add_argument('--expert-hidden', type=int, default=64,
-                        help="units per expert: fewer federated values, less DP noise on each expert's mean")
     parser.add_argument('--no-reference', dest='reference', action='store_false',
                         help='skip the non-private run of the same robots, rounds and evaluation seeds')
     parser.add_argument('--out', type=Path, required=True, help='new directory for the fleet and report.json')
-    parser.add_argument('--cache', type=Path, default=Path('.state/flower-demos'), help='demonstration cache')
+    add_fleet_arguments(parser)
     args = parser.parse_args(list(argv))
     if args.robots < 2:
         parser.error('--robots must be at least 2 (the key service never decrypts a single update)')
@@ -177,10 +170,14 @@ def main(argv: Sequence[str] | None = None, prog: str = 'tensorguard flower-scal
 
         mark, simulation_started = time.monotonic(), time.time()
         bar = tqdm(total=args.rounds, desc=f'rounds of {k} robots')
+
+        def show_round(outcome: dict) -> None:
+            bar.set_postfix(outcome=outcome['outcome'], epsilon=round(outcome['epsilon_max'], 2),
+                            success=outcome.get('success_rate'))
+            bar.update()
+
         strategy = TensorGuardStrategy(aggregator, key_service, DeploymentGate(gate), RoundLog.of(paths), held_out,
-                                       on_round=lambda outcome: (bar.set_postfix(
-                                           outcome=outcome['outcome'], epsilon=round(outcome['epsilon_max'], 2),
-                                           success=outcome.get('success_rate')), bar.update()))
+                                       on_round=show_round)
         run_simulation(
             server_app=ServerApp(server_fn=lambda _context: ServerAppComponents(
                 strategy=strategy, config=ServerConfig(num_rounds=args.rounds, round_timeout=86400.0))),

@@ -8,6 +8,7 @@ Recorded episodes are cached as one ``.npz`` per task and seed range and reused.
 """
 from __future__ import annotations
 
+import argparse
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,3 +75,15 @@ def initial_model(cache: Path, pretrain_steps: int, expert_hidden: int = 64) -> 
         d for j, task in enumerate(FLEET_TASKS)
         for d in cached_demonstrations(cache, task, 3, HELD_OUT_SEED + SEED_STRIDE * j)])
     return InitialModel(policy, held_out)
+
+
+def add_fleet_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options both scale commands take for this split: rounds, data, training, model, cache."""
+    parser.add_argument('--rounds', type=int, default=3)
+    parser.add_argument('--episodes', type=int, default=3, help='demonstrations each robot records (its own seeds)')
+    parser.add_argument('--clipping-norm', type=float, default=2.0)
+    parser.add_argument('--train-steps', type=int, default=100)
+    parser.add_argument('--pretrain-steps', type=int, default=1500)
+    parser.add_argument('--expert-hidden', type=int, default=64,
+                        help="units per expert: fewer federated values, less DP noise on each expert's mean")
+    parser.add_argument('--cache', type=Path, default=Path('.state/flower-demos'), help='demonstration cache')
