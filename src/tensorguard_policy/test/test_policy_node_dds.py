@@ -120,6 +120,7 @@ class RobotSide:
     def close(self) -> None:
         self.publishing.clear()
         self.executor.shutdown()
+        self.spinner.join(timeout=10.0)
         self.node.destroy_node()
         rclpy.try_shutdown(context=self.context)
 
@@ -160,7 +161,7 @@ def test_enable_watchdog_and_disable_over_dds(tmp_path):
         assert robot.commands == [] and robot.status.activity == 'disabled'  # a human must enable it first
 
         assert robot.enable(True).success
-        robot.wait(lambda: len(robot.commands) >= 20, 10, '20 commands')
+        robot.wait(lambda: len(robot.commands) >= 40, 20, '40 commands')
         driving = np.array([c for _, c in robot.commands])
         assert np.all(driving >= LOW) and np.all(driving <= HIGH)
         # Rate limit from the previous command (the safe action at the start and after a stop, e.g. a
@@ -168,9 +169,12 @@ def test_enable_watchdog_and_disable_over_dds(tmp_path):
         steps = np.abs(np.diff(np.vstack([SAFE, driving]), axis=0))
         assert np.all(steps <= np.array(STEP) + 1e-12)
         assert np.any(driving != SAFE)
-        times = np.array([t for t, _ in robot.commands])
-        rate = (len(times) - 1) / (times[-1] - times[0])
-        assert 0.7 * RATE_HZ < rate < 1.3 * RATE_HZ, rate
+        # The control rate from the median gap between arrivals: a loaded CI machine stalls this test's
+        # feeder and the delivery now and then (seen: 10.9 Hz as a mean over 20 commands), which the
+        # median ignores; a timer at the wrong rate moves it.
+        gaps = np.diff([t for t, _ in robot.commands])
+        rate = 1.0 / float(np.median(gaps))
+        assert 0.7 * RATE_HZ < rate < 1.3 * RATE_HZ, (rate, gaps.round(3).tolist())
 
         # The watchdog: observations stop; commands stop with one safe action.
         robot.publishing.clear()
