@@ -1,23 +1,26 @@
 """`tensorguard flower-frontier`: success against epsilon for fleets of K robots, beside the non-private run.
 
 For each K of ``--robots`` the fleet of `flower-scale` (split.py: the same tasks, seeds and initial
-model) runs ``--rounds`` rounds once without privacy (the reference) and once per noise multiplier
-of ``--noise-multipliers``, with the noise calibrated for all K robots (min_clients = K, no client
-sampling, so no amplification). Rounds run through `plaintext.run_rounds`: the robots' and the
-aggregator's own library calls without the lattice layer, whose decryption is exact. Every run
-starts from the same initial model and is evaluated by the gate on the same seeds per round, so
-runs are paired.
+model) runs ``--rounds`` rounds once without privacy (the reference) and ``--repeats`` times per
+noise multiplier of ``--noise-multipliers``, with the noise calibrated for all K robots (min_clients
+= K, no client sampling, so no amplification). Repeats differ only in the DP noise (fresh round
+seeds from the OS CSPRNG); the table and plot give their median final success and its range. Rounds
+run through `plaintext.run_rounds`: the robots' and the aggregator's own library calls without the
+lattice layer, whose decryption is exact. Every run starts from the same initial model and is
+evaluated by the gate on the same seeds per round, so runs are paired.
 
 Writes ``<out>/report.json`` (every round of every run, rewritten after each run),
-``<out>/frontier.md`` (the table and, per epsilon, the smallest K whose final success is within
-``--gap`` points of its non-private run) and ``<out>/frontier.png`` (final success against
-epsilon, one line per K, its non-private success dashed).
+``<out>/frontier.md`` (every run, the median per K and noise multiplier, and per epsilon the
+smallest K whose median final success is within ``--gap`` points of its non-private run) and
+``<out>/frontier.png`` (median final success against epsilon with the range of the repeats, one
+line per K, its non-private success dashed).
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import statistics
 import sys
 import time
 from collections.abc import Sequence
@@ -43,6 +46,7 @@ def _parse(argv: Sequence[str], prog: str) -> argparse.Namespace:
     parser.add_argument('--delta', type=float, default=1e-5)
     parser.add_argument('--eval-episodes', type=int, default=10, help='evaluation episodes per fleet task and round')
     parser.add_argument('--gap', type=float, default=10.0, help='points of success a private run may lose')
+    parser.add_argument('--repeats', type=int, default=1, help='private runs per K and noise multiplier')
     parser.add_argument('--workers', type=int, default=os.cpu_count() or 1, help='training processes')
     parser.add_argument('--out', type=Path, required=True, help='new directory for the report, table and plot')
     add_fleet_arguments(parser)
@@ -51,27 +55,37 @@ def _parse(argv: Sequence[str], prog: str) -> argparse.Namespace:
         parser.error('every K in --robots must be at least 2 (the key service never decrypts a single update)')
     if min(args.noise_multipliers) <= 0:
         parser.error('--noise-multipliers must be positive (the non-private reference always runs)')
+    if args.repeats < 1:
+        parser.error('--repeats must be at least 1')
     if args.out.exists() and any(args.out.iterdir()):
         parser.error(f'{args.out} exists and is not empty')
     return args
 
 
+def final_successes(runs: list[dict]) -> dict[tuple[int, float | None], list[float]]:
+    """Final success of every run, grouped by (K, noise multiplier) in the order the runs were made."""
+    finals: dict[tuple[int, float | None], list[float]] = {}
+    for run in runs:
+        finals.setdefault((run['robots'], run['noise_multiplier']), []).append(run['rows'][-1]['success'])
+    return finals
+
+
 def smallest_fleets(runs: list[dict], gap: float) -> list[dict]:
-    """Per noise multiplier: its epsilon and the smallest K whose final success is within `gap`
-    points of the same K's non-private final success (None if no K measured is)."""
-    reference = {run['robots']: run['rows'][-1]['success'] for run in runs if run['noise_multiplier'] is None}
+    """Per noise multiplier: its epsilon and the smallest K whose median final success over the repeats
+    is within `gap` points of the same K's non-private final success (None if no K measured is)."""
+    finals = final_successes(runs)
+    epsilon = {run['noise_multiplier']: run['rows'][-1]['epsilon'] for run in runs}
     needs = []
-    for multiplier in sorted({run['noise_multiplier'] for run in runs if run['noise_multiplier'] is not None}):
-        private = sorted((run for run in runs if run['noise_multiplier'] == multiplier), key=lambda run: run['robots'])
-        within = [run['robots'] for run in private
-                  if 100 * (reference[run['robots']] - run['rows'][-1]['success']) <= gap]
-        needs.append({'noise_multiplier': multiplier, 'epsilon': private[0]['rows'][-1]['epsilon'],
+    for multiplier in sorted({z for _, z in finals if z is not None}):
+        within = [k for k, z in finals if z == multiplier
+                  and 100 * (finals[k, None][0] - statistics.median(finals[k, z])) <= gap]
+        needs.append({'noise_multiplier': multiplier, 'epsilon': epsilon[multiplier],
                       'smallest_k': min(within) if within else None})
     return needs
 
 
 def markdown(runs: list[dict], needs: list[dict], rounds: int, gap: float, delta: float) -> str:
-    """The frontier table and the K each epsilon needs."""
+    """The table of every run, the medians over repeats and the K each epsilon needs."""
     lines = ['| K | noise multiplier | epsilon after round ' + ', '.join(str(r) for r in range(1, rounds + 1))
              + ' | success per round (LB95) | final vs non-private (points) | frozen segments per round | '
              'seconds |', '|---:|---:|---|---|---:|---|---:|']
@@ -89,25 +103,38 @@ def markdown(runs: list[dict], needs: list[dict], rounds: int, gap: float, delta
               f'| noise multiplier | epsilon (delta {delta:g}) | smallest K |', '|---:|---:|---:|']
     lines += [f"| {need['noise_multiplier']} | {need['epsilon']:.2f} | "
               f"{need['smallest_k'] if need['smallest_k'] is not None else 'none measured'} |" for need in needs]
+    finals = final_successes(runs)
+    lines += ['', 'Final success over the repeats (private runs differ only in their DP noise):', '',
+              '| K | noise multiplier | runs | median final success (min-max) | median vs non-private (points) | '
+              'runs within the gap |', '|---:|---:|---:|---|---:|---:|']
+    for (k, z), values in finals.items():
+        if z is not None:
+            reference = finals[k, None][0]
+            within = sum(100 * (reference - value) <= gap for value in values)
+            lines.append(f'| {k} | {z} | {len(values)} | {statistics.median(values):.2f} ({min(values):.2f}-'
+                         f'{max(values):.2f}) | {100 * (statistics.median(values) - reference):+.0f} | '
+                         f'{within} of {len(values)} |')
     return '\n'.join(lines) + '\n'
 
 
 def plot(runs: list[dict], path: Path, rounds: int, delta: float) -> None:
-    """Final success against epsilon, one line per K; the same K's non-private success dashed."""
+    """Median final success against epsilon with the range of the repeats, one line per K; the same K's
+    non-private success dashed."""
+    finals = final_successes(runs)
+    epsilon = {run['noise_multiplier']: run['rows'][-1]['epsilon'] for run in runs}
     figure, axes = pyplot.subplots(figsize=(7, 4.5))
-    for index, k in enumerate(sorted({run['robots'] for run in runs})):
+    for index, k in enumerate(sorted({k for k, _ in finals})):
         colour = f'C{index}'
-        private = sorted((run for run in runs if run['robots'] == k and run['noise_multiplier'] is not None),
-                         key=lambda run: run['rows'][-1]['epsilon'])
-        axes.plot([run['rows'][-1]['epsilon'] for run in private], [run['rows'][-1]['success'] for run in private],
-                  'o-', color=colour, label=f'K = {k}')
-        for run in private:
-            axes.annotate(f"z={run['noise_multiplier']:g}", (run['rows'][-1]['epsilon'], run['rows'][-1]['success']),
-                          textcoords='offset points', xytext=(4, 4), fontsize=7, color=colour)
-        for run in runs:
-            if run['robots'] == k and run['noise_multiplier'] is None:
-                axes.axhline(run['rows'][-1]['success'], color=colour, linestyle='--', linewidth=1,
-                             label=f'K = {k}, non-private')
+        private = sorted((z for kk, z in finals if kk == k and z is not None), key=lambda z: epsilon[z])
+        x = [epsilon[z] for z in private]
+        medians = [statistics.median(finals[k, z]) for z in private]
+        spread = [[m - min(finals[k, z]) for m, z in zip(medians, private)],
+                  [max(finals[k, z]) - m for m, z in zip(medians, private)]]
+        axes.errorbar(x, medians, yerr=spread, fmt='o-', color=colour, capsize=3, label=f'K = {k}')
+        for z, xi, m in zip(private, x, medians):
+            axes.annotate(f'z={z:g}', (xi, m), textcoords='offset points', xytext=(4, 4), fontsize=7, color=colour)
+        if (k, None) in finals:
+            axes.axhline(finals[k, None][0], color=colour, linestyle='--', linewidth=1, label=f'K = {k}, non-private')
     axes.set_xscale('log')
     axes.set_xlabel(f'epsilon per robot after {rounds} rounds (delta = {delta:g})')
     axes.set_ylabel(f'success after round {rounds}')
@@ -130,7 +157,7 @@ def main(argv: Sequence[str] | None = None, prog: str = 'tensorguard flower-fron
     gate = GateSettings(eval_tasks=list(FLEET_TASKS), eval_episodes_per_task=args.eval_episodes)
     baseline = DeploymentGate(gate).evaluate(initial.policy, 0)
     mechanisms = [Mechanism(None, args.clipping_norm, delta=args.delta)] + [
-        Mechanism(z, args.clipping_norm, delta=args.delta) for z in args.noise_multipliers]
+        Mechanism(z, args.clipping_norm, delta=args.delta) for z in args.noise_multipliers for _ in range(args.repeats)]
     runs: list[dict] = []
     with tqdm(total=len(args.robots) * len(mechanisms) * args.rounds, desc='rounds') as bar:
         for k in args.robots:

@@ -67,7 +67,8 @@ def test_rounds_report_the_robots_ledger_epsilon_and_none_without_privacy(fleet)
 def test_the_smallest_fleet_an_epsilon_needs_is_read_off_the_runs():
     def run(k, z, final):
         epsilon = None if z is None else 9 / z
-        return {'robots': k, 'noise_multiplier': z, 'rows': [{'success': final, 'epsilon': epsilon}]}
+        return {'robots': k, 'noise_multiplier': z, 'seconds': 1.0,
+                'rows': [{'success': final, 'epsilon': epsilon, 'lower': final / 2, 'frozen_segments': 0}]}
     runs = [run(16, None, 0.8), run(16, 1.5, 0.3), run(16, 3.0, 0.1),
             run(100, None, 0.9), run(100, 1.5, 0.85), run(100, 3.0, 0.5),
             run(1000, None, 0.9), run(1000, 1.5, 0.9), run(1000, 3.0, 0.82)]
@@ -75,16 +76,24 @@ def test_the_smallest_fleet_an_epsilon_needs_is_read_off_the_runs():
         {'noise_multiplier': 1.5, 'epsilon': 6.0, 'smallest_k': 100},
         {'noise_multiplier': 3.0, 'epsilon': 3.0, 'smallest_k': 1000}]
     assert frontier.smallest_fleets(runs, gap=5)[1]['smallest_k'] is None
+    # Repeats: the median decides, not the best run (100 at z = 1.5: 0.85, 0.2, 0.3 -> median 0.3).
+    repeated = runs + [run(100, 1.5, 0.2), run(100, 1.5, 0.3), run(1000, 3.0, 0.9), run(1000, 3.0, 0.1)]
+    assert frontier.final_successes(repeated)[100, 1.5] == [0.85, 0.2, 0.3]
+    assert [need['smallest_k'] for need in frontier.smallest_fleets(repeated, gap=10)] == [1000, 1000]
+    table = frontier.markdown(repeated, frontier.smallest_fleets(repeated, gap=10), 1, 10, 1e-5)
+    assert '| 100 | 1.5 | 3 | 0.30 (0.20-0.85) | -60 | 1 of 3 |' in table
+    assert '| 1000 | 3.0 | 3 | 0.82 (0.10-0.90) | -8 | 2 of 3 |' in table
 
 
 @pytest.mark.slow
 def test_the_frontier_command_writes_its_report_table_and_plot(tmp_path):
     out = tmp_path / 'frontier'
-    assert frontier.main(['--robots', '2', '3', '--noise-multipliers', '2', '--rounds', '1', '--episodes', '1',
+    assert frontier.main(['--robots', '2', '3', '--noise-multipliers', '2', '--repeats', '2', '--rounds', '1',
+                          '--episodes', '1',
                           '--train-steps', '3', '--eval-episodes', '1', '--pretrain-steps', '10', '--workers', '2',
                           '--out', str(out), '--cache', str(tmp_path / 'cache')]) == 0
     report = json.loads((out / 'report.json').read_text())
-    assert [(run['robots'], run['noise_multiplier']) for run in report['runs']] == [(2, None), (2, 2.0), (3, None),
-                                                                                     (3, 2.0)]
+    assert [(run['robots'], run['noise_multiplier']) for run in report['runs']] == [
+        (2, None), (2, 2.0), (2, 2.0), (3, None), (3, 2.0), (3, 2.0)]
     assert (out / 'frontier.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
-    assert '| 3 | 2.0 |' in (out / 'frontier.md').read_text()
+    assert '| 3 | 2.0 |' in (out / 'frontier.md').read_text() and '| 3 | 2.0 | 2 |' in (out / 'frontier.md').read_text()

@@ -14,7 +14,11 @@ every checkpoint on the same held-out goals. Methods:
 - ``held:N``: the same byte budget as ``randomk_ef``, but the shared random-k set is held for N rounds (``held:all``:
   never redrawn) and the unsent part of each delta is dropped (no error feedback, so robots
   restart from the global model every round and need no proximal term).
-- ``randomk_ef@R`` / ``held:N@R``: the same with ratio 1/R instead of ``--compression-ratio``.
+- ``directed_ef``: the byte budget of ``randomk_ef``, half of it on the coordinates where the
+  previous round's public aggregate moved most, half random-k (`compression.directed_coordinates`,
+  time-correlated sparsification), error feedback and the proximal term as ``randomk_ef``.
+- ``randomk_ef@R`` / ``directed_ef@R`` / ``held:N@R``: the same with ratio 1/R instead of
+  ``--compression-ratio``.
 
 Prints a markdown table (success with its Beta 95% lower bound and n; cumulative bytes per robot)
 and optionally writes it (``--markdown``) and a JSON report (``--json``).
@@ -53,15 +57,17 @@ class Method:
     error_feedback: bool = True
     expert_head: bool = False
     ratio: int | None = None
+    directed_share: float = 0.0
 
 
 def parse_method(spec: str, rounds: int) -> Method:
-    """`dense`, `randomk_ef`, `head` or `held:N` / `held:all`, the last two optionally with `@R`
-    (see the module docstring)."""
+    """`dense`, `randomk_ef`, `directed_ef`, `head` or `held:N` / `held:all`, all but `dense` and `head`
+    optionally with `@R` (see the module docstring)."""
     base, _, ratio = spec.partition('@')
     if ratio:
-        if not ratio.isdigit() or int(ratio) < 2 or base not in ('randomk_ef',) and not base.startswith('held:'):
-            raise ConfigError(f'unknown method {spec!r}: @R needs an integer R >= 2 after randomk_ef or held:N')
+        if not ratio.isdigit() or int(ratio) < 2 or base in ('dense', 'head'):
+            raise ConfigError(f'unknown method {spec!r}: @R needs an integer R >= 2 after randomk_ef, '
+                              'directed_ef or held:N')
         return replace(parse_method(base, rounds), name=spec, ratio=int(ratio))
     if spec == 'head':
         return Method(spec, compressed=True, error_feedback=False, expert_head=True)
@@ -69,13 +75,16 @@ def parse_method(spec: str, rounds: int) -> Method:
         return Method(spec, compressed=False)
     if spec == 'randomk_ef':
         return Method(spec, compressed=True)
+    if spec == 'directed_ef':
+        return Method(spec, compressed=True, directed_share=0.5)
     if spec.startswith('held:'):
         period = spec[5:]
         if period == 'all':
             return Method(spec, compressed=True, coordinate_period=max(rounds, 1), error_feedback=False)
         if period.isdigit() and int(period) > 0:
             return Method(spec, compressed=True, coordinate_period=int(period), error_feedback=False)
-    raise ConfigError(f"unknown method {spec!r}: use 'dense', 'randomk_ef', 'head', 'held:N' (N > 0) or 'held:all'")
+    raise ConfigError(f"unknown method {spec!r}: use 'dense', 'randomk_ef', 'directed_ef', 'head', 'held:N' (N > 0) "
+                      "or 'held:all'")
 
 
 @dataclass
@@ -126,7 +135,8 @@ def run_method(method: Method, fleet, args: argparse.Namespace, checkpoints: lis
                     (method.ratio or args.compression_ratio) if method.compressed else None, bar,
                     coordinate_period=method.coordinate_period, error_feedback=method.error_feedback,
                     on_round=on_round,
-                    coordinates=expert_head_coordinates(fleet.base) if method.expert_head else None)
+                    coordinates=expert_head_coordinates(fleet.base) if method.expert_head else None,
+                    directed_share=method.directed_share)
     for c in found:
         c.cumulative_bytes_per_robot = c.round * run.bytes_per_round
     return MethodResult(method.name, run.bytes_per_round, time.perf_counter() - t0, found)

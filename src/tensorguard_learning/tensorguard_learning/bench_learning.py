@@ -22,7 +22,7 @@ import torch
 from tqdm import tqdm
 
 from tensorguard_learning.aggregation import ExpertDrivenStrategy, FedAvgStrategy, apply_update
-from tensorguard_learning.compression import ErrorFeedback, round_coordinates, sparsify
+from tensorguard_learning.compression import ErrorFeedback, directed_coordinates, round_coordinates, sparsify
 from tensorguard_learning.demonstrations import Demonstration, DemonstrationStore
 from tensorguard_learning.envelope import OperatingEnvelope
 from tensorguard_learning.evaluation import EvaluationGate, EvaluationMetrics, SafetyThresholds, policy_kl
@@ -84,7 +84,7 @@ class FederatedRun:
 def _federate(name: str, base: MoEPolicy, robot_data: list[BCData], strategy, args, envelope: OperatingEnvelope,
               compress_ratio: int | None, bar: tqdm, *, coordinate_period: int = 1, error_feedback: bool = True,
               on_round: Callable[[int, MoEPolicy], None] | None = None,
-              coordinates: np.ndarray | None = None) -> FederatedRun:
+              coordinates: np.ndarray | None = None, directed_share: float = 0.0) -> FederatedRun:
     """Run T rounds of simulated robots training locally and the server aggregating in plaintext.
 
     With compression the round's coordinates are redrawn every `coordinate_period` rounds (1: every
@@ -92,6 +92,8 @@ def _federate(name: str, base: MoEPolicy, robot_data: list[BCData], strategy, ar
     then needs no proximal term: every robot restarts from the global model each round).
     `on_round(r, global_policy)` is called after round r (1-based) has been applied. `coordinates`
     replaces the random-k by one public, fixed coordinate set sent every round (no error feedback).
+    `directed_share > 0` spends that share of k where the previous round's aggregate moved most
+    (`compression.directed_coordinates`; the first round is all random-k).
     """
     global_policy = base.clone()
     sizes = global_policy.segment_sizes()
@@ -109,8 +111,15 @@ def _federate(name: str, base: MoEPolicy, robot_data: list[BCData], strategy, ar
     bytes_per_round = 0
     for rnd in range(args.rounds):
         round_seed = hashlib.sha256(f'{name}/round/{rnd // coordinate_period}'.encode()).digest()
-        indices = coordinates if coordinates is not None else (
-            round_coordinates(round_seed, sizes, k, always_send=range(base.cfg.num_experts, len(sizes))) if k else None)
+        always_send = range(base.cfg.num_experts, len(sizes))
+        if coordinates is not None or not k:
+            indices = coordinates
+        elif directed_share and rnd:
+            public_delta = (np.concatenate(global_policy.flatten_segments())
+                            - np.concatenate(previous.flatten_segments()))
+            indices = directed_coordinates(round_seed, sizes, k, public_delta, always_send, directed_share)
+        else:
+            indices = round_coordinates(round_seed, sizes, k, always_send=always_send)
         vectors = []
         for i, data in enumerate(robot_data):
             robot = robots[i]

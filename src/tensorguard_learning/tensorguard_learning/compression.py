@@ -74,6 +74,39 @@ def round_coordinates(round_seed: bytes, segment_sizes: Sequence[int], k: int,
     return np.union1d(np.flatnonzero(fixed_mask), chosen).astype(np.int64)
 
 
+def directed_coordinates(round_seed: bytes, segment_sizes: Sequence[int], k: int, public_delta: np.ndarray,
+                         always_send: Sequence[int] = (), directed_share: float = 0.5) -> np.ndarray:
+    """The round's coordinates with the budget spent where the signal was: all `always_send` segments,
+    the `directed_share` of k where the previous round's public aggregate (`public_delta`, the
+    difference of the last two published global models) moved most (never where it did not move),
+    and random-k of the rest.
+
+    Time-correlated sparsification (Ozfatura, Ozfatura and Gunduz, "Time-Correlated Sparsification
+    for Communication-Efficient Federated Learning", ISIT 2021): successive aggregates are large on
+    similar coordinates. The ranking uses only the published models, so every robot derives the same
+    set and the vectors stay summable; ties break on the lower index, so the choice is the same on
+    every platform. The random part keeps coordinates that were never sent reachable.
+    """
+    public_delta = np.asarray(public_delta, dtype=np.float64)
+    total = int(sum(segment_sizes))
+    if public_delta.shape != (total,):
+        raise UpdateFormatError(f'public delta has shape {public_delta.shape}, the layout has {total} values')
+    if not 0.0 <= directed_share <= 1.0:
+        raise ConfigError(f'directed_share must be in [0, 1], got {directed_share}')
+    fixed = round_coordinates(round_seed, segment_sizes, 0, always_send)
+    free = np.ones(public_delta.size, dtype=bool)
+    free[fixed] = False
+    candidates = np.flatnonzero(free)
+    if not 0 < k <= candidates.size:
+        raise ConfigError(f'need 0 < k <= {candidates.size} free coordinates, got k={k}')
+    directed = min(int(round(k * directed_share)), int(np.count_nonzero(public_delta[candidates])))
+    order = np.lexsort((candidates, -np.abs(public_delta[candidates])))
+    top = candidates[order[:directed]]
+    rest = np.setdiff1d(candidates, top, assume_unique=True)
+    explored = rest[select_coordinates(round_seed, rest.size, k - directed)] if k > directed else rest[:0]
+    return np.union1d(fixed, np.union1d(top, explored)).astype(np.int64)
+
+
 def adapter_round_coordinates(round_seed: bytes, policy: MoEPolicy, k: int) -> np.ndarray:
     """A fleet round's coordinates of `policy`'s adapter: every coordinate when k covers them all,
     else every task segment (small, kept consistent) plus k random-k expert coordinates."""

@@ -35,6 +35,8 @@ def test_method_specs():
     assert parse_method('head', 200).expert_head
     assert parse_method('randomk_ef@10', 200).ratio == 10 and parse_method('held:all@8', 200).coordinate_period == 200
     assert parse_method('randomk_ef', 200).ratio is None
+    directed = parse_method('directed_ef@10', 200)
+    assert directed.directed_share == 0.5 and directed.ratio == 10 and directed.error_feedback
     for bad in ('held:0', 'held:x', 'topk', 'dense@4', 'randomk_ef@1', 'head@8'):
         with pytest.raises(ConfigError, match='unknown method'):
             parse_method(bad, 200)

@@ -7,7 +7,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tensorguard_learning.aggregation import ExpertDrivenStrategy, FedAvgStrategy, apply_update, split_update_vector
-from tensorguard_learning.compression import ErrorFeedback, reconstruct, round_coordinates, select_coordinates
+from tensorguard_learning.compression import (ErrorFeedback, directed_coordinates, reconstruct, round_coordinates,
+                                              select_coordinates)
 from tensorguard_learning.errors import ConfigError, UpdateFormatError
 from tensorguard_learning.training import LocalUpdate
 
@@ -49,6 +50,33 @@ def test_round_coordinates_always_send_small_segments():
     assert np.all(np.diff(idx) > 0) and idx.max() < 210
     with pytest.raises(ConfigError, match='always_send'):
         round_coordinates(seed, sizes, 10, always_send=[4])
+
+
+def test_directed_coordinates_follow_the_public_aggregate():
+    sizes = [100, 100, 5, 5]
+    seed = os.urandom(32)
+    delta = np.zeros(210)
+    delta[[7, 150, 3, 99]] = [0.5, -2.0, 1e-3, 0.5]  # 7 and 99 tie: the lower index wins
+    delta[205] = 9.0  # an always-sent segment does not take directed budget
+    idx = directed_coordinates(seed, sizes, 10, delta, always_send=[2, 3], directed_share=0.3)
+    np.testing.assert_array_equal(idx, directed_coordinates(bytes(seed), sizes, 10, delta.copy(), [2, 3], 0.3))
+    assert idx.size == 20 and set(range(200, 210)) <= set(idx.tolist()) and {150, 7, 99} <= set(idx.tolist())
+    assert np.all(np.diff(idx) > 0) and idx.max() < 210
+    top = directed_coordinates(seed, sizes, 2, delta, [2, 3], 1.0)
+    assert set(top.tolist()) - set(range(200, 210)) == {150, 7}
+    # Where the aggregate did not move is never "directed": with one moved coordinate, the rest is random-k.
+    one = np.zeros(210)
+    one[42] = 1.0
+    mixed = directed_coordinates(seed, sizes, 10, one, [2, 3], 1.0)
+    assert 42 in mixed and mixed.size == 20
+    np.testing.assert_array_equal(directed_coordinates(seed, sizes, 10, np.zeros(210), [2, 3], 0.5),
+                                  round_coordinates(seed, sizes, 10, [2, 3]))
+    with pytest.raises(UpdateFormatError, match='public delta'):
+        directed_coordinates(seed, sizes, 10, np.zeros(209), [2, 3])
+    with pytest.raises(ConfigError, match='directed_share'):
+        directed_coordinates(seed, sizes, 10, delta, [2, 3], 1.5)
+    with pytest.raises(ConfigError, match='free coordinates'):
+        directed_coordinates(seed, sizes, 201, delta, [2, 3])
 
 
 def test_error_feedback_carries_the_residual(tiny_policy):
