@@ -7,8 +7,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tensorguard_learning.aggregation import ExpertDrivenStrategy, FedAvgStrategy, apply_update, split_update_vector
-from tensorguard_learning.compression import (ErrorFeedback, directed_coordinates, reconstruct, round_coordinates,
-                                              select_coordinates)
+from tensorguard_learning.compression import (
+    ErrorFeedback,
+    directed_coordinates,
+    reconstruct,
+    round_coordinates,
+    select_coordinates,
+)
 from tensorguard_learning.errors import ConfigError, UpdateFormatError
 from tensorguard_learning.training import LocalUpdate
 
