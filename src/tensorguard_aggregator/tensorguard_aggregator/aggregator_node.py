@@ -28,6 +28,7 @@ import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 
 from rclpy.action import ActionServer
 from rclpy.callback_groups import ReentrantCallbackGroup
@@ -515,12 +516,15 @@ class AggregatorNode(LifecycleNode):
                 raise RoundError(f'key service refused: {response.message}', reason=response.reason)
             candidate = self.core.candidate(bytes(response.result))
             self.phase = 'evaluating'
+            selected, selection = self.gate.select_tasks(candidate.policy, self.core.model_policy, round_id)
+            candidate = replace(candidate, policy=selected)
             metrics = self.gate.evaluate(candidate.policy, round_id, self.core.model_policy, self.held_out)
             decision, failures = self.gate.decide(metrics)
             outcome.update(outcome='aggregated', decision=decision, failures=failures,
                            success_rate=metrics.success_rate, success_lower_bound=metrics.success_lower_bound,
                            eval_episodes=sum(metrics.episodes.values()), kl_divergence=metrics.kl_divergence,
-                           delta_norm=candidate.delta_norm, frozen_segments=candidate.frozen_segments)
+                           delta_norm=candidate.delta_norm, frozen_segments=candidate.frozen_segments,
+                           selection=selection)
             self.last = {'success_rate': metrics.success_rate, 'lower_bound': metrics.success_lower_bound,
                          'decision': decision}
             self.phase = 'deploying'

@@ -2,10 +2,15 @@
 
 `DeploymentGate` evaluates a round's candidate in the simulator and decides reject / canary /
 deploy; a canary goes to `GateSettings.canary_robots` while a second, independent trial (fresh
-seeds) decides whether it is promoted to the fleet or rolled back. The gate remembers the measured
-success rate of the model the fleet runs, the reference of its regression check. `RoundLog` is the
-server's JSON-lines record of closed rounds (``server/rounds.jsonl``), from which that reference
-is restored after a restart.
+seeds) decides whether it is promoted to the fleet or rolled back. With `select_per_task`, a
+selection trial on its own seeds comes first: for every group of tasks that share experts, the
+candidate's segments of that group are taken only if they did not lower the group's successes,
+else the deployed model's are kept; the gate then evaluates that merged candidate on the round's
+seeds, so its reported success is not the one the selection was made on. Selection uses only the
+decrypted aggregate and the server's simulator, so it is post-processing: no privacy cost. The gate
+remembers the measured success rate of the model the fleet runs, the reference of its regression
+check. `RoundLog` is the server's JSON-lines record of closed rounds (``server/rounds.jsonl``), from
+which that reference is restored after a restart.
 
 The aggregator node declares `GateSettings` as ROS parameters and calls these; `fleet_replay`
 uses the same gate without ROS.
@@ -21,12 +26,14 @@ from pathlib import Path
 from tensorguard_aggregator.outcomes import VersionOutcomes
 from tensorguard_crypto.fleet import FleetPaths
 from tensorguard_learning.evaluation import EvaluationGate, EvaluationMetrics, SafetyThresholds, evaluate_policy
-from tensorguard_learning.policy import MoEPolicy
+from tensorguard_learning.policy import MoEPolicy, merge_segments, task_groups
 from tensorguard_learning.training import BCData
 from tensorguard_ros.config_fields import described
 
-# Seed offsets: round r's evaluation starts at eval_seed + 1000 r, the canary's second trial 500 later.
+# Seed offsets: round r's evaluation starts at eval_seed + 1000 r, its per-task selection trial 250 later
+# and the canary's second trial 500 later (hence at most 250 episodes per task).
 ROUND_SEED_STRIDE = 1000
+SELECTION_TRIAL_OFFSET = 250
 CANARY_TRIAL_OFFSET = 500
 
 
@@ -37,7 +44,7 @@ class GateSettings:
     eval_tasks: list[str] = described('Meta-World tasks the candidate is rolled out on.',
                                       default_factory=lambda: ['push-v3'], read_only=True)
     eval_episodes_per_task: int = described('Simulator episodes per task and evaluation.', 10,
-                                            minimum=1, read_only=True)
+                                            minimum=1, maximum=SELECTION_TRIAL_OFFSET, read_only=True)
     eval_seed: int = described('Public simulator seed of the first evaluation episode.', 2_000_000, minimum=0)
     min_success_rate: float = described('Gate: lower credible bound of success must clear this.', 0.5,
                                         minimum=0.0, maximum=1.0, read_only=True)
@@ -49,6 +56,10 @@ class GateSettings:
         "Gate: reject a candidate whose success rate is more than this below the deployed model's "
         'measured rate (1.0: off; the first model the aggregator deploys has no reference).', 1.0,
         minimum=0.0, maximum=1.0, read_only=True)
+    select_per_task: bool = described(
+        "Gate: keep the deployed model's experts and routing for every group of tasks whose successes the "
+        'candidate lowered on a separate selection trial (two more evaluations per round).', False,
+        read_only=True)
     canary_percentage: float = described('Fraction of the fleet that runs a canary model first.', 0.25,
                                          minimum=0.0, maximum=1.0, read_only=True)
     canary_min_episodes: int = described(
@@ -72,9 +83,11 @@ class GateSettings:
             min_episodes=min(10, self.eval_episodes_per_task * len(self.eval_tasks)),
             deploy_margin=self.deploy_margin, max_regression=self.max_regression))
 
-    def evaluation_seed(self, round_id: int, canary_trial: bool = False) -> int:
-        """Public simulator seed of the first episode of round `round_id`'s evaluation (or canary trial)."""
-        return self.eval_seed + ROUND_SEED_STRIDE * round_id + (CANARY_TRIAL_OFFSET if canary_trial else 0)
+    def evaluation_seed(self, round_id: int, canary_trial: bool = False, selection_trial: bool = False) -> int:
+        """Public simulator seed of the first episode of round `round_id`'s evaluation (or canary or
+        selection trial)."""
+        offset = CANARY_TRIAL_OFFSET if canary_trial else SELECTION_TRIAL_OFFSET if selection_trial else 0
+        return self.eval_seed + ROUND_SEED_STRIDE * round_id + offset
 
     def canary_robots(self, robots: Iterable[str]) -> list[str]:
         """The robots that run a canary model: the first `canary_percentage` of them by id, at least one."""
@@ -98,6 +111,26 @@ class DeploymentGate:
                                   current=current, held_out=held_out)
         metrics.reference_success_rate = self.deployed_success
         return metrics
+
+    def select_tasks(self, candidate: MoEPolicy, current: MoEPolicy, round_id: int
+                     ) -> tuple[MoEPolicy, dict | None]:
+        """The candidate the gate goes on to evaluate, and what the selection did (None when
+        `select_per_task` is off: the candidate unchanged).
+
+        Both models roll out on the round's selection seeds; each `task_groups` group keeps the deployed
+        model's segments if the candidate succeeded in fewer of its episodes, ties go to the candidate.
+        """
+        if not self.settings.select_per_task:
+            return candidate, None
+        tasks, episodes = self.settings.eval_tasks, self.settings.eval_episodes_per_task
+        seed = self.settings.evaluation_seed(round_id, selection_trial=True)
+        new = evaluate_policy(candidate, tasks, episodes, seed).successes
+        old = evaluate_policy(current, tasks, episodes, seed).successes
+        kept = [group for group in task_groups([candidate, current], tasks)
+                if sum(new[t] for t in group.tasks) < sum(old[t] for t in group.tasks)]
+        selected = merge_segments(candidate, current, [i for group in kept for i in group.segments])
+        return selected, {'kept_tasks': sorted(t for group in kept for t in group.tasks),
+                          'selection_successes': new, 'deployed_selection_successes': old}
 
     def decide(self, metrics: EvaluationMetrics) -> tuple[str, list[str]]:
         """('reject' | 'canary' | 'deploy', the failed checks) for a candidate's metrics."""

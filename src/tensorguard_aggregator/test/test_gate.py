@@ -1,16 +1,20 @@
 """The aggregator's deployment gate and round log, without ROS."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
+import torch
 
 from tensorguard_aggregator import gate as gate_module
 from tensorguard_aggregator.gate import DeploymentGate, GateSettings, RoundLog
 from tensorguard_crypto.fleet import FleetPaths
 from tensorguard_learning.evaluation import EvaluationMetrics
+from tensorguard_learning.policy import MoEConfig, build_policy
 
 # Decides like config/fleet.yaml: no success floor, KL and regression checks only.
 SETTINGS = GateSettings(eval_tasks=['push-v3', 'door-open-v3'], eval_episodes_per_task=10, eval_seed=7_000,
@@ -39,6 +43,7 @@ def test_each_round_and_its_canary_trial_draw_their_own_seeds():
     assert SETTINGS.evaluation_seed(0) == 7_000
     assert SETTINGS.evaluation_seed(3) == 10_000
     assert SETTINGS.evaluation_seed(3, canary_trial=True) == 10_500
+    assert SETTINGS.evaluation_seed(3, selection_trial=True) == 10_250
 
 
 @pytest.mark.parametrize(('robots', 'expected'), [
@@ -94,6 +99,41 @@ def test_evaluate_uses_the_round_seeds_and_the_deployed_reference(monkeypatch):
     assert calls == [('candidate', ('push-v3', 'door-open-v3'), 10, 9_000, 'current', 'held_out'),
                      ('candidate', ('push-v3', 'door-open-v3'), 10, 9_500, 'parent', 'held_out')]
     assert metrics.reference_success_rate == trial.reference_success_rate == 0.4
+
+
+def test_selection_keeps_the_deployed_experts_of_tasks_the_candidate_made_worse(monkeypatch):
+    tasks = ('push-v3', 'door-open-v3', 'drawer-close-v3', 'reach-v3')
+    current = build_policy(MoEConfig(tasks=tasks, num_experts=4, top_k=1, expert_hidden=8, router_init='round_robin'))
+    candidate = current.clone()
+    with torch.no_grad():
+        for parameter in candidate.adapter.parameters():
+            parameter.add_(torch.randn_like(parameter))
+    # Selection-trial successes: push got worse, door-open equal (a tie goes to the candidate), drawer better.
+    successes = {id(candidate): {'push-v3': 3, 'door-open-v3': 5, 'drawer-close-v3': 9},
+                 id(current): {'push-v3': 8, 'door-open-v3': 5, 'drawer-close-v3': 2}}
+    calls = []
+
+    def fake_evaluate(policy, tasks, episodes, seed, current=None, held_out=None):
+        calls.append(seed)
+        return EvaluationMetrics(dict(successes[id(policy)]), dict.fromkeys(tasks, episodes))
+
+    monkeypatch.setattr(gate_module, 'evaluate_policy', fake_evaluate)
+    settings = GateSettings(eval_tasks=['push-v3', 'door-open-v3', 'drawer-close-v3'], eval_episodes_per_task=10,
+                            eval_seed=7_000, select_per_task=True)
+    selected, record = DeploymentGate(settings).select_tasks(candidate, current, 2)
+    assert calls == [9_250, 9_250]
+    assert record['kept_tasks'] == ['push-v3']
+    assert record['selection_successes']['drawer-close-v3'] == 9
+    states = torch.randn(8, 39).numpy()
+    np.testing.assert_array_equal(selected.act(states, 'push-v3'), current.act(states, 'push-v3'))
+    for task in ('door-open-v3', 'drawer-close-v3', 'reach-v3'):  # reach is not evaluated: the candidate's
+        np.testing.assert_array_equal(selected.act(states, task), candidate.act(states, task))
+    assert DeploymentGate(SETTINGS).select_tasks(candidate, current, 2) == (candidate, None)
+
+
+def test_at_most_250_episodes_per_task_so_the_trials_never_share_seeds():
+    field = {f.name: f for f in dataclasses.fields(GateSettings)}['eval_episodes_per_task']
+    assert field.metadata['range'][1] == gate_module.SELECTION_TRIAL_OFFSET == gate_module.CANARY_TRIAL_OFFSET / 2
 
 
 def test_round_log_appends_and_reads_back(tmp_path):

@@ -88,7 +88,7 @@ def markdown(runs: list[dict], needs: list[dict], rounds: int, gap: float, delta
     """The table of every run, the medians over repeats and the K each epsilon needs."""
     lines = ['| K | noise multiplier | epsilon after round ' + ', '.join(str(r) for r in range(1, rounds + 1))
              + ' | success per round (LB95) | final vs non-private (points) | frozen segments per round | '
-             'seconds |', '|---:|---:|---|---|---:|---|---:|']
+             'tasks kept from the previous model per round | seconds |', '|---:|---:|---|---|---:|---|---|---:|']
     reference = {run['robots']: run['rows'][-1]['success'] for run in runs if run['noise_multiplier'] is None}
     for run in runs:
         rows = run['rows']
@@ -98,7 +98,9 @@ def markdown(runs: list[dict], needs: list[dict], rounds: int, gap: float, delta
             + (', '.join(f"{row['epsilon']:.2f}" for row in rows) if private else 'inf') + ' | '
             + ', '.join(f"{row['success']:.2f} ({row['lower']:.2f})" for row in rows) + ' | '
             + (f"{100 * (rows[-1]['success'] - reference[run['robots']]):+.0f}" if private else '-') + ' | '
-            + ', '.join(str(row['frozen_segments']) for row in rows) + f" | {run['seconds']:.0f} |")
+            + ', '.join(str(row['frozen_segments']) for row in rows) + ' | '
+            + ', '.join(str(len(row['selection']['kept_tasks'])) if row.get('selection') else '-' for row in rows)
+            + f" | {run['seconds']:.0f} |")
     lines += ['', f'Smallest K measured whose final success is within {gap:g} points of its non-private run:', '',
               f'| noise multiplier | epsilon (delta {delta:g}) | smallest K |', '|---:|---:|---:|']
     lines += [f"| {need['noise_multiplier']} | {need['epsilon']:.2f} | "
@@ -154,7 +156,8 @@ def main(argv: Sequence[str] | None = None, prog: str = 'tensorguard flower-fron
     args.out.mkdir(parents=True, exist_ok=True)
     initial = initial_model(args.cache, args.pretrain_steps, args.expert_hidden)
     edge = EdgeSettings(train_steps=args.train_steps)
-    gate = GateSettings(eval_tasks=list(FLEET_TASKS), eval_episodes_per_task=args.eval_episodes)
+    gate = GateSettings(eval_tasks=list(FLEET_TASKS), eval_episodes_per_task=args.eval_episodes,
+                        select_per_task=args.select_per_task)
     baseline = DeploymentGate(gate).evaluate(initial.policy, 0)
     mechanisms = [Mechanism(None, args.clipping_norm, delta=args.delta)] + [
         Mechanism(z, args.clipping_norm, delta=args.delta) for z in args.noise_multipliers for _ in range(args.repeats)]

@@ -13,8 +13,9 @@ the same library calls as the robots and the aggregator:
   in tensorguard_crypto), so the decoded sum has the same distribution;
 - a non-private round (the reference): the robots' vectors summed as they are, no clipping, no noise,
   no rounding;
-- the aggregator's step from sum to candidate (`rounds.segment_weight_floor`, `apply_round_sum`) and
-  the gate's evaluation of every candidate on the round's seeds; every candidate is applied, as in
+- the aggregator's step from sum to candidate (`rounds.segment_weight_floor`, `apply_round_sum`), the
+  gate's per-task selection when its settings ask for it (`DeploymentGate.select_tasks`) and its
+  evaluation of every candidate on the round's seeds; every candidate is applied, as in
   `flower-scale` (the gate deploys every candidate there).
 
 Robots train in a pool of worker processes; each worker returns the modular (or plain) sum over
@@ -139,12 +140,13 @@ def run_rounds(pool: RobotPool, initial: MoEPolicy, rounds: int, mechanism: Mech
             codec, floor = None, min_segment_weight
         summed = pool.round_sum(policy, codec)
         candidate, delta, frozen = apply_round_sum(policy, summed, floor, strategy, server_learning_rate)
+        candidate, selection = gate.select_tasks(candidate, policy, round_id)
         metrics = gate.evaluate(candidate, round_id, current=policy, held_out=held_out)
         policy = candidate
         rows.append({'round': round_id, 'epsilon': mechanism.epsilon_after(pool.robots, dim, round_id),
                      'success': metrics.success_rate, 'lower': metrics.success_lower_bound,
                      'successes': metrics.successes, 'episodes': metrics.episodes,
-                     'kl': metrics.kl_divergence, 'frozen_segments': frozen,
+                     'kl': metrics.kl_divergence, 'frozen_segments': frozen, 'selection': selection,
                      'delta_norm': float(np.linalg.norm(delta)), 'seconds': time.monotonic() - started})
         progress(rows[-1])
     return rows

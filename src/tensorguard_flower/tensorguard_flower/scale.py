@@ -154,7 +154,8 @@ def main(argv: Sequence[str] | None = None, prog: str = 'tensorguard flower-scal
             key: shared[key] for key in ('security_level', 'plaintext_bits', 'max_clients', 'min_clients')}),
             passphrase.encode())
         gate = GateSettings(eval_tasks=list(FLEET_TASKS), eval_episodes_per_task=args.eval_episodes,
-                            min_success_rate=0.0, deploy_margin=0.0, max_kl_divergence=1e9)
+                            min_success_rate=0.0, deploy_margin=0.0, max_kl_divergence=1e9,
+                            select_per_task=args.select_per_task)
         timings['provisioning_s'] = time.monotonic() - mark
 
         reference = []
@@ -195,6 +196,7 @@ def main(argv: Sequence[str] | None = None, prog: str = 'tensorguard flower-scal
                      'rejected': outcome['rejected'], 'epsilon': outcome['epsilon_max'],
                      'success': outcome.get('success_rate'), 'lower': outcome.get('success_lower_bound'),
                      'decision': outcome.get('decision'), 'frozen_segments': outcome.get('frozen_segments'),
+                     'selection': outcome.get('selection'),
                      'bytes_per_robot': int(np.mean([p.stat().st_size for p in updates])) if updates else 0,
                      'seconds': outcome['closed_at'] - previous})
         previous = outcome['closed_at']

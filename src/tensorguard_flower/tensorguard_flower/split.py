@@ -78,7 +78,7 @@ def initial_model(cache: Path, pretrain_steps: int, expert_hidden: int = 64) -> 
 
 
 def add_fleet_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options both scale commands take for this split: rounds, data, training, model, cache."""
+    """The options both scale commands take for this split: rounds, data, training, model, gate, cache."""
     parser.add_argument('--rounds', type=int, default=3)
     parser.add_argument('--episodes', type=int, default=3, help='demonstrations each robot records (its own seeds)')
     parser.add_argument('--clipping-norm', type=float, default=2.0)
@@ -86,4 +86,7 @@ def add_fleet_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--pretrain-steps', type=int, default=1500)
     parser.add_argument('--expert-hidden', type=int, default=64,
                         help="units per expert: fewer federated values, less DP noise on each expert's mean")
+    parser.add_argument('--select-per-task', action='store_true',
+                        help="the gate's per-task selection (GateSettings.select_per_task): a task group keeps "
+                             "the previous model's experts when the candidate's lowered its successes")
     parser.add_argument('--cache', type=Path, default=Path('.state/flower-demos'), help='demonstration cache')

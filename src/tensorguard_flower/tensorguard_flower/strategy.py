@@ -26,6 +26,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import replace
 
 from flwr.common import EvaluateIns, EvaluateRes, FitIns, FitRes, Parameters, Scalar
 from flwr.server.client_manager import ClientManager
@@ -136,6 +137,9 @@ class TensorGuardStrategy(Strategy):
         try:
             result, _ = self.key_service.decrypt(config.serialize(), self.aggregator.aggregate_request())
             candidate = self.aggregator.candidate(result)
+            selected, selection = self.gate.select_tasks(candidate.policy, self.aggregator.model_policy,
+                                                         config.round_id)
+            candidate = replace(candidate, policy=selected)
             metrics = self.gate.evaluate(candidate.policy, config.round_id, self.aggregator.model_policy,
                                          self.held_out)
             decision, failures = self.gate.decide(metrics)
@@ -143,7 +147,8 @@ class TensorGuardStrategy(Strategy):
                            participants=list(candidate.contributors), success_rate=metrics.success_rate,
                            success_lower_bound=metrics.success_lower_bound,
                            eval_episodes=sum(metrics.episodes.values()), kl_divergence=metrics.kl_divergence,
-                           delta_norm=candidate.delta_norm, frozen_segments=candidate.frozen_segments)
+                           delta_norm=candidate.delta_norm, frozen_segments=candidate.frozen_segments,
+                           selection=selection)
             promoted = False
             if decision == 'canary':
                 trial = self.gate.evaluate(candidate.policy, config.round_id, self.aggregator.model_policy,

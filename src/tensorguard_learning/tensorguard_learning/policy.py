@@ -262,3 +262,52 @@ def build_policy(config: MoEConfig | dict) -> MoEPolicy:
         config = MoEConfig(**{**config, 'tasks': tuple(config['tasks'])})
     return MoEPolicy(config)
 
+
+
+@dataclass(frozen=True)
+class TaskGroup:
+    """Tasks whose actions depend on the same adapter segments: each one's routing segment and every
+    expert any of them is routed to. Two models that differ only in one group's segments act
+    identically on the tasks of every other group."""
+
+    tasks: tuple[str, ...]
+    segments: tuple[int, ...]
+
+
+def task_groups(policies: Sequence[MoEPolicy], tasks: Sequence[str]) -> list[TaskGroup]:
+    """`tasks` partitioned into `TaskGroup`s under the routing of every policy in `policies` (same
+    config): tasks share a group when some policy routes them to a common expert."""
+    cfg = policies[0].cfg
+    if any(policy.cfg != cfg for policy in policies):
+        raise ConfigError('task groups need policies of one config')
+    tasks = list(dict.fromkeys(tasks))
+    used = np.any([policy.routing_weights(tasks) > 0 for policy in policies], axis=0)  # [task, expert]
+    group_of = list(range(len(tasks)))
+
+    def root(i: int) -> int:
+        while group_of[i] != i:
+            i = group_of[i]
+        return i
+
+    for expert in range(cfg.num_experts):
+        sharing = np.flatnonzero(used[:, expert])
+        for other in sharing[1:]:
+            group_of[root(int(other))] = root(int(sharing[0]))
+    members: dict[int, list[int]] = {}
+    for i in range(len(tasks)):
+        members.setdefault(root(i), []).append(i)
+    task_index = {task: i for i, task in enumerate(cfg.tasks)}
+    return [TaskGroup(tuple(tasks[i] for i in rows),
+                      tuple(sorted({int(e) for e in np.flatnonzero(used[rows].any(axis=0))}
+                                   | {cfg.num_experts + task_index[tasks[i]] for i in rows})))
+            for rows in members.values()]
+
+
+def merge_segments(base: MoEPolicy, donor: MoEPolicy, segments: Sequence[int]) -> MoEPolicy:
+    """A copy of `base` with the listed adapter segments taken from `donor` (same config)."""
+    merged, donated = base.flatten_segments(), donor.flatten_segments()
+    for index in segments:
+        merged[index] = donated[index]
+    result = base.clone()
+    result.load_segments(merged)
+    return result

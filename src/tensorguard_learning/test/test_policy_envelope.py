@@ -9,7 +9,7 @@ import torch
 
 from tensorguard_learning.envelope import OperatingEnvelope
 from tensorguard_learning.errors import ConfigError, EnvelopeViolation, UpdateFormatError
-from tensorguard_learning.policy import MoEConfig, MoEPolicy, build_policy
+from tensorguard_learning.policy import MoEConfig, MoEPolicy, TaskGroup, build_policy, merge_segments, task_groups
 from tensorguard_learning.training import TrainingBudget, train_local
 
 
@@ -84,6 +84,38 @@ def test_round_robin_router_gives_tasks_their_own_experts_until_they_run_out():
     assert np.array_equal(restored.routing_weights(tasks), own.routing_weights(tasks))
     with pytest.raises(ConfigError, match='router_init'):
         MoEConfig(tasks=tasks, router_init='learned')
+
+
+def test_task_groups_follow_the_routing_of_every_policy_given():
+    tasks = tuple(f't{i}' for i in range(5))
+    own = build_policy(MoEConfig(tasks=tasks, num_experts=5, top_k=1, expert_hidden=8, router_init='round_robin'))
+    assert task_groups([own], ['t0', 't3']) == [TaskGroup(('t0',), (0, 5)), TaskGroup(('t3',), (3, 8))]
+    rerouted = own.clone()
+    with torch.no_grad():
+        rerouted.adapter.router_logits[3, 0] = 10.0  # t3 now routed to t0's expert
+    assert task_groups([rerouted], ['t0', 't3']) == [TaskGroup(('t0', 't3'), (0, 5, 8))]
+    assert task_groups([own, rerouted], ['t0', 't3']) == [TaskGroup(('t0', 't3'), (0, 3, 5, 8))]
+    shared = build_policy(MoEConfig(tasks=tasks, num_experts=4, top_k=2, expert_hidden=8, router_init='round_robin'))
+    assert [group.tasks for group in task_groups([shared], tasks)] == [('t0', 't2', 't4'), ('t1', 't3')]
+    with pytest.raises(ConfigError, match='one config'):
+        task_groups([own, shared], tasks)
+
+
+def test_merged_model_acts_like_the_donor_on_donated_groups_and_like_the_base_elsewhere():
+    tasks = ('a', 'b', 'c')
+    base = build_policy(MoEConfig(tasks=tasks, num_experts=3, top_k=1, expert_hidden=8, router_init='round_robin'))
+    donor = base.clone()
+    with torch.no_grad():
+        for parameter in donor.adapter.parameters():
+            parameter.add_(torch.randn_like(parameter))
+    groups = {group.tasks[0]: group for group in task_groups([base, donor], tasks)}
+    assert len(groups) == 3
+    merged = merge_segments(base, donor, groups['b'].segments)
+    states = np.random.default_rng(0).normal(size=(16, 39)).astype(np.float32)  # public test inputs
+    for task, source in (('a', base), ('b', donor), ('c', base)):
+        np.testing.assert_array_equal(merged.act(states, task), source.act(states, task))
+    assert not np.array_equal(base.act(states, 'b'), donor.act(states, 'b'))
+    assert merged.base_version == base.base_version
 
 
 def test_build_policy_from_dict_and_bad_config():
