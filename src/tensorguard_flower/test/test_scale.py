@@ -13,13 +13,17 @@ def test_a_small_fleet_runs_through_the_command_and_reports_every_round(tmp_path
     monkeypatch.setenv('TENSORGUARD_KEY_PASSPHRASE', '')  # the command sets its own; restored after the test
     out = tmp_path / 'run'
     code = scale.main(['--robots', '3', '--rounds', '2', '--episodes', '1', '--train-steps', '5',
-                       '--eval-episodes', '1', '--pretrain-steps', '20', '--out', str(out),
+                       '--eval-episodes', '1', '--pretrain-steps', '20', '--select-per-task', '--out', str(out),
                        '--cache', str(tmp_path / 'cache')])
     assert code == 0
     report = json.loads((out / 'report.json').read_text())
     assert [row['round'] for row in report['rows']] == [1, 2]
     assert all(row['outcome'] == 'aggregated' and row['robots'] == 3 for row in report['rows'])
     assert report['peak_memory_bytes'] > 0 and report['rows'][0]['bytes_per_robot'] > 0
+    # The gate's per-task selection ran in every Flower round and every reference round, on all five tasks.
+    for row in report['rows'] + report['reference_rows']:
+        assert set(row['selection']['selection_successes']) == set(split.FLEET_TASKS)
+        assert set(row['selection']['kept_tasks']) <= set(split.FLEET_TASKS)
     # The non-private reference ran the same rounds, evaluated on the same seeds and episode counts.
     assert [row['round'] for row in report['reference_rows']] == [1, 2]
     for row, plain in zip(report['rows'], report['reference_rows']):
