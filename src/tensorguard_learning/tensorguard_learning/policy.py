@@ -9,6 +9,15 @@ Layout of the federated part. The adapter is cut into *segments*, each a flat fl
 one per expert (that expert's MLP weights) and one per task (its task embedding row and its
 router logits row). Only adapter segments are exchanged; the base never leaves the server once
 frozen. `segment_sizes()` and `flatten_segments()` / `load_segments()` define the order.
+
+`MoEConfig.fixed_expert_input` keeps every expert's input layer at its random initial weights
+(buffers, not segments), so a round federates only the experts' two upper layers: with the fleet's
+64 hidden units 4,420 instead of 24,388 values per expert. Under distributed DP the noise on a
+segment's mean has a fixed standard deviation per coordinate while a clipped update spreads over all
+of its coordinates, so fewer values mean more signal per coordinate. This is the idea of FFA-LoRA
+(Sun, Li, Li and Ding, "Improving LoRA in Privacy-preserving Federated Learning", ICLR 2024: freeze
+the randomly initialised input-side factor, federate the rest) applied to the whole input layer; the
+upper layers learn on fixed random features of the base's features (Rahimi and Recht, NIPS 2007).
 """
 from __future__ import annotations
 
@@ -65,6 +74,7 @@ class MoEConfig:
     action_std: float = 0.1
     init_seed: int = 0
     router_init: str = 'random'
+    fixed_expert_input: bool = False
 
     def __post_init__(self) -> None:
         if not self.tasks or len(set(self.tasks)) != len(self.tasks):
@@ -75,6 +85,8 @@ class MoEConfig:
             raise ConfigError(f'action_std must be positive, got {self.action_std}')
         if self.router_init not in ROUTER_INITS:
             raise ConfigError(f'router_init must be one of {ROUTER_INITS}, got {self.router_init!r}')
+        if not isinstance(self.fixed_expert_input, bool):
+            raise ConfigError(f'fixed_expert_input must be true or false, got {self.fixed_expert_input!r}')
 
 
 class BaseEncoder(nn.Module):
@@ -96,6 +108,22 @@ class BaseEncoder(nn.Module):
         return self.net(self.normalise(obs))
 
 
+class FixedLinear(nn.Module):
+    """A linear layer whose weight and bias are buffers: part of the published model, never trained or
+    federated. Drawn exactly as `nn.Linear` draws its initial weights, so from the config's `init_seed`
+    every robot and the server build the same layer.
+    """
+
+    def __init__(self, in_features: int, out_features: int) -> None:
+        super().__init__()
+        drawn = nn.Linear(in_features, out_features)
+        self.register_buffer('weight', drawn.weight.detach().clone())
+        self.register_buffer('bias', drawn.bias.detach().clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.linear(x, self.weight, self.bias)
+
+
 class MoEAdapter(nn.Module):
     """Task-aware router over E expert MLPs; the output is the gate-weighted sum of the top-k experts."""
 
@@ -105,8 +133,9 @@ class MoEAdapter(nn.Module):
         self.task_embedding = nn.Parameter(torch.randn(len(cfg.tasks), cfg.task_embed_dim) * 0.1)
         self.router_logits = nn.Parameter(initial_router_logits(cfg))
         in_dim = cfg.feature_dim + cfg.obs_dim + cfg.task_embed_dim
+        input_layer = FixedLinear if cfg.fixed_expert_input else nn.Linear
         self.experts = nn.ModuleList(
-            nn.Sequential(nn.Linear(in_dim, cfg.expert_hidden), nn.ReLU(),
+            nn.Sequential(input_layer(in_dim, cfg.expert_hidden), nn.ReLU(),
                           nn.Linear(cfg.expert_hidden, cfg.expert_hidden), nn.ReLU(),
                           nn.Linear(cfg.expert_hidden, cfg.action_dim))
             for _ in range(cfg.num_experts))
