@@ -118,6 +118,28 @@ def test_merged_model_acts_like_the_donor_on_donated_groups_and_like_the_base_el
     assert merged.base_version == base.base_version
 
 
+def test_fixed_expert_input_is_never_trained_or_federated_and_travels_in_the_model_blob(demos):
+    shape = dict(tasks=('push-v3', 'door-open-v3'), expert_hidden=16, base_hidden=32, feature_dim=32,
+                 num_experts=4, top_k=2)
+    trained, fixed = build_policy(MoEConfig(**shape)), build_policy(MoEConfig(**shape, fixed_expert_input=True))
+    input_values = (32 + 39 + 16) * 16 + 16
+    assert fixed.segment_sizes()[:4] == [size - input_values for size in trained.segment_sizes()[:4]] == [340] * 4
+    assert fixed.segment_sizes()[4:] == trained.segment_sizes()[4:]
+    states = torch.as_tensor(np.random.default_rng(1).normal(size=(8, 39)), dtype=torch.float32)  # public test inputs
+    ids = torch.arange(8) % 2
+    torch.testing.assert_close(fixed(states, ids)[0], trained(states, ids)[0])  # the same initial function
+    input_layers = [expert[0].weight.clone() for expert in fixed.adapter.experts]
+    update = train_local(fixed, demos, TrainingBudget(max_steps=5), OperatingEnvelope())
+    assert [delta.size for delta in update.segment_deltas()] == fixed.segment_sizes()
+    assert any(np.any(delta != 0) for delta in update.segment_deltas()[:4])
+    for expert, before in zip(fixed.adapter.experts, input_layers):
+        torch.testing.assert_close(expert[0].weight, before, rtol=0, atol=0)
+    rebuilt = MoEPolicy.from_bytes(fixed.state_bytes())
+    torch.testing.assert_close(rebuilt(states, ids)[0], fixed(states, ids)[0], rtol=0, atol=0)
+    with pytest.raises(ConfigError, match='fixed_expert_input'):
+        build_policy({**shape, 'fixed_expert_input': 'yes'})
+
+
 def test_build_policy_from_dict_and_bad_config():
     policy = build_policy({'tasks': ['push-v3'], 'expert_hidden': 8, 'num_experts': 2, 'top_k': 1})
     assert policy.cfg.tasks == ('push-v3',)
