@@ -154,7 +154,7 @@ def main(argv: Sequence[str] | None = None, prog: str = 'tensorguard flower-fron
     torch.set_num_threads(1)
     started = time.monotonic()
     args.out.mkdir(parents=True, exist_ok=True)
-    initial = initial_model(args.cache, args.pretrain_steps, args.expert_hidden, args.fixed_expert_input)
+    initial = initial_model(args.cache, args.pretrain_steps, args.expert_hidden, args.expert_input_rank)
     edge = EdgeSettings(train_steps=args.train_steps)
     gate = GateSettings(eval_tasks=list(FLEET_TASKS), eval_episodes_per_task=args.eval_episodes,
                         select_per_task=args.select_per_task)

@@ -129,7 +129,7 @@ def main(argv: Sequence[str] | None = None, prog: str = 'tensorguard flower-scal
         timings['demonstrations_s'] = time.monotonic() - started
 
         mark = time.monotonic()
-        initial = initial_model(args.cache, args.pretrain_steps, args.expert_hidden, args.fixed_expert_input)
+        initial = initial_model(args.cache, args.pretrain_steps, args.expert_hidden, args.expert_input_rank)
         policy, held_out = initial.policy.clone(), initial.held_out
         timings['initial_model_s'] = time.monotonic() - mark
 

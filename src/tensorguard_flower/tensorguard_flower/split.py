@@ -63,12 +63,12 @@ class InitialModel:
 
 
 def initial_model(cache: Path, pretrain_steps: int, expert_hidden: int = 64,
-                  fixed_expert_input: bool = False) -> InitialModel:
+                  expert_input_rank: int | None = None) -> InitialModel:
     """8 experts, top-1, round-robin router, `expert_hidden` units per expert (the shipped 64: 24,388
-    federated values per expert, 4,420 with `fixed_expert_input`); base pre-trained on `PRETRAIN_TASKS`."""
+    federated values per expert, 4,420 + 64 r with `expert_input_rank` r); base pre-trained on `PRETRAIN_TASKS`."""
     tasks = FLEET_TASKS + PRETRAIN_TASKS
     policy = build_policy(MoEConfig(tasks=tasks, num_experts=len(tasks), top_k=1, expert_hidden=expert_hidden,
-                                    router_init='round_robin', fixed_expert_input=fixed_expert_input))
+                                    router_init='round_robin', expert_input_rank=expert_input_rank))
     pretrain(policy, [d for j, task in enumerate(PRETRAIN_TASKS)
                       for d in cached_demonstrations(cache, task, 10, PRETRAIN_SEED + SEED_STRIDE * j)],
              TrainingBudget(max_steps=pretrain_steps), freeze=True)
@@ -87,9 +87,10 @@ def add_fleet_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--pretrain-steps', type=int, default=1500)
     parser.add_argument('--expert-hidden', type=int, default=64,
                         help="units per expert: fewer federated values, less DP noise on each expert's mean")
-    parser.add_argument('--fixed-expert-input', action='store_true',
-                        help="keep every expert's input layer at its random initial weights "
-                             "(MoEConfig.fixed_expert_input): 4,420 instead of 24,388 federated values per expert")
+    parser.add_argument('--expert-input-rank', type=int, default=None, metavar='R',
+                        help="keep every expert's input layer at its random initial weights and train a rank-R "
+                             "correction (MoEConfig.expert_input_rank): 4,420 + 64 R instead of 24,388 federated "
+                             "values per expert")
     parser.add_argument('--select-per-task', action='store_true',
                         help="the gate's per-task selection (GateSettings.select_per_task): a task group keeps "
                              "the previous model's experts when the candidate's lowered its successes")

@@ -13,9 +13,8 @@ def test_a_small_fleet_runs_through_the_command_and_reports_every_round(tmp_path
     monkeypatch.setenv('TENSORGUARD_KEY_PASSPHRASE', '')  # the command sets its own; restored after the test
     out = tmp_path / 'run'
     code = scale.main(['--robots', '3', '--rounds', '2', '--episodes', '1', '--train-steps', '5',
-                       '--eval-episodes', '1', '--pretrain-steps', '20', '--select-per-task', '--fixed-expert-input',
-                       '--out', str(out),
-                       '--cache', str(tmp_path / 'cache')])
+                       '--eval-episodes', '1', '--pretrain-steps', '20', '--select-per-task',
+                       '--expert-input-rank', '2', '--out', str(out), '--cache', str(tmp_path / 'cache')])
     assert code == 0
     report = json.loads((out / 'report.json').read_text())
     assert [row['round'] for row in report['rows']] == [1, 2]

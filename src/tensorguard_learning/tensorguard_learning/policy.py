@@ -10,19 +10,21 @@ one per expert (that expert's MLP weights) and one per task (its task embedding 
 router logits row). Only adapter segments are exchanged; the base never leaves the server once
 frozen. `segment_sizes()` and `flatten_segments()` / `load_segments()` define the order.
 
-`MoEConfig.fixed_expert_input` keeps every expert's input layer at its random initial weights
-(buffers, not segments), so a round federates only the experts' two upper layers: with the fleet's
-64 hidden units 4,420 instead of 24,388 values per expert. Under distributed DP the noise on a
-segment's mean has a fixed standard deviation per coordinate while a clipped update spreads over all
-of its coordinates, so fewer values mean more signal per coordinate. This is the idea of FFA-LoRA
+`MoEConfig.expert_input_rank` (set: r >= 0) keeps every expert's input layer at its random
+initial weights (buffers, not segments) and trains only a rank-r correction B A on top of it, A a
+fixed random projection and B starting at zero; a round then federates B and the two upper layers:
+with the fleet's 64 hidden units 4,420 + 64 r instead of 24,388 values per expert. Under distributed
+DP the noise on a segment's mean has a fixed standard deviation per coordinate while a clipped update
+spreads over all of its coordinates, so fewer values mean more signal per coordinate. This is FFA-LoRA
 (Sun, Li, Li and Ding, "Improving LoRA in Privacy-preserving Federated Learning", ICLR 2024: freeze
-the randomly initialised input-side factor, federate the rest) applied to the whole input layer; the
-upper layers learn on fixed random features of the base's features (Rahimi and Recht, NIPS 2007).
+the randomly initialised A, federate B) applied to the experts' input layers; r = 0 leaves the upper
+layers to learn on fixed random features (Rahimi and Recht, NIPS 2007).
 """
 from __future__ import annotations
 
 import hashlib
 import io
+import math
 import pickle
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -74,7 +76,7 @@ class MoEConfig:
     action_std: float = 0.1
     init_seed: int = 0
     router_init: str = 'random'
-    fixed_expert_input: bool = False
+    expert_input_rank: int | None = None
 
     def __post_init__(self) -> None:
         if not self.tasks or len(set(self.tasks)) != len(self.tasks):
@@ -85,8 +87,9 @@ class MoEConfig:
             raise ConfigError(f'action_std must be positive, got {self.action_std}')
         if self.router_init not in ROUTER_INITS:
             raise ConfigError(f'router_init must be one of {ROUTER_INITS}, got {self.router_init!r}')
-        if not isinstance(self.fixed_expert_input, bool):
-            raise ConfigError(f'fixed_expert_input must be true or false, got {self.fixed_expert_input!r}')
+        rank = self.expert_input_rank
+        if rank is not None and (isinstance(rank, bool) or not isinstance(rank, int) or rank < 0):
+            raise ConfigError(f'expert_input_rank must be unset or an integer >= 0, got {rank!r}')
 
 
 class BaseEncoder(nn.Module):
@@ -108,20 +111,34 @@ class BaseEncoder(nn.Module):
         return self.net(self.normalise(obs))
 
 
-class FixedLinear(nn.Module):
-    """A linear layer whose weight and bias are buffers: part of the published model, never trained or
-    federated. Drawn exactly as `nn.Linear` draws its initial weights, so from the config's `init_seed`
-    every robot and the server build the same layer.
+class LowRankInput(nn.Module):
+    """An expert's input layer under `MoEConfig.expert_input_rank`: weight and bias drawn as `nn.Linear`
+    draws them and then fixed, plus the trained rank-r correction B A (A fixed, B from zero), so it
+    starts as the layer `nn.Linear` would have been. A is public model layout, drawn from
+    `projection_seed`, not a secret; weight, bias and A are buffers and travel in the model blob.
     """
 
-    def __init__(self, in_features: int, out_features: int) -> None:
+    def __init__(self, in_features: int, out_features: int, rank: int, projection_seed: int) -> None:
         super().__init__()
         drawn = nn.Linear(in_features, out_features)
         self.register_buffer('weight', drawn.weight.detach().clone())
         self.register_buffer('bias', drawn.bias.detach().clone())
+        generator = torch.Generator().manual_seed(projection_seed)
+        bound = 1.0 / math.sqrt(in_features)
+        self.register_buffer('projection', (2 * torch.rand(rank, in_features, generator=generator) - 1) * bound)
+        self.correction = nn.Parameter(torch.zeros(out_features, rank)) if rank else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return nn.functional.linear(x, self.weight, self.bias)
+        out = nn.functional.linear(x, self.weight, self.bias)
+        if self.correction is None:
+            return out
+        return out + nn.functional.linear(nn.functional.linear(x, self.projection), self.correction)
+
+
+def _projection_seed(cfg: MoEConfig, expert: int) -> int:
+    """Seed of expert `expert`'s fixed projection A: from the config alone, the same on every party."""
+    digest = hashlib.sha256(f'tensorguard/expert-input/{cfg.init_seed}/{expert}'.encode()).digest()
+    return int.from_bytes(digest[:8], 'big') >> 1
 
 
 class MoEAdapter(nn.Module):
@@ -133,12 +150,17 @@ class MoEAdapter(nn.Module):
         self.task_embedding = nn.Parameter(torch.randn(len(cfg.tasks), cfg.task_embed_dim) * 0.1)
         self.router_logits = nn.Parameter(initial_router_logits(cfg))
         in_dim = cfg.feature_dim + cfg.obs_dim + cfg.task_embed_dim
-        input_layer = FixedLinear if cfg.fixed_expert_input else nn.Linear
+
+        def input_layer(expert: int) -> nn.Module:
+            if cfg.expert_input_rank is None:
+                return nn.Linear(in_dim, cfg.expert_hidden)
+            return LowRankInput(in_dim, cfg.expert_hidden, cfg.expert_input_rank, _projection_seed(cfg, expert))
+
         self.experts = nn.ModuleList(
-            nn.Sequential(input_layer(in_dim, cfg.expert_hidden), nn.ReLU(),
+            nn.Sequential(input_layer(e), nn.ReLU(),
                           nn.Linear(cfg.expert_hidden, cfg.expert_hidden), nn.ReLU(),
                           nn.Linear(cfg.expert_hidden, cfg.action_dim))
-            for _ in range(cfg.num_experts))
+            for e in range(cfg.num_experts))
 
     def routing_weights(self, task_ids: torch.Tensor) -> torch.Tensor:
         """Gate weights [B, E]: softmax over each task's top-k router logits, zero elsewhere."""

@@ -118,26 +118,34 @@ def test_merged_model_acts_like_the_donor_on_donated_groups_and_like_the_base_el
     assert merged.base_version == base.base_version
 
 
-def test_fixed_expert_input_is_never_trained_or_federated_and_travels_in_the_model_blob(demos):
+@pytest.mark.parametrize('rank', [0, 3])
+def test_a_low_rank_expert_input_trains_only_its_correction_and_travels_in_the_model_blob(demos, rank):
     shape = dict(tasks=('push-v3', 'door-open-v3'), expert_hidden=16, base_hidden=32, feature_dim=32,
                  num_experts=4, top_k=2)
-    trained, fixed = build_policy(MoEConfig(**shape)), build_policy(MoEConfig(**shape, fixed_expert_input=True))
-    input_values = (32 + 39 + 16) * 16 + 16
-    assert fixed.segment_sizes()[:4] == [size - input_values for size in trained.segment_sizes()[:4]] == [340] * 4
-    assert fixed.segment_sizes()[4:] == trained.segment_sizes()[4:]
+    trained, low_rank = build_policy(MoEConfig(**shape)), build_policy(MoEConfig(**shape, expert_input_rank=rank))
+    input_values, correction_values = (32 + 39 + 16) * 16 + 16, 16 * rank
+    assert low_rank.segment_sizes()[:4] == [size - input_values + correction_values
+                                            for size in trained.segment_sizes()[:4]] == [340 + correction_values] * 4
+    assert low_rank.segment_sizes()[4:] == trained.segment_sizes()[4:]
     states = torch.as_tensor(np.random.default_rng(1).normal(size=(8, 39)), dtype=torch.float32)  # public test inputs
     ids = torch.arange(8) % 2
-    torch.testing.assert_close(fixed(states, ids)[0], trained(states, ids)[0])  # the same initial function
-    input_layers = [expert[0].weight.clone() for expert in fixed.adapter.experts]
-    update = train_local(fixed, demos, TrainingBudget(max_steps=5), OperatingEnvelope())
-    assert [delta.size for delta in update.segment_deltas()] == fixed.segment_sizes()
-    assert any(np.any(delta != 0) for delta in update.segment_deltas()[:4])
-    for expert, before in zip(fixed.adapter.experts, input_layers):
-        torch.testing.assert_close(expert[0].weight, before, rtol=0, atol=0)
-    rebuilt = MoEPolicy.from_bytes(fixed.state_bytes())
-    torch.testing.assert_close(rebuilt(states, ids)[0], fixed(states, ids)[0], rtol=0, atol=0)
-    with pytest.raises(ConfigError, match='fixed_expert_input'):
-        build_policy({**shape, 'fixed_expert_input': 'yes'})
+    torch.testing.assert_close(low_rank(states, ids)[0], trained(states, ids)[0])  # the same initial function
+    fixed = [{name: buffer.clone() for name, buffer in expert[0].named_buffers()}
+             for expert in low_rank.adapter.experts]
+    update = train_local(low_rank, demos, TrainingBudget(max_steps=5), OperatingEnvelope())
+    assert [delta.size for delta in update.segment_deltas()] == low_rank.segment_sizes()
+    used = [e for e, w in enumerate(low_rank.routing_weights(['push-v3', 'door-open-v3']).sum(0)) if w > 0]
+    for e in used:  # the correction (its first values) moved when there is one; the upper layers always
+        delta = update.segment_deltas()[e]
+        assert np.any(delta[correction_values:] != 0) and (rank == 0 or np.any(delta[:correction_values] != 0))
+    for expert, before in zip(low_rank.adapter.experts, fixed):
+        for name, buffer in expert[0].named_buffers():
+            torch.testing.assert_close(buffer, before[name], rtol=0, atol=0)
+    rebuilt = MoEPolicy.from_bytes(low_rank.state_bytes())
+    torch.testing.assert_close(rebuilt(states, ids)[0], low_rank(states, ids)[0], rtol=0, atol=0)
+    for bad in ('yes', -1, True, 2.0):
+        with pytest.raises(ConfigError, match='expert_input_rank'):
+            build_policy({**shape, 'expert_input_rank': bad})
 
 
 def test_build_policy_from_dict_and_bad_config():
