@@ -189,7 +189,8 @@ def main(argv: list[str] | None = None) -> int:
         raise ConfigError(f'no checkpoint in 1..{args.rounds}')
     methods = [parse_method(m, args.rounds) for m in mine.methods]
     tasks = tuple(args.tasks)
-    cfg = MoEConfig(tasks=tasks, expert_hidden=args.expert_hidden, num_experts=args.experts)
+    cfg = MoEConfig(tasks=tasks, expert_hidden=args.expert_hidden, num_experts=args.experts,
+                    expert_input_rank=args.expert_input_rank)
     t_start = time.perf_counter()
     bar = tqdm(total=2 + len(methods) * args.rounds, desc='bench_compression', unit='step', file=sys.stderr)
     bar.set_postfix_str('demonstrations, pre-training')

@@ -208,6 +208,9 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument('--local-eval-episodes', type=int, default=5, help='per task, for each local-only policy')
     p.add_argument('--expert-hidden', type=int, default=64)
     p.add_argument('--experts', type=int, default=4)
+    p.add_argument('--expert-input-rank', type=int, default=None, metavar='R',
+                   help="experts' input layers fixed at their initial weights plus a trained rank-R correction "
+                        "(MoEConfig.expert_input_rank); unset: trained in full")
     p.add_argument('--cache-dir', type=Path, default=Path.home() / '.cache' / 'tensorguard_learning')
     p.add_argument('--quick', action='store_true', help='tiny smoke run (2 tasks, 2 robots, few rounds)')
     args = p.parse_args(argv)
@@ -233,7 +236,8 @@ def main(argv: list[str] | None = None) -> int:
     tasks = tuple(args.tasks)
     t_start = time.perf_counter()
     envelope = OperatingEnvelope(max_trainable_params=2_000_000, target_update_size_kb=1024)
-    cfg = MoEConfig(tasks=tasks, expert_hidden=args.expert_hidden, num_experts=args.experts)
+    cfg = MoEConfig(tasks=tasks, expert_hidden=args.expert_hidden, num_experts=args.experts,
+                    expert_input_rank=args.expert_input_rank)
     rounds_total = 3 * args.rounds
     bar = tqdm(total=rounds_total + args.robots + 6, desc='bench', unit='step', file=sys.stderr)
 

@@ -58,3 +58,15 @@ def test_quick_comparison_writes_table_and_json(tmp_path, capsys):
         c = r['checkpoints'][0]
         assert c['episodes'] == 4 and c['cumulative_bytes_per_robot'] == 3 * r['bytes_per_round']
         assert 0.0 <= c['lower_bound_95'] <= c['success_rate'] or c['successes'] == 0
+
+
+def test_a_low_rank_expert_input_federates_fewer_values(tmp_path, capsys):
+    report = tmp_path / 'r.json'
+    assert main(['--quick', '--cache-dir', str(tmp_path), '--methods', 'dense', '--expert-input-rank', '2',
+                 '--json', str(report)]) == 0
+    layout = MoEPolicy(MoEConfig(tasks=tuple(json.loads(report.read_text())['tasks']), num_experts=4,
+                                 expert_hidden=32, expert_input_rank=2)).segment_sizes()
+    assert layout[:4] == [32 * 2 + (32 * 32 + 32) + (32 * 4 + 4)] * 4
+    dense = json.loads(report.read_text())['results'][0]
+    assert dense['bytes_per_round'] == 4 * (sum(layout) + len(layout)) < 178_936 // 8
+    assert f'# adapter: {sum(layout)} federated parameters' in capsys.readouterr().out
