@@ -13,12 +13,13 @@ frozen. `segment_sizes()` and `flatten_segments()` / `load_segments()` define th
 `MoEConfig.expert_input_rank` (set: r >= 0) keeps every expert's input layer at its random
 initial weights (buffers, not segments) and trains only a rank-r correction B A on top of it, A a
 fixed random projection and B starting at zero; a round then federates B and the two upper layers:
-with the fleet's 64 hidden units 4,420 + 64 r instead of 24,388 values per expert. Under distributed
-DP the noise on a segment's mean has a fixed standard deviation per coordinate while a clipped update
-spreads over all of its coordinates, so fewer values mean more signal per coordinate. This is FFA-LoRA
+with the fleet's 64 hidden units 4,420 + 64 r instead of 24,388 values per expert. This is FFA-LoRA
 (Sun, Li, Li and Ding, "Improving LoRA in Privacy-preserving Federated Learning", ICLR 2024: freeze
 the randomly initialised A, federate B) applied to the experts' input layers; r = 0 leaves the upper
-layers to learn on fixed random features (Rahimi and Recht, NIPS 2007).
+layers to learn on fixed random features (Rahimi and Recht, NIPS 2007). It was built to put more of a
+clipped update on each value under distributed DP; measured, it did not bring private fleets closer
+to their non-private runs (docs/flower.md) and as a compression it held on one split of four
+(docs/learning.md, section 6.1), so it is off by default.
 """
 from __future__ import annotations
 
