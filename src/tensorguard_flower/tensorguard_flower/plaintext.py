@@ -19,7 +19,10 @@ the same library calls as the robots and the aggregator:
   `flower-scale` (the gate deploys every candidate there).
 
 Robots train in a pool of worker processes; each worker returns the modular (or plain) sum over
-its share of the robots, so no more than one vector per worker is held at a time.
+its share of the robots, so no more than one vector per worker is held at a time. The workers start
+from a fork server, not by forking the caller: a process that has run Ray or rclpy holds threads
+whose state a forked child would inherit half-way (one such worker died abruptly in a test run after
+the Flower tests), while the fork server is a fresh interpreter.
 """
 from __future__ import annotations
 
@@ -71,7 +74,7 @@ class RobotPool:
     def __init__(self, demos: Sequence[Sequence[Demonstration]], edge: EdgeSettings, workers: int) -> None:
         self.robots = len(demos)
         self.workers = max(1, min(workers, self.robots))
-        self._executor = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context('fork'),
+        self._executor = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context('forkserver'),
                                              initializer=_start_worker, initargs=(demos, edge))
 
     def __enter__(self) -> RobotPool:

@@ -160,7 +160,6 @@ def main(argv: Sequence[str] | None = None, prog: str = 'tensorguard flower-scal
 
         reference = []
         if args.reference:
-            # Before Ray starts, so the training processes fork from a process without its threads.
             mark = time.monotonic()
             with RobotPool(demos, edge, os.cpu_count() or 1) as pool, \
                     tqdm(total=args.rounds, desc='non-private reference') as bar:
