@@ -38,13 +38,13 @@ import torch
 from tqdm import tqdm
 
 from tensorguard_learning.aggregation import ExpertDrivenStrategy
-from tensorguard_learning.bench_learning import EVAL_SEED, _federate, _parse, _robot_tasks, prepare_fleet
+from tensorguard_learning.bench_learning import EVAL_SEED, _federate, _parse, _robot_tasks, policy_config, prepare_fleet
 from tensorguard_learning.compression import expert_head_coordinates
 from tensorguard_learning.envelope import OperatingEnvelope
 from tensorguard_learning.errors import ConfigError
 from tensorguard_learning.evaluation import EvaluationMetrics
 from tensorguard_learning.metaworld_source import rollout_success
-from tensorguard_learning.policy import MoEConfig, MoEPolicy
+from tensorguard_learning.policy import MoEPolicy
 
 
 @dataclass(frozen=True)
@@ -189,8 +189,7 @@ def main(argv: list[str] | None = None) -> int:
         raise ConfigError(f'no checkpoint in 1..{args.rounds}')
     methods = [parse_method(m, args.rounds) for m in mine.methods]
     tasks = tuple(args.tasks)
-    cfg = MoEConfig(tasks=tasks, expert_hidden=args.expert_hidden, num_experts=args.experts,
-                    expert_input_rank=args.expert_input_rank)
+    cfg = policy_config(args)
     t_start = time.perf_counter()
     bar = tqdm(total=2 + len(methods) * args.rounds, desc='bench_compression', unit='step', file=sys.stderr)
     bar.set_postfix_str('demonstrations, pre-training')

@@ -189,6 +189,13 @@ def prepare_fleet(args: argparse.Namespace, cfg: MoEConfig, bar: tqdm | None = N
     return Fleet(base, robot_data, held_out, pretrain_loss)
 
 
+def policy_config(args: argparse.Namespace) -> MoEConfig:
+    """The adapter both benchmarks federate, from their shared options (`--tasks`, `--experts`,
+    `--expert-hidden`, `--expert-input-rank`)."""
+    return MoEConfig(tasks=tuple(args.tasks), expert_hidden=args.expert_hidden, num_experts=args.experts,
+                     expert_input_rank=args.expert_input_rank)
+
+
 def _parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog='bench_fleet_learning', description=__doc__)
     p.add_argument('--tasks', nargs='+', default=list(DEFAULT_TASKS))
@@ -236,8 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     tasks = tuple(args.tasks)
     t_start = time.perf_counter()
     envelope = OperatingEnvelope(max_trainable_params=2_000_000, target_update_size_kb=1024)
-    cfg = MoEConfig(tasks=tasks, expert_hidden=args.expert_hidden, num_experts=args.experts,
-                    expert_input_rank=args.expert_input_rank)
+    cfg = policy_config(args)
     rounds_total = 3 * args.rounds
     bar = tqdm(total=rounds_total + args.robots + 6, desc='bench', unit='step', file=sys.stderr)
 
