@@ -33,7 +33,7 @@ from tqdm import tqdm
 from tensorguard_aggregator.gate import DeploymentGate, GateSettings
 from tensorguard_edge.client import EdgeSettings
 from tensorguard_flower.plaintext import Mechanism, RobotPool, run_rounds
-from tensorguard_flower.split import FLEET_TASKS, add_fleet_arguments, initial_model, robot_demonstrations
+from tensorguard_flower.split import add_fleet_arguments, check_fleet_arguments, initial_model, robot_demonstrations
 
 matplotlib.use('Agg')
 from matplotlib import pyplot  # noqa: E402  (the backend is chosen before pyplot loads)
@@ -51,6 +51,7 @@ def _parse(argv: Sequence[str], prog: str) -> argparse.Namespace:
     parser.add_argument('--out', type=Path, required=True, help='new directory for the report, table and plot')
     add_fleet_arguments(parser)
     args = parser.parse_args(list(argv))
+    check_fleet_arguments(parser, args)
     if min(args.robots) < 2:
         parser.error('every K in --robots must be at least 2 (the key service never decrypts a single update)')
     if min(args.noise_multipliers) <= 0:
@@ -154,9 +155,10 @@ def main(argv: Sequence[str] | None = None, prog: str = 'tensorguard flower-fron
     torch.set_num_threads(1)
     started = time.monotonic()
     args.out.mkdir(parents=True, exist_ok=True)
-    initial = initial_model(args.cache, args.pretrain_steps, args.expert_hidden, args.expert_input_rank)
+    initial = initial_model(args.cache, args.pretrain_steps, args.expert_hidden, args.expert_input_rank,
+                            args.tasks, args.pretrain_tasks)
     edge = EdgeSettings(train_steps=args.train_steps)
-    gate = GateSettings(eval_tasks=list(FLEET_TASKS), eval_episodes_per_task=args.eval_episodes,
+    gate = GateSettings(eval_tasks=list(args.tasks), eval_episodes_per_task=args.eval_episodes,
                         select_per_task=args.select_per_task)
     baseline = DeploymentGate(gate).evaluate(initial.policy, 0)
     mechanisms = [Mechanism(None, args.clipping_norm, delta=args.delta)] + [
@@ -164,7 +166,7 @@ def main(argv: Sequence[str] | None = None, prog: str = 'tensorguard flower-fron
     runs: list[dict] = []
     with tqdm(total=len(args.robots) * len(mechanisms) * args.rounds, desc='rounds') as bar:
         for k in args.robots:
-            with RobotPool(robot_demonstrations(args.cache, k, args.episodes), edge, args.workers) as pool:
+            with RobotPool(robot_demonstrations(args.cache, k, args.episodes, args.tasks), edge, args.workers) as pool:
                 for mechanism in mechanisms:
                     run_started = time.monotonic()
                     bar.set_postfix(K=k, z=mechanism.noise_multiplier or 'none')
@@ -174,7 +176,8 @@ def main(argv: Sequence[str] | None = None, prog: str = 'tensorguard flower-fron
                                  'seconds': time.monotonic() - run_started})
                     tqdm.write(f'K={k} z={mechanism.noise_multiplier}: success '
                                + ' '.join(f"{row['success']:.2f}" for row in rows))
-                    report = {'argv': list(sys.argv[1:] if argv is None else argv), 'tasks': list(FLEET_TASKS),
+                    report = {'argv': list(sys.argv[1:] if argv is None else argv), 'tasks': list(args.tasks),
+                              'pretrain_tasks': list(args.pretrain_tasks),
                               'initial_success': baseline.success_rate, 'initial_successes': baseline.successes,
                               'runs': runs, 'smallest_k': smallest_fleets(runs, args.gap),
                               'wall_s': time.monotonic() - started}

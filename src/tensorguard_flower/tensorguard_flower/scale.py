@@ -47,7 +47,7 @@ from tensorguard_crypto.fleet import FleetPaths, enroll_robot, provision_server
 from tensorguard_edge.client import EdgeClient, EdgeSettings
 from tensorguard_flower.client_app import client_app, robot_settings
 from tensorguard_flower.plaintext import Mechanism, RobotPool, run_rounds
-from tensorguard_flower.split import FLEET_TASKS, add_fleet_arguments, initial_model, robot_demonstrations
+from tensorguard_flower.split import add_fleet_arguments, check_fleet_arguments, initial_model, robot_demonstrations
 from tensorguard_flower.strategy import TensorGuardStrategy
 
 
@@ -106,6 +106,7 @@ def _parse(argv: Sequence[str], prog: str) -> argparse.Namespace:
     parser.add_argument('--out', type=Path, required=True, help='new directory for the fleet and report.json')
     add_fleet_arguments(parser)
     args = parser.parse_args(list(argv))
+    check_fleet_arguments(parser, args)
     if args.robots < 2:
         parser.error('--robots must be at least 2 (the key service never decrypts a single update)')
     if args.out.exists() and any(args.out.iterdir()):
@@ -125,11 +126,12 @@ def main(argv: Sequence[str] | None = None, prog: str = 'tensorguard flower-scal
     shared = dict(security_level=128, plaintext_bits=20, max_clients=k, clipping_norm=args.clipping_norm,
                   noise_multiplier=args.noise_multiplier, min_clients=k)
     with PeakMemory() as memory:
-        demos = robot_demonstrations(args.cache, k, args.episodes)
+        demos = robot_demonstrations(args.cache, k, args.episodes, args.tasks)
         timings['demonstrations_s'] = time.monotonic() - started
 
         mark = time.monotonic()
-        initial = initial_model(args.cache, args.pretrain_steps, args.expert_hidden, args.expert_input_rank)
+        initial = initial_model(args.cache, args.pretrain_steps, args.expert_hidden, args.expert_input_rank,
+                                args.tasks, args.pretrain_tasks)
         policy, held_out = initial.policy.clone(), initial.held_out
         timings['initial_model_s'] = time.monotonic() - mark
 
@@ -153,7 +155,7 @@ def main(argv: Sequence[str] | None = None, prog: str = 'tensorguard flower-scal
         key_service = KeyServiceCore(KeyServiceSettings(fleet_dir=str(paths.root), min_quorum=k, **{
             key: shared[key] for key in ('security_level', 'plaintext_bits', 'max_clients', 'min_clients')}),
             passphrase.encode())
-        gate = GateSettings(eval_tasks=list(FLEET_TASKS), eval_episodes_per_task=args.eval_episodes,
+        gate = GateSettings(eval_tasks=list(args.tasks), eval_episodes_per_task=args.eval_episodes,
                             min_success_rate=0.0, deploy_margin=0.0, max_kl_divergence=1e9,
                             select_per_task=args.select_per_task)
         timings['provisioning_s'] = time.monotonic() - mark
@@ -202,7 +204,8 @@ def main(argv: Sequence[str] | None = None, prog: str = 'tensorguard flower-scal
     for row, plain in zip(rows, reference):
         row.update(reference_success=plain['success'], reference_lower=plain['lower'],
                    points_below_reference=None if row['success'] is None else 100 * (plain['success'] - row['success']))
-    report = {'argv': list(sys.argv[1:] if argv is None else argv), 'robots': k, 'tasks': list(FLEET_TASKS),
+    report = {'argv': list(sys.argv[1:] if argv is None else argv), 'robots': k, 'tasks': list(args.tasks),
+              'pretrain_tasks': list(args.pretrain_tasks),
               'federated_parameters': sum(policy.segment_sizes()), 'rows': rows, 'reference_rows': reference,
               'timings_s': timings,
               'wall_s': time.monotonic() - started, 'peak_memory_bytes': memory.peak_bytes}

@@ -89,12 +89,17 @@ def test_the_smallest_fleet_an_epsilon_needs_is_read_off_the_runs():
 def test_the_frontier_command_writes_its_report_table_and_plot(tmp_path):
     out = tmp_path / 'frontier'
     assert frontier.main(['--robots', '2', '3', '--noise-multipliers', '2', '--repeats', '2', '--rounds', '1',
-                          '--episodes', '1', '--select-per-task',
+                          '--episodes', '1', '--select-per-task', '--tasks', 'reach-v3', 'push-v3',
+                          'drawer-close-v3', '--pretrain-tasks', 'window-close-v3',
                           '--train-steps', '3', '--eval-episodes', '1', '--pretrain-steps', '10', '--workers', '2',
                           '--out', str(out), '--cache', str(tmp_path / 'cache')]) == 0
     report = json.loads((out / 'report.json').read_text())
     assert [(run['robots'], run['noise_multiplier']) for run in report['runs']] == [
         (2, None), (2, 2.0), (2, 2.0), (3, None), (3, 2.0), (3, 2.0)]
+    assert report['tasks'] == ['reach-v3', 'push-v3', 'drawer-close-v3']
+    assert report['pretrain_tasks'] == ['window-close-v3']
+    assert all(set(row['selection']['selection_successes']) == set(report['tasks'])
+               for run in report['runs'] for row in run['rows'])
     assert all(set(row['selection']['kept_tasks']) <= set(report['tasks'])
                and sum(row['selection']['selection_successes'].values()) <= len(report['tasks'])
                for run in report['runs'] for row in run['rows'])

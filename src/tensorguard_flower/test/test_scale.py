@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from tensorguard_crypto.accountant import PrivacyBudget, PrivacyLedger
-from tensorguard_flower import scale, split
+from tensorguard_flower import frontier, scale, split
 
 
 @pytest.mark.slow
@@ -46,3 +46,26 @@ def test_demonstrations_are_recorded_once_and_then_read_from_the_cache(tmp_path,
     for a, b in zip(first, again):
         assert a.task == b.task and np.array_equal(a.observation_state, b.observation_state)
         assert np.array_equal(a.action, b.action)
+
+
+def test_robot_i_demonstrates_task_i_mod_n_from_its_own_seeds(tmp_path, monkeypatch):
+    asked = []
+    monkeypatch.setattr(split, 'cached_demonstrations',
+                        lambda _cache, task, episodes, seed: asked.append((task, episodes, seed)) or [])
+    split.robot_demonstrations(tmp_path, 5, 2, ('reach-v3', 'push-v3'))
+    assert asked == [(('reach-v3', 'push-v3')[i % 2], 2, split.ROBOT_SEED + split.SEED_STRIDE * i) for i in range(5)]
+
+
+@pytest.mark.parametrize('command', [scale, frontier])
+@pytest.mark.parametrize('tasks, refusal', [
+    (['--tasks', 'reach-v3', 'push-v3', 'reach-v3'], '--tasks names reach-v3 more than once'),
+    (['--pretrain-tasks', 'reach-v3', 'reach-v3'], '--pretrain-tasks names reach-v3 more than once'),
+    (['--tasks', 'push-v3', 'reach-v3', '--pretrain-tasks', 'reach-v3'],
+     'reach-v3 in both --tasks and --pretrain-tasks'),
+])
+def test_a_split_that_repeats_a_task_or_pretrains_on_a_robots_task_is_refused(command, tasks, refusal, tmp_path,
+                                                                             capsys):
+    with pytest.raises(SystemExit):
+        command.main(['--robots', '4', '--out', str(tmp_path / 'out'), *tasks])
+    assert refusal in capsys.readouterr().err
+    assert not (tmp_path / 'out').exists()
