@@ -11,6 +11,7 @@ lose is on disk before it is acknowledged:
     <server>/rounds/<id>/config.bin         the signed RoundConfigPackage
     <server>/rounds/<id>/transport.sealed   the round's X25519 transport secret (destroyed at close)
     <server>/rounds/<id>/updates/<robot>    every accepted UpdatePackage, written atomically
+                                            (deleted at close with `delete_closed_updates`)
     <server>/rounds/<id>/site_sums/<site>   every accepted SitePartialSum (site aggregation on)
     <server>/rounds/<id>/removed/<robot>    updates taken out of the sum (revoked mid-round)
     <server>/rounds/<id>/quarantine/<robot> stored updates that failed re-verification on resume
@@ -29,6 +30,7 @@ import logging
 import math
 import os
 import secrets
+import shutil
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass
@@ -93,6 +95,10 @@ class AggregatorSettings(RoundSettings):
         "An expert or task segment is updated only if the robots' summed usage weight for it reaches "
         'this (in robot-equivalents) and SEGMENT_NOISE_MARGIN times the DP noise std of that sum.', 0.1,
         minimum=0.0)
+    delete_closed_updates: bool = described(
+        "Delete a round's stored updates and site sums when it closes. Once its transport secret is destroyed "
+        'nobody can open them; they keep only signatures (about 1 MB per robot and round). The config, signed '
+        'aggregate and outcome stay. Off: kept for audit.', False)
     site_aggregation: bool = described(
         'Accept one partial sum per site from the site aggregators in site_aggregators_file instead of '
         "each robot's update (weakens integrity: docs/site-aggregation.md). Off by default.", False,
@@ -534,7 +540,17 @@ class Aggregator:
         return Candidate(config.round_id, policy, tuple(result.contributors), float(np.linalg.norm(delta)), frozen)
 
     def close_round(self, outcome: dict) -> None:
-        """Record the round's outcome and destroy its transport secret; the next round may open."""
-        write_atomic(self.current.directory / 'outcome.json', json.dumps(outcome, indent=2).encode())
-        destroy_secret(self.current.directory / 'transport.sealed')
+        """Record the round's outcome and destroy its transport secret (and, with `delete_closed_updates`,
+        its stored updates and site sums); the next round may open."""
+        directory = self.current.directory
+        write_atomic(directory / 'outcome.json', json.dumps(outcome, indent=2).encode())
+        destroy_secret(directory / 'transport.sealed')
         self.current = None
+        if self.settings.delete_closed_updates:
+            for folder in ('updates', 'site_sums'):
+                try:
+                    shutil.rmtree(directory / folder)
+                except FileNotFoundError:
+                    pass
+                except OSError as exc:
+                    self._problem(Reason.STORAGE_ERROR, f'{directory.name}/{folder} not deleted: {exc}')

@@ -48,8 +48,9 @@ class Server:
     def open_round(self, quorum: int = 2):
         return self.aggregator.open_round(self.key_service.round_key(self.aggregator.next_round_id()), quorum=quorum)
 
-    def restart_aggregator(self) -> Aggregator:
-        self.aggregator = Aggregator(AggregatorSettings(fleet_dir=str(self.paths.root), quorum=2, **SHARED), PASSPHRASE)
+    def restart_aggregator(self, **settings) -> Aggregator:
+        self.aggregator = Aggregator(AggregatorSettings(fleet_dir=str(self.paths.root), quorum=2, **SHARED, **settings),
+                                     PASSPHRASE)
         return self.aggregator
 
     def restart_key_service(self) -> KeyServiceCore:
@@ -194,6 +195,25 @@ def test_thief_of_the_server_files_after_the_round_opens_nothing_of_it(server, t
     outcomes = (server.paths.server / 'key_service' / 'decryptions.jsonl').read_text()
     assert '"round_key_destroyed"' in outcomes
     assert len(recorded) == 3
+
+
+def test_an_aggregator_told_to_delete_closed_updates_leaves_none_for_a_thief(server):
+    """With `delete_closed_updates` a closed round keeps its config, signed aggregate and outcome but
+    no update (by default they stay, for audit); a restart finds nothing to resume or set aside."""
+    for delete in (False, True):
+        server.restart_aggregator(delete_closed_updates=delete)
+        round_with_updates(server)
+        directory = server.aggregator.current.directory
+        server.aggregator.candidate(server.decrypt())
+        server.aggregator.close_round({'outcome': 'test'})
+        assert (directory / 'updates').exists() != delete
+        assert len(list((directory / 'updates').glob('*.tgu'))) == (0 if delete else len(ROBOTS))
+        assert all((directory / name).is_file() for name in ('config.bin', 'aggregate.bin', 'outcome.json'))
+    kept, deleted = server.paths.rounds_dir / '1', server.paths.rounds_dir / '2'
+    assert len(list(kept.glob('updates/*.tgu'))) == len(ROBOTS) and not list(deleted.rglob('*.tgu'))
+    restarted = server.restart_aggregator(delete_closed_updates=True)
+    assert restarted.current is None and not restarted.state_problems
+    assert server.open_round().round_id == 3
 
 
 def _subset_request(server: Server, robots: tuple[str, ...]) -> bytes:

@@ -34,7 +34,6 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
 import torch
 from flwr.server import ServerApp, ServerAppComponents, ServerConfig
 from flwr.simulation import run_simulation
@@ -139,7 +138,7 @@ def main(argv: Sequence[str] | None = None, prog: str = 'tensorguard flower-scal
         paths = FleetPaths(args.out / 'fleet')
         provision_server(paths, passphrase.encode())
         aggregator = Aggregator(AggregatorSettings(fleet_dir=str(paths.root), quorum=k, round_deadline_s=86400.0,
-                                                   **shared), passphrase.encode())
+                                                   delete_closed_updates=True, **shared), passphrase.encode())
         aggregator.publish_model(policy, 0, 'initial')
         edge = EdgeSettings(train_steps=args.train_steps, epsilon_budget=args.epsilon_budget,
                             **{key: value for key, value in shared.items() if key != 'security_level'})
@@ -191,14 +190,13 @@ def main(argv: Sequence[str] | None = None, prog: str = 'tensorguard flower-scal
 
     rows, previous = [], simulation_started
     for outcome in strategy.outcomes:
-        updates = sorted((paths.rounds_dir / str(outcome['round_id']) / 'updates').glob('*.tgu'))
         rows.append({'round': outcome['round_id'], 'outcome': outcome['outcome'],
                      'robots': len(outcome['participants']), 'refused': outcome['refused'],
                      'rejected': outcome['rejected'], 'epsilon': outcome['epsilon_max'],
                      'success': outcome.get('success_rate'), 'lower': outcome.get('success_lower_bound'),
                      'decision': outcome.get('decision'), 'frozen_segments': outcome.get('frozen_segments'),
                      'selection': outcome.get('selection'),
-                     'bytes_per_robot': int(np.mean([p.stat().st_size for p in updates])) if updates else 0,
+                     'bytes_per_robot': outcome['bytes_per_robot'],
                      'seconds': outcome['closed_at'] - previous})
         previous = outcome['closed_at']
     for row, plain in zip(rows, reference):

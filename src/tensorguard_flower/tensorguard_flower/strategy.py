@@ -99,7 +99,7 @@ class TensorGuardStrategy(Strategy):
         if current is None:
             return None, {'outcome': 'no_open_round'}
         config = current.config
-        refused, rejected, spent = Counter(), Counter(), []
+        refused, rejected, spent, received = Counter(), Counter(), [], []
         for _, reply in results:
             if REFUSED in reply.metrics:
                 refused[str(reply.metrics[REFUSED])] += 1
@@ -114,11 +114,13 @@ class TensorGuardStrategy(Strategy):
                 logger.warning('round %d: update refused (%s): %s', config.round_id, exc.reason, exc)
                 continue
             spent.append(package.safety_stats.dp_epsilon_consumed)
+            received.append(len(reply.parameters.tensors[0]))
         self.refused.update(refused)
         self.rejected.update(rejected)
         outcome = {'round_id': config.round_id, 'server_round': server_round, 'participants': current.contributors,
                    'refused': dict(refused), 'rejected': dict(rejected), 'failures': len(failures),
-                   'epsilon_max': max(spent, default=0.0)}
+                   'epsilon_max': max(spent, default=0.0),
+                   'bytes_per_robot': int(sum(received) / len(received)) if received else 0}
         if len(current.contributors) < config.quorum:
             outcome.update(outcome='below_quorum', detail=f'{len(current.contributors)} updates accepted, '
                                                            f'quorum is {config.quorum}')

@@ -20,6 +20,8 @@ def test_a_small_fleet_runs_through_the_command_and_reports_every_round(tmp_path
     assert [row['round'] for row in report['rows']] == [1, 2]
     assert all(row['outcome'] == 'aggregated' and row['robots'] == 3 for row in report['rows'])
     assert report['peak_memory_bytes'] > 0 and report['rows'][0]['bytes_per_robot'] > 0
+    # Closed rounds keep their signed aggregate and outcome but no update (delete_closed_updates).
+    assert not list((out / 'fleet').rglob('*.tgu')) and len(list((out / 'fleet').rglob('aggregate.bin'))) == 2
     # The gate's per-task selection ran in every Flower round and every reference round, on all five tasks.
     for row in report['rows'] + report['reference_rows']:
         assert set(row['selection']['selection_successes']) == set(split.FLEET_TASKS)
