@@ -164,14 +164,17 @@ def main(argv: Sequence[str] | None = None, prog: str = 'tensorguard flower-fron
     mechanisms = [Mechanism(None, args.clipping_norm, delta=args.delta)] + [
         Mechanism(z, args.clipping_norm, delta=args.delta) for z in args.noise_multipliers for _ in range(args.repeats)]
     runs: list[dict] = []
-    with tqdm(total=len(args.robots) * len(mechanisms) * args.rounds, desc='rounds') as bar:
+    with tqdm(total=sum(args.robots) * len(mechanisms) * args.rounds, desc='robot-rounds', unit='robot') as bar:
         for k in args.robots:
             with RobotPool(robot_demonstrations(args.cache, k, args.episodes, args.tasks), edge, args.workers) as pool:
                 for mechanism in mechanisms:
                     run_started = time.monotonic()
-                    bar.set_postfix(K=k, z=mechanism.noise_multiplier or 'none')
+                    label = f"K={k}, z={mechanism.noise_multiplier or 'none'}"
+                    bar.set_postfix_str(label)
                     rows = run_rounds(pool, initial.policy, args.rounds, mechanism, DeploymentGate(gate),
-                                      held_out=initial.held_out, progress=lambda _row: bar.update())
+                                      held_out=initial.held_out, trained=bar.update,
+                                      progress=lambda row, label=label: bar.set_postfix_str(
+                                          f"{label}, round {row['round']} success {row['success']:.2f}"))
                     runs.append({'robots': k, 'noise_multiplier': mechanism.noise_multiplier, 'rows': rows,
                                  'seconds': time.monotonic() - run_started})
                     tqdm.write(f'K={k} z={mechanism.noise_multiplier}: success '

@@ -30,7 +30,7 @@ import multiprocessing
 import secrets
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 
 import numpy as np
@@ -83,11 +83,16 @@ class RobotPool:
     def __exit__(self, *_exc) -> None:
         self._executor.shutdown(cancel_futures=True)
 
-    def round_sum(self, policy: MoEPolicy, codec: update_codec.RoundCodec | None) -> np.ndarray:
+    def round_sum(self, policy: MoEPolicy, codec: update_codec.RoundCodec | None,
+                  trained: Callable[[int], None] = lambda _robots: None) -> np.ndarray:
         """Every robot trains from `policy`; the sum of their vectors as the aggregator decodes it
-        (`codec` None: the plain sum)."""
+        (`codec` None: the plain sum). `trained(n)` is called as each share of n robots is done."""
         shares = [list(share) for share in np.array_split(np.arange(self.robots), self.workers * 4) if share.size]
-        parts = list(self._executor.map(_sum_of_robots, [policy] * len(shares), shares, [codec] * len(shares)))
+        futures = [self._executor.submit(_sum_of_robots, policy, share, codec) for share in shares]
+        share_of = {future: len(share) for future, share in zip(futures, shares)}
+        for future in as_completed(futures):
+            trained(share_of[future])
+        parts = [future.result() for future in futures]  # in share order: the float sum does not depend on timing
         if codec is None:
             return np.sum(parts, axis=0)
         return update_codec.decode_encoded_sum(codec, np.sum(parts, axis=0))
@@ -127,9 +132,11 @@ class Mechanism:
 
 def run_rounds(pool: RobotPool, initial: MoEPolicy, rounds: int, mechanism: Mechanism, gate: DeploymentGate,
                min_segment_weight: float = 0.1, server_learning_rate: float = 1.0, held_out: BCData | None = None,
-               progress: Callable[[dict], None] = lambda _row: None) -> list[dict]:
+               progress: Callable[[dict], None] = lambda _row: None,
+               trained: Callable[[int], None] = lambda _robots: None) -> list[dict]:
     """`rounds` rounds from `initial`: one row per round (success and its lower bound on the gate's
-    seeds for that round, epsilon so far, frozen segments, norm of the applied delta, seconds)."""
+    seeds for that round, epsilon so far, frozen segments, norm of the applied delta, seconds), passed
+    to `progress` as it is done; `trained(n)` as each share of n robots has trained in a round."""
     policy, rows = initial.clone(), []
     strategy = ExpertDrivenStrategy()
     dim = strategy.vector_length(policy.segment_sizes())
@@ -141,7 +148,7 @@ def run_rounds(pool: RobotPool, initial: MoEPolicy, rounds: int, mechanism: Mech
             floor = segment_weight_floor(codec, pool.robots, min_segment_weight)
         else:
             codec, floor = None, min_segment_weight
-        summed = pool.round_sum(policy, codec)
+        summed = pool.round_sum(policy, codec, trained)
         candidate, delta, frozen = apply_round_sum(policy, summed, floor, strategy, server_learning_rate)
         candidate, selection = gate.select_tasks(candidate, policy, round_id)
         metrics = gate.evaluate(candidate, round_id, current=policy, held_out=held_out)

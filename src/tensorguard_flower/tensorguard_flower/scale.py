@@ -163,10 +163,11 @@ def main(argv: Sequence[str] | None = None, prog: str = 'tensorguard flower-scal
         if args.reference:
             mark = time.monotonic()
             with RobotPool(demos, edge, os.cpu_count() or 1) as pool, \
-                    tqdm(total=args.rounds, desc='non-private reference') as bar:
+                    tqdm(total=k * args.rounds, desc='non-private reference', unit='robot') as bar:
                 reference = run_rounds(pool, initial.policy, args.rounds, Mechanism(None), DeploymentGate(gate),
                                        aggregator.settings.min_segment_weight, aggregator.settings.server_learning_rate,
-                                       held_out, progress=lambda _row: bar.update())
+                                       held_out, progress=lambda row: bar.set_postfix(done=row['round']),
+                                       trained=bar.update)
             timings['reference_s'] = time.monotonic() - mark
 
         mark, simulation_started = time.monotonic(), time.time()

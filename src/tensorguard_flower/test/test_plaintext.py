@@ -37,8 +37,10 @@ def test_the_pool_sums_what_the_robots_train_and_the_mechanism_adds_only_its_noi
     policy, demos = fleet
     vectors = _vectors(policy, demos)  # training is deterministic: the same vectors the workers compute
     with RobotPool(demos, EDGE, workers=2) as pool:
-        plain = pool.round_sum(policy, None)
+        trained = []
+        plain = pool.round_sum(policy, None, trained.append)
         assert np.allclose(plain, np.sum(vectors, axis=0), atol=1e-5)
+        assert sum(trained) == len(demos) and len(trained) > 1  # progress as each worker's share is done
         mechanism = Mechanism(noise_multiplier=1.0, clipping_norm=0.5)
         codec = update_codec.build_codec(mechanism.profile(5), plain.size, 5, SECURITY_LEVEL, bytes(32))
         noisy = pool.round_sum(policy, codec)
