@@ -553,4 +553,4 @@ class Aggregator:
                 except FileNotFoundError:
                     pass
                 except OSError as exc:
-                    self._problem(Reason.STORAGE_ERROR, f'{directory.name}/{folder} not deleted: {exc}')
+                    self._problem(Reason.STORAGE_ERROR, f'round {directory.name}: {folder}/ not deleted: {exc}')

@@ -216,6 +216,19 @@ def test_an_aggregator_told_to_delete_closed_updates_leaves_none_for_a_thief(ser
     assert server.open_round().round_id == 3
 
 
+def test_a_closed_round_whose_updates_cannot_be_deleted_is_counted_not_raised(server, monkeypatch):
+    server.restart_aggregator(delete_closed_updates=True)
+    round_with_updates(server)
+    server.aggregator.candidate(server.decrypt())
+
+    def refuse(path):  # a read-only disk: the updates stay; site_sums/ never existed
+        raise PermissionError(f'read-only file system: {path}') if path.exists() else FileNotFoundError(path)
+    monkeypatch.setattr(shutil, 'rmtree', refuse)
+    server.aggregator.close_round({'outcome': 'test'})
+    assert server.aggregator.current is None and server.aggregator.state_problems['storage_error'] == 1
+    assert server.open_round().round_id == 2
+
+
 def _subset_request(server: Server, robots: tuple[str, ...]) -> bytes:
     """A manifest the aggregator signs for a subset of the round's accepted robots, with their summed bodies."""
     current = server.aggregator.current
