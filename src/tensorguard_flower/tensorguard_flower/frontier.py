@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 from tensorguard_aggregator.gate import DeploymentGate, GateSettings
 from tensorguard_edge.client import EdgeSettings
-from tensorguard_flower.plaintext import Mechanism, RobotPool, run_rounds
+from tensorguard_flower.plaintext import Mechanism, RobotPool, lattice_refusal, run_rounds
 from tensorguard_flower.split import add_fleet_arguments, check_fleet_arguments, initial_model, robot_demonstrations
 
 matplotlib.use('Agg')
@@ -54,6 +54,9 @@ def _parse(argv: Sequence[str], prog: str) -> argparse.Namespace:
     check_fleet_arguments(parser, args)
     if min(args.robots) < 2:
         parser.error('every K in --robots must be at least 2 (the key service never decrypts a single update)')
+    for k in args.robots:
+        if lattice_refusal(k):
+            parser.error(f'--robots {k}: {lattice_refusal(k)}')
     if min(args.noise_multipliers) <= 0:
         parser.error('--noise-multipliers must be positive (the non-private reference always runs)')
     if args.repeats < 1:

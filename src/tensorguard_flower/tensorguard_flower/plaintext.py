@@ -40,6 +40,7 @@ from tensorguard_aggregator.gate import DeploymentGate
 from tensorguard_aggregator.rounds import apply_round_sum, segment_weight_floor
 from tensorguard_crypto import update_codec
 from tensorguard_crypto.accountant import DPProfile, PrivacyBudget, PrivacyLedger
+from tensorguard_crypto.params import ParameterError, standard_params
 from tensorguard_edge.client import EdgeSettings, local_training
 from tensorguard_learning.aggregation import ExpertDrivenStrategy
 from tensorguard_learning.demonstrations import Demonstration
@@ -128,6 +129,16 @@ class Mechanism:
         for round_id in range(rounds):
             ledger.charge(str(round_id), config)
         return ledger.epsilon()
+
+
+def lattice_refusal(robots: int, mechanism: Mechanism = Mechanism(None)) -> str | None:
+    """Why the lattice parameters of a `SECURITY_LEVEL` round with `mechanism`'s plaintext bits cannot
+    sum `robots` updates (the body noise grows with the number summed), or None if they can."""
+    try:
+        standard_params(SECURITY_LEVEL, mechanism.plaintext_bits, robots, robots)
+    except ParameterError as exc:
+        return str(exc)
+    return None
 
 
 def run_rounds(pool: RobotPool, initial: MoEPolicy, rounds: int, mechanism: Mechanism, gate: DeploymentGate,

@@ -45,7 +45,7 @@ from tensorguard_aggregator.rounds import Aggregator, AggregatorSettings
 from tensorguard_crypto.fleet import FleetPaths, enroll_robot, provision_server
 from tensorguard_edge.client import EdgeClient, EdgeSettings
 from tensorguard_flower.client_app import client_app, robot_settings
-from tensorguard_flower.plaintext import Mechanism, RobotPool, run_rounds
+from tensorguard_flower.plaintext import Mechanism, RobotPool, lattice_refusal, run_rounds
 from tensorguard_flower.split import add_fleet_arguments, check_fleet_arguments, initial_model, robot_demonstrations
 from tensorguard_flower.strategy import TensorGuardStrategy
 
@@ -108,6 +108,8 @@ def _parse(argv: Sequence[str], prog: str) -> argparse.Namespace:
     check_fleet_arguments(parser, args)
     if args.robots < 2:
         parser.error('--robots must be at least 2 (the key service never decrypts a single update)')
+    if lattice_refusal(args.robots):
+        parser.error(f'--robots {args.robots}: {lattice_refusal(args.robots)}')
     if args.out.exists() and any(args.out.iterdir()):
         parser.error(f'{args.out} exists and is not empty')
     return args

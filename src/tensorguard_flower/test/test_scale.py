@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from tensorguard_crypto.accountant import PrivacyBudget, PrivacyLedger
-from tensorguard_flower import frontier, scale, split
+from tensorguard_flower import frontier, plaintext, scale, split
 
 
 @pytest.mark.slow
@@ -71,3 +71,12 @@ def test_a_split_that_repeats_a_task_or_pretrains_on_a_robots_task_is_refused(co
         command.main(['--robots', '4', '--out', str(tmp_path / 'out'), *tasks])
     assert refusal in capsys.readouterr().err
     assert not (tmp_path / 'out').exists()
+
+
+@pytest.mark.parametrize('command', [scale, frontier])
+def test_a_fleet_larger_than_the_lattice_parameters_can_sum_is_refused_before_any_work(command, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        command.main(['--robots', '2000', '--out', str(tmp_path / 'out')])
+    assert '--robots 2000: max_clients=2000 exceeds the body noise budget' in capsys.readouterr().err
+    assert not (tmp_path / 'out').exists()
+    assert plaintext.lattice_refusal(1000) is None
