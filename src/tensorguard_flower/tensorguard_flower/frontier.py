@@ -55,8 +55,8 @@ def _parse(argv: Sequence[str], prog: str) -> argparse.Namespace:
     if min(args.robots) < 2:
         parser.error('every K in --robots must be at least 2 (the key service never decrypts a single update)')
     for k in args.robots:
-        if lattice_refusal(k):
-            parser.error(f'--robots {k}: {lattice_refusal(k)}')
+        if refusal := lattice_refusal(k):
+            parser.error(f'--robots {k}: {refusal}')
     if min(args.noise_multipliers) <= 0:
         parser.error('--noise-multipliers must be positive (the non-private reference always runs)')
     if args.repeats < 1:

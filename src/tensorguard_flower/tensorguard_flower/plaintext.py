@@ -131,11 +131,11 @@ class Mechanism:
         return ledger.epsilon()
 
 
-def lattice_refusal(robots: int, mechanism: Mechanism = Mechanism(None)) -> str | None:
-    """Why the lattice parameters of a `SECURITY_LEVEL` round with `mechanism`'s plaintext bits cannot
-    sum `robots` updates (the body noise grows with the number summed), or None if they can."""
+def lattice_refusal(robots: int) -> str | None:
+    """Why the lattice parameters of these commands' rounds (`SECURITY_LEVEL`, `Mechanism.plaintext_bits`)
+    cannot sum `robots` updates (the body noise grows with the number summed), or None if they can."""
     try:
-        standard_params(SECURITY_LEVEL, mechanism.plaintext_bits, robots, robots)
+        standard_params(SECURITY_LEVEL, Mechanism.plaintext_bits, robots, robots)
     except ParameterError as exc:
         return str(exc)
     return None

@@ -45,7 +45,7 @@ from tensorguard_aggregator.rounds import Aggregator, AggregatorSettings
 from tensorguard_crypto.fleet import FleetPaths, enroll_robot, provision_server
 from tensorguard_edge.client import EdgeClient, EdgeSettings
 from tensorguard_flower.client_app import client_app, robot_settings
-from tensorguard_flower.plaintext import Mechanism, RobotPool, lattice_refusal, run_rounds
+from tensorguard_flower.plaintext import SECURITY_LEVEL, Mechanism, RobotPool, lattice_refusal, run_rounds
 from tensorguard_flower.split import add_fleet_arguments, check_fleet_arguments, initial_model, robot_demonstrations
 from tensorguard_flower.strategy import TensorGuardStrategy
 
@@ -108,8 +108,8 @@ def _parse(argv: Sequence[str], prog: str) -> argparse.Namespace:
     check_fleet_arguments(parser, args)
     if args.robots < 2:
         parser.error('--robots must be at least 2 (the key service never decrypts a single update)')
-    if lattice_refusal(args.robots):
-        parser.error(f'--robots {args.robots}: {lattice_refusal(args.robots)}')
+    if refusal := lattice_refusal(args.robots):
+        parser.error(f'--robots {args.robots}: {refusal}')
     if args.out.exists() and any(args.out.iterdir()):
         parser.error(f'{args.out} exists and is not empty')
     return args
@@ -124,8 +124,8 @@ def main(argv: Sequence[str] | None = None, prog: str = 'tensorguard flower-scal
     passphrase = secrets.token_urlsafe(32)  # OS CSPRNG; reaches the Ray workers through the environment only
     os.environ['TENSORGUARD_KEY_PASSPHRASE'] = passphrase
     k = args.robots
-    shared = dict(security_level=128, plaintext_bits=20, max_clients=k, clipping_norm=args.clipping_norm,
-                  noise_multiplier=args.noise_multiplier, min_clients=k)
+    shared = dict(security_level=SECURITY_LEVEL, plaintext_bits=Mechanism.plaintext_bits, max_clients=k,
+                  clipping_norm=args.clipping_norm, noise_multiplier=args.noise_multiplier, min_clients=k)
     with PeakMemory() as memory:
         demos = robot_demonstrations(args.cache, k, args.episodes, args.tasks)
         timings['demonstrations_s'] = time.monotonic() - started
