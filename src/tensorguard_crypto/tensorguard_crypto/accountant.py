@@ -21,6 +21,7 @@ Kamath, Steinke, "The Discrete Gaussian for Differential Privacy", NeurIPS 2020,
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
@@ -173,3 +174,40 @@ class PrivacyLedger:
                        np.asarray(state['rdp'], dtype=np.float64))
         except (KeyError, TypeError, ValueError) as exc:
             raise AccountantError(f'invalid ledger state: {exc}') from exc
+
+
+def epsilon_after_rounds(config: SkellamConfig, rounds: int, delta: float) -> float:
+    """Each robot's epsilon at `delta` after `rounds` rounds encoded with `config`, by its ledger's arithmetic."""
+    if rounds < 1:
+        raise AccountantError(f'rounds must be at least 1, got {rounds}')
+    per_round, spent = round_rdp(config), np.zeros(len(RDP_ORDERS))
+    for _ in range(rounds):
+        spent = spent + per_round  # as `PrivacyLedger.charge` adds them, so the hard stop agrees to the bit
+    return rdp_to_epsilon(RDP_ORDERS, spent, delta)[0]
+
+
+def smallest_noise_multiplier(profile: DPProfile, dim: int, max_clients: int, rounds: int, epsilon: float,
+                              delta: float, resolution: float = 0.01) -> float:
+    """The least noise a budget allows: the smallest multiple of `resolution` as `profile`'s noise
+    multiplier whose `rounds` rounds of `dim`-vectors spend at most `epsilon` at `delta`.
+
+    Epsilon falls as the multiplier grows, so the search doubles a step count until the budget holds
+    and then bisects; a budget no multiplier up to 1e6 meets is refused."""
+    if not (epsilon > 0 and math.isfinite(epsilon)):
+        raise AccountantError(f'epsilon budget must be positive and finite, got {epsilon}')
+    if not resolution > 0:
+        raise AccountantError(f'resolution must be positive, got {resolution}')
+
+    def fits(steps: int) -> bool:
+        noisy = dataclasses.replace(profile, noise_multiplier=round(steps * resolution, 12))
+        return epsilon_after_rounds(noisy.skellam_config(dim, max_clients), rounds, delta) <= epsilon
+
+    low, high = 0, 1
+    while not fits(high):
+        if high * resolution > 1e6:
+            raise AccountantError(f'no noise multiplier up to 1e6 keeps {rounds} rounds within epsilon {epsilon}')
+        low, high = high, 2 * high
+    while high - low > 1:
+        middle = (low + high) // 2
+        low, high = (low, middle) if fits(middle) else (middle, high)
+    return round(high * resolution, 12)

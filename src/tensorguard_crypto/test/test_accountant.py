@@ -3,6 +3,8 @@ import math
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tensorguard_crypto.accountant import (
     RDP_ORDERS,
@@ -11,9 +13,11 @@ from tensorguard_crypto.accountant import (
     PrivacyBudget,
     PrivacyBudgetExceeded,
     PrivacyLedger,
+    epsilon_after_rounds,
     rdp_to_epsilon,
     round_rdp,
     skellam_rdp,
+    smallest_noise_multiplier,
 )
 
 
@@ -125,3 +129,43 @@ def test_ledger_persists_and_rejects_bad_input():
         skellam_rdp([1], 1.0, 1.0, 1.0)
     with pytest.raises(AccountantError, match='delta'):
         rdp_to_epsilon([2], np.array([0.1]), 0.0)
+
+
+@settings(max_examples=25, deadline=None)
+@given(budget=st.floats(min_value=0.5, max_value=50.0), rounds=st.integers(min_value=1, max_value=12),
+       clients=st.sampled_from([4, 100, 1000]))
+def test_smallest_noise_multiplier_is_the_least_noise_the_ledger_lets_through(budget, rounds, clients):
+    # The calibrated multiplier is useful only if the robots' own hard stop agrees with it: `rounds`
+    # rounds at it are all accepted, and one grid step less noise is refused in the last round.
+    base, dim = profile(min_clients=clients), 3000
+    multiplier = smallest_noise_multiplier(base, dim, clients, rounds, budget, 1e-5)
+    assert multiplier == pytest.approx(round(multiplier / 0.01) * 0.01) and multiplier > 0
+
+    def ledger_at(noise_multiplier):
+        ledger = PrivacyLedger(PrivacyBudget(epsilon=budget))
+        config = profile(min_clients=clients, noise_multiplier=noise_multiplier).skellam_config(dim, clients)
+        return ledger, config
+
+    ledger, config = ledger_at(multiplier)
+    for r in range(rounds):
+        ledger.charge(f'r{r}', config)
+    assert ledger.epsilon() == epsilon_after_rounds(config, rounds, 1e-5) <= budget
+    if multiplier > 0.01:
+        ledger, config = ledger_at(round(multiplier - 0.01, 12))
+        with pytest.raises(PrivacyBudgetExceeded):
+            for r in range(rounds):
+                ledger.charge(f'r{r}', config)
+
+
+def test_smallest_noise_multiplier_refuses_budgets_it_cannot_meet():
+    with pytest.raises(AccountantError, match='positive and finite'):
+        smallest_noise_multiplier(profile(), 3000, 16, 3, 0.0, 1e-5)
+    with pytest.raises(AccountantError, match='positive and finite'):
+        smallest_noise_multiplier(profile(), 3000, 16, 3, math.nan, 1e-5)
+    with pytest.raises(AccountantError, match='resolution'):
+        smallest_noise_multiplier(profile(), 3000, 16, 3, 8.0, 1e-5, resolution=0.0)
+    with pytest.raises(AccountantError, match='rounds must be at least 1'):
+        smallest_noise_multiplier(profile(), 3000, 16, 0, 8.0, 1e-5)
+    # below the delta term's floor: no amount of noise gets epsilon this small
+    with pytest.raises(AccountantError, match='no noise multiplier up to 1e6'):
+        smallest_noise_multiplier(profile(), 3000, 16, 3, 1e-9, 1e-5)

@@ -39,7 +39,7 @@ import torch
 from tensorguard_aggregator.gate import DeploymentGate
 from tensorguard_aggregator.rounds import apply_round_sum, segment_weight_floor
 from tensorguard_crypto import update_codec
-from tensorguard_crypto.accountant import DPProfile, PrivacyBudget, PrivacyLedger
+from tensorguard_crypto.accountant import DPProfile, epsilon_after_rounds
 from tensorguard_crypto.params import ParameterError, standard_params
 from tensorguard_edge.client import EdgeSettings, local_training
 from tensorguard_learning.aggregation import ExpertDrivenStrategy
@@ -124,11 +124,7 @@ class Mechanism:
         arithmetic; None without privacy."""
         if not self.private:
             return None
-        config = self.profile(robots).skellam_config(dim, robots)
-        ledger = PrivacyLedger(PrivacyBudget(epsilon=1e300, delta=self.delta, hard_stop=False))
-        for round_id in range(rounds):
-            ledger.charge(str(round_id), config)
-        return ledger.epsilon()
+        return epsilon_after_rounds(self.profile(robots).skellam_config(dim, robots), rounds, self.delta)
 
 
 def lattice_refusal(robots: int) -> str | None:
