@@ -1,4 +1,5 @@
 """EdgeClient without ROS: one robot and the aggregator core, provisioned in a temporary fleet."""
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -8,6 +9,7 @@ import pytest
 from tensorguard_aggregator import rounds
 from tensorguard_aggregator.key_service import KeyServiceCore, KeyServiceSettings
 from tensorguard_aggregator.rounds import Aggregator, AggregatorSettings, RoundError
+from tensorguard_crypto.accountant import DPProfile, smallest_noise_multiplier
 from tensorguard_crypto.fleet import FleetPaths, enroll_robot, provision_server
 from tensorguard_crypto.identity import Identity, Role
 from tensorguard_crypto.secagg import generate_key_service_keys
@@ -59,6 +61,16 @@ def _client(paths: Path, model, **overrides):
         task='push-v3', observation_state=np.linspace(-1, 1, frames * 39, dtype=np.float32).reshape(frames, 39),
         action=np.linspace(-0.5, 0.5, frames * 4, dtype=np.float32).reshape(frames, 4)))
     return client
+
+
+@pytest.mark.parametrize('dim', [3000, 195312])
+def test_the_default_noise_is_the_least_the_default_budget_allows_over_three_rounds(dim):
+    # The shipped defaults are one decision: epsilon_budget 8 is the guarantee, and noise_multiplier
+    # is calibrated to spend it over three rounds (docs/flower.md, defaults); changing one alone fails here.
+    settings = EdgeSettings()
+    profile = DPProfile.from_fleet_parameters(dataclasses.asdict(settings))
+    assert smallest_noise_multiplier(profile, dim, settings.max_clients, 3, settings.epsilon_budget,
+                                     settings.privacy_delta) == settings.noise_multiplier
 
 
 def test_update_is_accepted_by_the_aggregator_and_the_round_is_not_repeated(fleet):

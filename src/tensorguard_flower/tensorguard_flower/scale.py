@@ -96,8 +96,8 @@ def tree_rss_bytes(root: int) -> int:
 def _parse(argv: Sequence[str], prog: str) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
     parser.add_argument('--robots', type=int, required=True, help='K, the number of simulated robots (>= 2)')
-    parser.add_argument('--noise-multiplier', type=float, default=1.25,
-                        help='the fleet default: epsilon 6.93 over three rounds at delta 1e-5')
+    parser.add_argument('--noise-multiplier', type=float, default=1.11,
+                        help='the fleet default: epsilon 7.96 over three rounds at delta 1e-5, within the budget of 8')
     parser.add_argument('--epsilon-budget', type=float, default=8.0, help="each robot's budget at delta 1e-5")
     parser.add_argument('--eval-episodes', type=int, default=4, help='gate evaluation episodes per fleet task')
     parser.add_argument('--no-reference', dest='reference', action='store_false',

@@ -55,9 +55,11 @@ class RoundSettings(LatticeSettings):
     clipping_norm: float = described('DP: L2 norm every robot clips its update to.', 1.0,
                                      minimum=POSITIVE, read_only=True)
     noise_multiplier: float = described('DP: Skellam noise std of the sum over min_clients robots, in units of '
-                                        'clipping_norm. The default 1.25 spends epsilon 6.93 (delta 1e-5) over three '
-                                        'rounds; a fleet learns with it from about 1,000 robots (docs/flower.md, '
-                                        'the privacy-utility frontier).', 1.25, minimum=POSITIVE, read_only=True)
+                                        'clipping_norm. The default 1.11 is the least noise that keeps three rounds '
+                                        'within the default epsilon_budget of 8 (7.96, delta 1e-5); a fleet learns '
+                                        'with it from about 1,000 robots (docs/flower.md, the privacy-utility '
+                                        'frontier).',
+                                        1.11, minimum=POSITIVE, read_only=True)
     strategy: str = described('Aggregation strategy: expert_driven (usage-weighted per-expert means) or fedavg '
                               '(plain mean); announced in every round config, robots configured otherwise '
                               'refuse the round.', 'expert_driven', read_only=True)
