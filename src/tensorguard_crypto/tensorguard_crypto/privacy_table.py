@@ -17,6 +17,7 @@ import argparse
 import sys
 
 from tensorguard_crypto.accountant import AccountantError, DPProfile, epsilon_after_rounds, smallest_noise_multiplier
+from tensorguard_crypto.skellam import DPError
 
 
 def table(dim: int, rounds: int, clipping_norm: float, max_clients: int, delta: float,
@@ -66,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             rows = budget_table(args.dim, args.rounds, args.clipping_norm, args.max_clients, args.delta,
                                 args.epsilon, args.min_clients)
-    except (AccountantError, ValueError) as exc:
+    except (AccountantError, DPError) as exc:
         parser.error(str(exc))
     budget = '' if args.epsilon is None else f', smallest multiplier with epsilon <= {args.epsilon:g}'
     print(f'dim={args.dim}, C={args.clipping_norm}, delta={args.delta}, rounds={args.rounds}{budget}')
