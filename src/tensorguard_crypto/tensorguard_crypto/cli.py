@@ -89,7 +89,7 @@ def _info(_: argparse.Namespace) -> None:
         ('wire schema version', str(wire.SCHEMA_VERSION)),
         ('update package cap', f'{wire.DEFAULT_MAX_PACKAGE_BYTES} bytes'),
         ('identity keys', 'Ed25519 (RFC 8032), 128-bit classical security'),
-        ('key files', f'scrypt N=2^{keystore.DEFAULT_SCRYPT_LOG2_N} r={keystore.SCRYPT_R} '
+        ('key files', f'scrypt N=2^{keystore.new_file_cost()} r={keystore.SCRYPT_R} '
                       f'p={keystore.SCRYPT_P} + AES-256-GCM, mode 0600'),
         ('passphrase variable', keystore.PASSPHRASE_ENV),
         ('PKCS#11 module', f'{module} ({"present" if Path(module).is_file() else "missing"})'),
@@ -334,7 +334,7 @@ def _bench(args: argparse.Namespace) -> None:
                                                        public_key=robot.public_key_bytes()))
         verifier = RoundVerifier(kms, config)
         verify_seconds = _timed(lambda: [verifier.verify(data) for data in packages], 1) / len(packages)
-    identity, cost = robots[0], keystore.DEFAULT_SCRYPT_LOG2_N
+    identity, cost = robots[0], keystore.new_file_cost()
     rows = [
         ('package size', f'{len(packages[0])} bytes'),
         ('UpdatePackage.deserialize', f'{_timed(lambda: UpdatePackage.deserialize(packages[0]), 20) * 1e3:.3f} ms'),
@@ -360,8 +360,9 @@ def build_parser() -> argparse.ArgumentParser:
     keygen.add_argument('--key-id', required=True, type=_key_id)
     keygen.add_argument('--role', choices=[role.value for role in Role], default=Role.ROBOT.value)
     keygen.add_argument('--security-level', type=int, default=128)
-    keygen.add_argument('--scrypt-log2-n', type=int, default=keystore.DEFAULT_SCRYPT_LOG2_N,
-                        help=f'key-file KDF cost, {keystore.MIN_SCRYPT_LOG2_N}..{keystore.MAX_SCRYPT_LOG2_N}')
+    keygen.add_argument('--scrypt-log2-n', type=int, default=None,
+                        help=f'key-file KDF cost, {keystore.MIN_SCRYPT_LOG2_N}..{keystore.MAX_SCRYPT_LOG2_N} '
+                             f'(default: ${keystore.SCRYPT_COST_ENV}, else {keystore.DEFAULT_SCRYPT_LOG2_N})')
     keygen.set_defaults(handler=_keygen)
 
     bench = commands.add_parser('bench', help='time wire decoding, verification, signing and the key-file KDF')

@@ -8,9 +8,10 @@ associated data, so editing the header, e.g. the public key or the KDF cost, fai
     | AES-256-GCM(private key seed, 32 bytes) + tag (16)
 
 KDF: scrypt (Percival 2009; RFC 7914) with N = 2^17, r = 8, p = 1 by default (128 MiB, the minimum
-the OWASP Password Storage Cheat Sheet gives for scrypt); callers may raise N up to 2^22 (Percival's
-2009 slides suggest 2^20 for sensitive storage). Files claiming less than 2^15 or more than 2^22
-are refused on load (no silent downgrade, no memory blow-up).
+the OWASP Password Storage Cheat Sheet gives for scrypt); callers, or ``TENSORGUARD_SCRYPT_LOG2_N``
+for every new file of a process, may set N from 2^15 up to 2^22 (Percival's 2009 slides suggest 2^20
+for sensitive storage). Files claiming less than 2^15 or more than 2^22 are refused on load (no
+silent downgrade, no memory blow-up).
 
 Sealed secrets (a round's lattice or transport secret, `seal_secret` / `unseal_secret`) are the same
 construction under the same checks (KDF bounds, 0600 and owner on load, never overwritten on write),
@@ -38,6 +39,7 @@ from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 from .identity import PUBLIC_KEY_BYTES, Identity, InvalidId, Role, check_id, fingerprint
 
 PASSPHRASE_ENV = 'TENSORGUARD_KEY_PASSPHRASE'
+SCRYPT_COST_ENV = 'TENSORGUARD_SCRYPT_LOG2_N'
 MAGIC = b'TGKEY\x00'
 SEALED_MAGIC = b'TGSEAL1'
 FORMAT_VERSION = 1
@@ -185,9 +187,23 @@ class _Encrypted:
             raise WrongPassphrase(f'{self.where}: wrong passphrase, or the {self.what} was modified') from None
 
 
-def _check_new_cost(log2_n: int) -> None:
+def _check_new_cost(log2_n: int, name: str = 'scrypt_log2_n') -> None:
     if not MIN_SCRYPT_LOG2_N <= log2_n <= MAX_SCRYPT_LOG2_N:
-        raise KeyStoreError(f'scrypt_log2_n must be in [{MIN_SCRYPT_LOG2_N}, {MAX_SCRYPT_LOG2_N}]')
+        raise KeyStoreError(f'{name} must be in [{MIN_SCRYPT_LOG2_N}, {MAX_SCRYPT_LOG2_N}], got {log2_n}')
+
+
+def new_file_cost() -> int:
+    """The scrypt log2 N of new key files and sealed secrets when the caller names none:
+    ``TENSORGUARD_SCRYPT_LOG2_N`` if set (within the range a file may declare), else 17."""
+    value = os.environ.get(SCRYPT_COST_ENV)
+    if value is None:
+        return DEFAULT_SCRYPT_LOG2_N
+    try:
+        log2_n = int(value)
+    except ValueError:
+        raise KeyStoreError(f'{SCRYPT_COST_ENV}={value!r} is not an integer') from None
+    _check_new_cost(log2_n, SCRYPT_COST_ENV)
+    return log2_n
 
 
 def _check_stored_cost(where: Path, log2_n: int) -> None:
@@ -317,8 +333,10 @@ def _check_new_key(key_id: str, scrypt_log2_n: int, passphrase: str | bytes | No
 
 
 def new_identity_file(key_id: str, role: Role = Role.ROBOT, passphrase: str | bytes | None = None,
-                      scrypt_log2_n: int = DEFAULT_SCRYPT_LOG2_N) -> tuple[Identity, bytes]:
-    """A new Ed25519 identity (OS CSPRNG) and the bytes of its encrypted key file, written nowhere."""
+                      scrypt_log2_n: int | None = None) -> tuple[Identity, bytes]:
+    """A new Ed25519 identity (OS CSPRNG) and the bytes of its encrypted key file, written nowhere;
+    the KDF cost is `scrypt_log2_n`, else `new_file_cost()`."""
+    scrypt_log2_n = new_file_cost() if scrypt_log2_n is None else scrypt_log2_n
     secret = _check_new_key(key_id, scrypt_log2_n, passphrase)
     identity = Identity.generate(key_id, Role(role))
     seed = identity.private_key.private_bytes(
@@ -330,14 +348,16 @@ def new_identity_file(key_id: str, role: Role = Role.ROBOT, passphrase: str | by
 
 def generate_key(path: str | os.PathLike, security_level: int = 128, passphrase: str | bytes | None = None,
                  *, key_id: str | None = None, role: Role = Role.ROBOT,
-                 scrypt_log2_n: int = DEFAULT_SCRYPT_LOG2_N) -> Identity:
-    """Create a new Ed25519 identity and write it encrypted to `path` (mode 0600, never overwrites)."""
+                 scrypt_log2_n: int | None = None) -> Identity:
+    """Create a new Ed25519 identity and write it encrypted to `path` (mode 0600, never overwrites);
+    the KDF cost is `scrypt_log2_n`, else `new_file_cost()`."""
     if security_level not in SUPPORTED_SECURITY_LEVELS:
         raise UnsupportedSecurityLevel(
             f'security_level={security_level}: Ed25519 identity keys provide 128-bit classical security; '
             'the lattice security level is chosen in the round parameters')
     path = Path(path)
     key_id = path.stem if key_id is None else key_id
+    scrypt_log2_n = new_file_cost() if scrypt_log2_n is None else scrypt_log2_n
     secret = _check_new_key(key_id, scrypt_log2_n, passphrase)
     if path.is_dir():
         raise KeyPathInvalid(f'{path}: is a directory; give the path of the key file to create')
@@ -380,11 +400,12 @@ def load_key(path: str | os.PathLike, passphrase: str | bytes | None = None) -> 
 
 def seal_secret(path: str | os.PathLike, secret: bytes, passphrase: str | bytes | None, context: bytes) -> None:
     """Write `secret` (at most 1 MiB) to a new file, encrypted like a key file under `passphrase` with
-    `context` authenticated (module docstring); mode 0600, never overwrites."""
+    `context` authenticated (module docstring), KDF cost `new_file_cost()`; mode 0600, never overwrites."""
     if len(secret) > MAX_SECRET_BYTES:
         raise KeyStoreError(f'{path}: a sealed secret holds at most {MAX_SECRET_BYTES} bytes')
-    data = _encrypt(resolve_passphrase(passphrase), DEFAULT_SCRYPT_LOG2_N,
-                    lambda salt, nonce: SEALED_MAGIC + bytes([DEFAULT_SCRYPT_LOG2_N]) + salt + nonce, secret, context)
+    log2_n = new_file_cost()
+    data = _encrypt(resolve_passphrase(passphrase), log2_n,
+                    lambda salt, nonce: SEALED_MAGIC + bytes([log2_n]) + salt + nonce, secret, context)
     write_private_file(path, data, 'sealed secret')
 
 

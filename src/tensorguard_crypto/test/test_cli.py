@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from tensorguard_crypto import keystore
 from tensorguard_crypto.cli import (
     EXIT_FLEET,
     EXIT_HSM,
@@ -42,9 +43,18 @@ def run(capsys, *argv):
     return code, captured.out, captured.err
 
 
-def test_info(capsys):
+def test_info(capsys, monkeypatch):
+    monkeypatch.delenv(keystore.SCRYPT_COST_ENV, raising=False)
     code, out, _ = run(capsys, 'info')
     assert code == EXIT_OK and 'wire schema version' in out and 'scrypt N=2^17' in out
+
+
+def test_info_and_keygen_name_a_bad_cost_variable(operator, capsys, monkeypatch):
+    monkeypatch.setenv(keystore.SCRYPT_COST_ENV, '12')
+    for argv in (('info',), ('keygen', str(operator / 'k.key'), '--key-id', 'robot_1')):
+        code, _, err = run(capsys, *argv)
+        assert code == EXIT_KEY_FILE and keystore.SCRYPT_COST_ENV in err
+    assert not (operator / 'k.key').exists()
 
 
 def test_keygen_register_rotate_revoke_list_verify(operator, capsys):

@@ -10,6 +10,7 @@ import pytest
 from tensorguard_crypto.identity import InvalidId, Role
 from tensorguard_crypto.keystore import (
     PASSPHRASE_ENV,
+    SCRYPT_COST_ENV,
     InvalidKeyFileId,
     KeyFileCorrupt,
     KeyFileExists,
@@ -23,6 +24,7 @@ from tensorguard_crypto.keystore import (
     destroy_secret,
     generate_key,
     load_key,
+    new_file_cost,
     read_key_info,
     seal_secret,
     unseal_secret,
@@ -32,7 +34,8 @@ PASSPHRASE = 'correct horse battery staple'
 FAST = 15  # scrypt log2 N for tests; the default (17) is exercised once below
 
 
-def test_round_trip_default_cost_and_mode(tmp_path):
+def test_round_trip_default_cost_and_mode(tmp_path, monkeypatch):
+    monkeypatch.delenv(SCRYPT_COST_ENV, raising=False)
     path = tmp_path / 'keys' / 'robot_1.key'
     identity = generate_key(path, security_level=128, passphrase=PASSPHRASE)
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
@@ -41,6 +44,26 @@ def test_round_trip_default_cost_and_mode(tmp_path):
     assert loaded.public_key_bytes() == identity.public_key_bytes()
     info = read_key_info(path)
     assert info.public_key == identity.public_key_bytes() and info.scrypt_log2_n == 17
+
+
+def test_the_cost_variable_sets_new_key_files_and_sealed_secrets(tmp_path, monkeypatch):
+    monkeypatch.setenv(SCRYPT_COST_ENV, '16')
+    generate_key(tmp_path / 'k.key', passphrase=PASSPHRASE)
+    seal_secret(tmp_path / 's.sealed', SECRET, PASSPHRASE, b'ctx')
+    assert read_key_info(tmp_path / 'k.key').scrypt_log2_n == 16 and (tmp_path / 's.sealed').read_bytes()[7] == 16
+    assert unseal_secret(tmp_path / 's.sealed', PASSPHRASE, b'ctx') == SECRET
+    generate_key(tmp_path / 'named.key', passphrase=PASSPHRASE, scrypt_log2_n=FAST)  # a named cost wins
+    assert read_key_info(tmp_path / 'named.key').scrypt_log2_n == FAST
+
+
+@pytest.mark.parametrize('value', ['14', '23', 'seventeen', ''])
+def test_a_cost_variable_outside_the_accepted_range_is_refused_by_name(tmp_path, monkeypatch, value):
+    monkeypatch.setenv(SCRYPT_COST_ENV, value)
+    with pytest.raises(KeyStoreError, match=SCRYPT_COST_ENV):
+        new_file_cost()
+    with pytest.raises(KeyStoreError, match=SCRYPT_COST_ENV):
+        seal_secret(tmp_path / 's.sealed', SECRET, PASSPHRASE, b'ctx')
+    assert not (tmp_path / 's.sealed').exists()
 
 
 def test_private_key_is_not_in_the_file_in_clear(tmp_path):
@@ -214,7 +237,8 @@ def _independent_seal(secret: bytes, passphrase: bytes, context: bytes, log2_n: 
     return header + AESGCM(key).encrypt(nonce, secret, header + context)
 
 
-def test_sealed_secret_round_trip_mode_context_and_layout(tmp_path):
+def test_sealed_secret_round_trip_mode_context_and_layout(tmp_path, monkeypatch):
+    monkeypatch.delenv(SCRYPT_COST_ENV, raising=False)
     from cryptography.hazmat.primitives.ciphers.aead import AESGCM
     from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
     path = tmp_path / 'rounds' / '3' / 'secret.sealed'
