@@ -322,22 +322,23 @@ def write_private_file(path: str | os.PathLike, data: bytes, what: str) -> None:
         temporary.unlink(missing_ok=True)
 
 
-def _check_new_key(key_id: str, scrypt_log2_n: int, passphrase: str | bytes | None) -> bytes:
-    """Validate what a new key file needs; returns the passphrase."""
+def _check_new_key(key_id: str, scrypt_log2_n: int | None, passphrase: str | bytes | None) -> tuple[int, bytes]:
+    """Validate what a new key file needs; returns its KDF cost (`scrypt_log2_n`, else `new_file_cost()`)
+    and the passphrase."""
+    scrypt_log2_n = new_file_cost() if scrypt_log2_n is None else scrypt_log2_n
     _check_new_cost(scrypt_log2_n)
     try:
         check_id(key_id, 'key_id')
     except InvalidId as error:
         raise InvalidKeyFileId(str(error)) from None
-    return resolve_passphrase(passphrase)
+    return scrypt_log2_n, resolve_passphrase(passphrase)
 
 
 def new_identity_file(key_id: str, role: Role = Role.ROBOT, passphrase: str | bytes | None = None,
                       scrypt_log2_n: int | None = None) -> tuple[Identity, bytes]:
     """A new Ed25519 identity (OS CSPRNG) and the bytes of its encrypted key file, written nowhere;
     the KDF cost is `scrypt_log2_n`, else `new_file_cost()`."""
-    scrypt_log2_n = new_file_cost() if scrypt_log2_n is None else scrypt_log2_n
-    secret = _check_new_key(key_id, scrypt_log2_n, passphrase)
+    scrypt_log2_n, secret = _check_new_key(key_id, scrypt_log2_n, passphrase)
     identity = Identity.generate(key_id, Role(role))
     seed = identity.private_key.private_bytes(
         serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption())
@@ -357,8 +358,7 @@ def generate_key(path: str | os.PathLike, security_level: int = 128, passphrase:
             'the lattice security level is chosen in the round parameters')
     path = Path(path)
     key_id = path.stem if key_id is None else key_id
-    scrypt_log2_n = new_file_cost() if scrypt_log2_n is None else scrypt_log2_n
-    secret = _check_new_key(key_id, scrypt_log2_n, passphrase)
+    scrypt_log2_n, secret = _check_new_key(key_id, scrypt_log2_n, passphrase)
     if path.is_dir():
         raise KeyPathInvalid(f'{path}: is a directory; give the path of the key file to create')
     if path.exists():
