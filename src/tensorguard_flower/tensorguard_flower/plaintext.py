@@ -22,16 +22,20 @@ Robots train in a pool of worker processes; each worker returns the modular (or 
 its share of the robots, so no more than one vector per worker is held at a time. The workers start
 from a fork server, not by forking the caller: a process that has run Ray or rclpy holds threads
 whose state a forked child would inherit half-way (one such worker died abruptly in a test run after
-the Flower tests), while the fork server is a fresh interpreter.
+the Flower tests), while the fork server is a fresh interpreter. A worker exits as soon as the
+process that started the pool is gone, however that process ended.
 """
 from __future__ import annotations
 
 import multiprocessing
+import os
 import secrets
+import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
+from multiprocessing.connection import wait
 
 import numpy as np
 import torch
@@ -54,6 +58,15 @@ _WORKER: dict = {}
 def _start_worker(demos: Sequence[Sequence[Demonstration]], edge: EdgeSettings) -> None:
     torch.set_num_threads(1)
     _WORKER.update(demos=demos, edge=edge)
+    threading.Thread(target=_exit_with_parent, args=(multiprocessing.parent_process().sentinel,), daemon=True,
+                     name='exit-with-parent').start()
+
+
+def _exit_with_parent(parent_sentinel: int) -> None:
+    # A caller stopped by a signal (SIGTERM, SIGKILL) runs no clean-up, and a worker in the middle of
+    # its share would train on for minutes with nobody to take the result.
+    wait([parent_sentinel])
+    os._exit(1)
 
 
 def _sum_of_robots(policy: MoEPolicy, robots: Sequence[int], codec: update_codec.RoundCodec | None) -> np.ndarray:

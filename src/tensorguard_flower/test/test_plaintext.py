@@ -1,5 +1,11 @@
 """The frontier's rounds without the lattice layer: the same sums as the robots' own code, the mechanism's noise."""
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -107,3 +113,64 @@ def test_the_frontier_command_writes_its_report_table_and_plot(tmp_path):
                for run in report['runs'] for row in run['rows'])
     assert (out / 'frontier.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
     assert '| 3 | 2.0 |' in (out / 'frontier.md').read_text() and '| 3 | 2.0 | 2 |' in (out / 'frontier.md').read_text()
+
+
+_CALLER_OF_A_LONG_ROUND = """
+from tensorguard_edge.client import EdgeSettings
+from tensorguard_flower.plaintext import RobotPool
+from tensorguard_learning.metaworld_source import record_demonstrations
+from tensorguard_learning.policy import MoEConfig, build_policy
+demos = [record_demonstrations('reach-v3', 1, 71_000 + i) for i in range(2)]
+policy = build_policy(MoEConfig(tasks=('reach-v3',), num_experts=1, top_k=1, expert_hidden=16))
+with RobotPool(demos, EdgeSettings(train_steps=10**7, train_max_seconds=600.0, batch_size=32), workers=2) as pool:
+    pool.round_sum(policy, None)
+"""
+
+
+def _process_table() -> dict[int, tuple[int, str, float]]:
+    """pid -> (parent pid, state, CPU seconds) of every process, from /proc."""
+    table, tick = {}, os.sysconf('SC_CLK_TCK')
+    for stat in Path('/proc').glob('[0-9]*/stat'):
+        try:
+            fields = stat.read_text().rsplit(')', 1)[1].split()
+        except OSError:
+            continue  # the process ended while /proc was read
+        table[int(stat.parent.name)] = (int(fields[1]), fields[0], (int(fields[11]) + int(fields[12])) / tick)
+    return table
+
+
+def _workers(pid: int) -> set[int]:
+    """The pool's workers: the children of the fork server, itself a child of the caller."""
+    table = _process_table()
+    children = {child for child, (parent, *_rest) in table.items() if parent == pid}
+    return {child for child, (parent, *_rest) in table.items() if parent in children}
+
+
+def _running(pids: set[int]) -> set[int]:
+    """Those of `pids` still running: an exited process nobody has reaped yet (a zombie) is not."""
+    return {pid for pid, (_parent, state, _cpu) in _process_table().items() if pid in pids and state != 'Z'}
+
+
+@pytest.mark.skipif(not Path('/proc/self/stat').exists(), reason='reads the process tree from /proc')
+@pytest.mark.parametrize('stop', [signal.SIGTERM, signal.SIGKILL])
+def test_workers_stop_when_the_caller_is_stopped_mid_round(stop):
+    # A frontier run stopped with a signal runs no clean-up; its workers, each training its share for
+    # minutes, must not outlive it.
+    caller = subprocess.Popen([sys.executable, '-c', _CALLER_OF_A_LONG_ROUND])
+    deadline = time.monotonic() + 120
+    while len(workers := _workers(caller.pid)) < 2:
+        assert caller.poll() is None and time.monotonic() < deadline, 'the pool never started its workers'
+        time.sleep(0.5)
+    # Both are training once each has used more CPU than starting a worker takes (about 3.2 s here).
+    while min(_process_table().get(pid, (0, 'Z', 0.0))[2] for pid in workers) < 8.0:
+        assert caller.poll() is None and time.monotonic() < deadline, 'the workers never started training'
+        time.sleep(0.5)
+    os.kill(caller.pid, stop)
+    caller.wait(timeout=30)
+    deadline = time.monotonic() + 30
+    while _running(workers):
+        if time.monotonic() > deadline:
+            for pid in _running(workers):
+                os.kill(pid, signal.SIGKILL)
+            pytest.fail('worker processes outlived the stopped caller')
+        time.sleep(0.5)
