@@ -32,6 +32,7 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -73,24 +74,41 @@ class PeakMemory:
             self._stop.wait(self.interval_s)
 
 
-def tree_rss_bytes(root: int) -> int:
-    """Resident memory of process `root` and its descendants (from /proc)."""
-    parents, rss = {}, {}
+@dataclass(frozen=True)
+class ProcessStat:
+    """What this module reads of one process in /proc/<pid>/stat (proc(5))."""
+
+    parent: int
+    state: str
+    cpu_s: float
+    rss_bytes: int
+
+
+def process_table() -> dict[int, ProcessStat]:
+    """Every process by pid (zombies included), from /proc; one that ends while it is read is left out."""
+    table, tick, page = {}, os.sysconf('SC_CLK_TCK'), os.sysconf('SC_PAGE_SIZE')
     for entry in Path('/proc').iterdir():
         if not entry.name.isdigit():
             continue
         try:
-            fields = (entry / 'stat').read_text().rsplit(')', 1)[1].split()
-            parents[int(entry.name)] = int(fields[1])
-            rss[int(entry.name)] = int(fields[21]) * os.sysconf('SC_PAGE_SIZE')
+            fields = (entry / 'stat').read_text().rsplit(')', 1)[1].split()  # after the command name
+            table[int(entry.name)] = ProcessStat(parent=int(fields[1]), state=fields[0],
+                                                 cpu_s=(int(fields[11]) + int(fields[12])) / tick,
+                                                 rss_bytes=int(fields[21]) * page)
         except (OSError, IndexError, ValueError):
             continue
+    return table
+
+
+def tree_rss_bytes(root: int) -> int:
+    """Resident memory of process `root` and its descendants (from /proc)."""
+    table = process_table()
     tree, frontier = {root}, [root]
     while frontier:
-        children = [pid for pid, parent in parents.items() if parent in frontier and pid not in tree]
+        children = [pid for pid, stat in table.items() if stat.parent in frontier and pid not in tree]
         tree.update(children)
         frontier = children
-    return sum(rss.get(pid, 0) for pid in tree)
+    return sum(table[pid].rss_bytes for pid in tree if pid in table)
 
 
 def _parse(argv: Sequence[str], prog: str) -> argparse.Namespace:

@@ -15,6 +15,7 @@ from tensorguard_crypto import update_codec
 from tensorguard_edge.client import EdgeSettings, local_training
 from tensorguard_flower import frontier
 from tensorguard_flower.plaintext import SECURITY_LEVEL, Mechanism, RobotPool, run_rounds
+from tensorguard_flower.scale import process_table
 from tensorguard_learning.aggregation import ExpertDrivenStrategy
 from tensorguard_learning.metaworld_source import record_demonstrations
 from tensorguard_learning.policy import MoEConfig, build_policy
@@ -127,28 +128,22 @@ with RobotPool(demos, EdgeSettings(train_steps=10**7, train_max_seconds=600.0, b
 """
 
 
-def _process_table() -> dict[int, tuple[int, str, float]]:
-    """pid -> (parent pid, state, CPU seconds) of every process, from /proc."""
-    table, tick = {}, os.sysconf('SC_CLK_TCK')
-    for stat in Path('/proc').glob('[0-9]*/stat'):
-        try:
-            fields = stat.read_text().rsplit(')', 1)[1].split()
-        except OSError:
-            continue  # the process ended while /proc was read
-        table[int(stat.parent.name)] = (int(fields[1]), fields[0], (int(fields[11]) + int(fields[12])) / tick)
-    return table
-
-
 def _workers(pid: int) -> set[int]:
     """The pool's workers: the children of the fork server, itself a child of the caller."""
-    table = _process_table()
-    children = {child for child, (parent, *_rest) in table.items() if parent == pid}
-    return {child for child, (parent, *_rest) in table.items() if parent in children}
+    table = process_table()
+    children = {child for child, stat in table.items() if stat.parent == pid}
+    return {child for child, stat in table.items() if stat.parent in children}
+
+
+def _least_cpu_s(pids: set[int]) -> float:
+    """The CPU seconds of the one of `pids` that has used least (0 for one that has ended)."""
+    table = process_table()
+    return min(table[pid].cpu_s if pid in table else 0.0 for pid in pids)
 
 
 def _running(pids: set[int]) -> set[int]:
     """Those of `pids` still running: an exited process nobody has reaped yet (a zombie) is not."""
-    return {pid for pid, (_parent, state, _cpu) in _process_table().items() if pid in pids and state != 'Z'}
+    return {pid for pid, stat in process_table().items() if pid in pids and stat.state != 'Z'}
 
 
 @pytest.mark.skipif(not Path('/proc/self/stat').exists(), reason='reads the process tree from /proc')
@@ -162,7 +157,7 @@ def test_workers_stop_when_the_caller_is_stopped_mid_round(stop):
         assert caller.poll() is None and time.monotonic() < deadline, 'the pool never started its workers'
         time.sleep(0.5)
     # Both are training once each has used more CPU than starting a worker takes (about 3.2 s here).
-    while min(_process_table().get(pid, (0, 'Z', 0.0))[2] for pid in workers) < 8.0:
+    while _least_cpu_s(workers) < 8.0:
         assert caller.poll() is None and time.monotonic() < deadline, 'the workers never started training'
         time.sleep(0.5)
     os.kill(caller.pid, stop)
